@@ -1,0 +1,99 @@
+"""Stage 5: nearest template of every kernel by cosine, with FAISS exact inner-product search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+from pipeline.arrays import list_column_to_matrix
+from pipeline.preprocess import centre_and_normalise
+from pipeline.storage import read_table, write_table
+
+# Default cosine threshold for "clustered"; METHOD notes in README explain the choice.
+DEFAULT_THRESHOLD = 0.8
+
+
+class TemplateIndex:
+    """Exact search over unit-norm templates; on unit-norm queries the inner product is the cosine."""
+
+    def __init__(self, templates: np.ndarray):
+        templates = np.ascontiguousarray(templates, dtype=np.float32)
+        norms = np.linalg.norm(templates, axis=1, keepdims=True)
+        if templates.ndim != 2 or len(templates) == 0 or (norms <= 0).any():
+            raise ValueError("templates must be a non-empty matrix of non-zero rows")
+        self.templates = templates / norms
+        self.index = faiss.IndexFlatIP(templates.shape[1])
+        self.index.add(self.templates)
+
+    def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(template id, cosine) of the best template for each unit-norm row."""
+        if len(vectors) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        cosines, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        return ids[:, 0], cosines[:, 0]
+
+
+def template_indexes(templates: pa.Table) -> dict[int, TemplateIndex]:
+    """One index per kernel size from a TEMPLATES table, rows in template_id order."""
+    indexes = {}
+    for k in sorted(set(templates.column("kernel_size").to_pylist())):
+        rows = templates.filter(pc.equal(templates.column("kernel_size"), k)).sort_by("template_id")
+        indexes[k] = TemplateIndex(list_column_to_matrix(rows.column("weights"), k * k))
+    return indexes
+
+
+def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
+                   threshold: float = DEFAULT_THRESHOLD) -> pa.Table:
+    """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes)."""
+    n = kernels.num_rows
+    nearest = np.full(n, -1, dtype=np.int64)
+    cosine = np.full(n, np.nan, dtype=np.float32)
+    reasons = np.full(n, None, dtype=object)
+    sizes = kernels.column("kernel_size").to_numpy()
+    for k in np.unique(sizes):
+        rows = np.flatnonzero(sizes == k)
+        matrix = list_column_to_matrix(kernels.column("weights").take(rows), int(k) * int(k))
+        normalised, why = centre_and_normalise(matrix)
+        reasons[rows] = why
+        valid = why == None  # noqa: E711
+        if int(k) not in indexes:
+            raise KeyError(f"no templates for kernel size {k}")
+        ids, cos = indexes[int(k)].nearest(normalised[valid])
+        nearest[rows[valid]] = ids
+        cosine[rows[valid]] = cos
+    invalid = reasons != None  # noqa: E711
+    clustered = ~invalid & (cosine >= threshold)
+    return pa.table({
+        "model_id": kernels.column("model_id"),
+        "layer": kernels.column("layer"),
+        "layer_index": kernels.column("layer_index"),
+        "depth": kernels.column("depth"),
+        "channel": kernels.column("channel"),
+        "kernel_size": kernels.column("kernel_size"),
+        "template_id": pa.array(np.where(clustered, nearest, 0), pa.int32(), mask=~clustered),
+        "nearest_template_id": pa.array(np.where(invalid, 0, nearest), pa.int32(), mask=invalid),
+        "cosine": pa.array(np.nan_to_num(cosine), pa.float32(), mask=invalid),
+        "invalid_reason": pa.array(reasons, pa.string()),
+    }, schema=schemas.ASSIGNMENTS)
+
+
+def chance_clustered_fraction(index: TemplateIndex, threshold: float, n: int = 100_000,
+                              seed: int = 0) -> float:
+    """Share of isotropic Gaussian kernels that reach `threshold`: what 'clustered' means by luck."""
+    rng = np.random.default_rng(seed)
+    noise, _ = centre_and_normalise(rng.standard_normal((n, index.templates.shape[1])))
+    _, cosines = index.nearest(noise)
+    return float((cosines >= threshold).mean())
+
+
+def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
+                      out_path: Path) -> int:
+    """Assign one model's kernel file; writes its assignment file whole and returns its row count."""
+    assignments = assign_kernels(read_table(kernels_path), template_indexes(templates), threshold)
+    write_table(assignments, out_path, schemas.ASSIGNMENTS)
+    return assignments.num_rows

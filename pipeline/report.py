@@ -1,0 +1,77 @@
+"""Stage 6: clusterability per (model, kernel size) and per model, joined to ImageNet top-1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+
+
+def clusterability_table(assignments: pa.Table, threshold: float,
+                         chance: dict[int, float] | None = None,
+                         accuracy_keys: dict[str, str | None] | None = None,
+                         top1: dict[str, float] | None = None) -> pa.Table:
+    """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
+
+    `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
+    random Gaussian kernels against the same templates (a per-size figure, averaged with the
+    model's valid counts as weights on the all-sizes row).
+    """
+    chance, accuracy_keys, top1 = chance or {}, accuracy_keys or {}, top1 or {}
+    flags = pa.table({
+        "model_id": assignments.column("model_id"),
+        "kernel_size": assignments.column("kernel_size"),
+        "invalid": pc.is_valid(assignments.column("invalid_reason")),
+        "clustered": pc.is_valid(assignments.column("template_id")),
+    })
+    grouped = flags.group_by(["model_id", "kernel_size"]).aggregate(
+        [("invalid", "count"), ("invalid", "sum"), ("clustered", "sum")])
+    rows = []
+    per_model: dict[str, list[dict]] = {}
+    for g in grouped.sort_by([("model_id", "ascending"), ("kernel_size", "ascending")]).to_pylist():
+        row = _row(g["model_id"], g["kernel_size"], g["invalid_count"], g["invalid_sum"],
+                   g["clustered_sum"], chance.get(g["kernel_size"]))
+        per_model.setdefault(g["model_id"], []).append(row)
+    for model_id, size_rows in per_model.items():
+        total = _row(model_id, None, sum(r["n_filters"] for r in size_rows),
+                     sum(r["n_invalid"] for r in size_rows),
+                     sum(r["n_clustered"] for r in size_rows), None)
+        weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
+        if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
+            total["chance_fraction"] = float(np.average(
+                [r["chance_fraction"] for r in size_rows], weights=weights))
+        for row in (total, *size_rows):
+            key = accuracy_keys.get(model_id, model_id)
+            row.update(threshold=threshold, accuracy_key=key, top1=top1.get(key) if key else None)
+            rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schemas.CLUSTERABILITY)
+
+
+def _row(model_id: str, kernel_size: int | None, n_filters: int, n_invalid: int,
+         n_clustered: int, chance: float | None) -> dict:
+    n_valid = n_filters - n_invalid
+    return {"model_id": model_id, "kernel_size": kernel_size, "n_filters": n_filters,
+            "n_invalid": n_invalid, "n_clustered": n_clustered,
+            "clustered_fraction": n_clustered / n_valid if n_valid else None,
+            "chance_fraction": chance}
+
+
+def format_clusterability(table: pa.Table) -> str:
+    """The table as text, models in rows; the all-sizes row first for each model."""
+    header = ["model", "k", "filters", "invalid", "clustered", "chance", "top1"]
+    lines = [header]
+    for r in table.to_pylist():
+        lines.append([
+            r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
+            f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
+            _pct(r["clustered_fraction"]), _pct(r["chance_fraction"]),
+            "-" if r["top1"] is None else f"{r['top1']:.3f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

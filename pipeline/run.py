@@ -1,0 +1,118 @@
+"""The whole scan, stage after stage: extract, train, templates, assign, report.
+
+An output folder is a zoo: models scanned by earlier runs into the same `--out` stay in it, and
+templates, assignments and reports are rebuilt over every model there whose status is 'ok'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import schemas
+from pipeline import ray_executor
+from pipeline.accuracy import DEMO_ACCURACY_CSV, read_top1
+from pipeline.assign import (
+    DEFAULT_THRESHOLD,
+    assign_model_file,
+    chance_clustered_fraction,
+    template_indexes,
+)
+from pipeline.autoencoder import AutoencoderConfig
+from pipeline.extract import extract_model_to_parquet, model_row
+from pipeline.report import clusterability_table
+from pipeline.storage import OutputLayout, read_table, read_tables, write_table
+from pipeline.templates import TemplateConfig, build_templates
+from pipeline.zoo import ModelSpec
+
+
+@dataclass
+class RunOptions:
+    out: Path = Path("dwscan-out")  # the output folder (a zoo; see module docstring)
+    threshold: float = DEFAULT_THRESHOLD  # cosine at or above which a kernel is clustered
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
+    train_workers: int = 2  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # train on CUDA
+    accuracy_csv: Path = DEMO_ACCURACY_CSV  # timm results table for the top-1 join
+    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: CPUs)
+
+
+@dataclass
+class RunSummary:
+    models: pa.Table  # MODELS rows of this run
+    templates: pa.Table
+    clusterability: pa.Table
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [(r["model_id"], r["error"]) for r in self.models.to_pylist()
+                if r["status"] == "failed"]
+
+
+def run_pipeline(specs: list[ModelSpec], options: RunOptions,
+                 address: str | None = None) -> RunSummary:
+    layout = OutputLayout(options.out)
+    ray_executor.init_ray(address)
+
+    results = ray_executor.run_tasks(extract_model_to_parquet,
+                                     [(spec, str(layout.root)) for spec in specs],
+                                     desc="extract", max_in_flight=options.max_in_flight)
+    rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+            for spec, r in zip(specs, results)]
+    run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
+    models = _merge_models(layout, run_models)
+
+    ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
+    for r in models.to_pylist():
+        if r["model_id"] not in ok:
+            layout.assignments_path(r["model_id"]).unlink(missing_ok=True)
+    kernel_paths = [layout.kernels_path(m) for m in ok]
+    if not kernel_paths:
+        return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
+                          schemas.CLUSTERABILITY.empty_table())
+
+    ray_executor.train_with_ray_train(kernel_paths, layout.autoencoders_dir, options.autoencoder,
+                                      num_workers=options.train_workers, use_gpu=options.use_gpu)
+    templates = build_templates(kernel_paths, layout.autoencoders_dir, options.templates,
+                                seed=options.autoencoder.seed)
+    write_table(templates, layout.templates_path, schemas.TEMPLATES)
+
+    assigned = ray_executor.run_tasks(
+        assign_model_file,
+        [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m))
+         for m in ok], desc="assign", max_in_flight=options.max_in_flight)
+    for model_id, result in zip(ok, assigned):
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
+
+    report = build_clusterability(layout, ok, models, templates, options)
+    write_table(report, layout.clusterability_path, schemas.CLUSTERABILITY)
+    return RunSummary(run_models, templates, report)
+
+
+def build_clusterability(layout: OutputLayout, model_ids: list[str], models: pa.Table,
+                         templates: pa.Table, options: RunOptions) -> pa.Table:
+    assignments = read_tables([layout.assignments_path(m) for m in model_ids],
+                              schemas.ASSIGNMENTS)
+    chance = {k: chance_clustered_fraction(index, options.threshold, seed=options.autoencoder.seed)
+              for k, index in template_indexes(templates).items()}
+    keys = dict(zip(models.column("model_id").to_pylist(),
+                    models.column("accuracy_key").to_pylist()))
+    return clusterability_table(assignments, options.threshold, chance, keys,
+                                read_top1(options.accuracy_csv))
+
+
+def _merge_models(layout: OutputLayout, run_models: pa.Table) -> pa.Table:
+    """models.parquet = this run's rows + earlier rows of models this run did not touch."""
+    merged = run_models
+    if layout.models_path.exists():
+        earlier = read_table(layout.models_path).cast(schemas.MODELS)
+        keep = pc.invert(pc.is_in(earlier.column("model_id"), run_models.column("model_id")))
+        merged = pa.concat_tables([earlier.filter(keep), run_models])
+    write_table(merged, layout.models_path, schemas.MODELS)
+    return merged
+

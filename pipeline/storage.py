@@ -1,0 +1,97 @@
+"""The output folder: where each table lives, and atomic Parquet writes with explicit schemas."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+
+
+def model_file_name(model_id: str) -> str:
+    """A file name for a model id; hub ids carry '/', which becomes '--' (as in the HF cache)."""
+    safe = model_id.replace("/", "--")
+    if not safe or safe.startswith(".") or any(c in safe for c in "\\\0"):
+        raise ValueError(f"model id {model_id!r} cannot name a file")
+    return f"{safe}.parquet"
+
+
+class OutputLayout:
+    """Paths of every output under one run folder; one file per model so a model is replaced whole."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.root / "kernels"
+
+    @property
+    def assignments_dir(self) -> Path:
+        return self.root / "assignments"
+
+    @property
+    def autoencoders_dir(self) -> Path:
+        return self.root / "autoencoders"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def models_path(self) -> Path:
+        return self.root / "models.parquet"
+
+    @property
+    def templates_path(self) -> Path:
+        return self.root / "templates.parquet"
+
+    @property
+    def clusterability_path(self) -> Path:
+        return self.reports_dir / "clusterability.parquet"
+
+    def kernels_path(self, model_id: str) -> Path:
+        return self.kernels_dir / model_file_name(model_id)
+
+    def assignments_path(self, model_id: str) -> Path:
+        return self.assignments_dir / model_file_name(model_id)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> Path:
+    """Cast to `schema` and write atomically: a reader sees the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.select(schema.names).cast(schema)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None, filters=None) -> pa.Table:
+    return pq.read_table(path, columns=columns, filters=filters)
+
+
+def read_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,
+                filters=None) -> pa.Table:
+    """Concatenate per-model files; an empty list gives an empty table of the schema."""
+    tables = [pq.read_table(p, columns=columns, filters=filters) for p in paths]
+    if not tables:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables(tables)
+
+
+def schema_version_of(path: str | os.PathLike) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(schemas.VERSION_KEY)
+    return value.decode() if value else None

@@ -1,0 +1,137 @@
+"""Stage 4: turn a trained 1-D autoencoder into a small set of templates.
+
+Sweep the code over [0, 1], decode, keep one candidate per direction (merge near-duplicates by
+cosine), then keep only candidates that attract kernels: the one with the smallest share is
+dropped and the shares recomputed, until every template holds at least `min_share` of kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import schemas
+from pipeline.arrays import matrices_to_list_array
+from pipeline.assign import TemplateIndex
+from pipeline.autoencoder import KernelAutoencoder, decode_sweep, load_autoencoder
+from pipeline.families import label_templates
+from pipeline.preprocess import centre_and_normalise
+from pipeline.train import autoencoder_path, kernel_sizes_of, load_normalised_kernels
+
+
+@dataclass
+class TemplateConfig:
+    sweep_points: int = 512  # codes decoded evenly over [0, 1]
+    merge_cosine: float = 0.9  # candidates closer than this to a kept one are duplicates
+    min_share: float = 0.01  # a template must be nearest for at least this share of kernels
+    refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
+
+
+@dataclass
+class TemplateSet:
+    weights: np.ndarray  # (n, k*k), centred, unit norm
+    codes: np.ndarray  # (n,) code that decodes to each
+    n_kernels: np.ndarray  # (n,) kernels nearest to each
+    share: np.ndarray  # (n,) n_kernels / all kernels
+
+
+def merge_near_duplicates(candidates: np.ndarray, merge_cosine: float) -> np.ndarray:
+    """Indices of candidates kept, in order, each below `merge_cosine` to every earlier kept one."""
+    kept: list[int] = []
+    for i, vector in enumerate(candidates):
+        if not kept or float(np.max(candidates[kept] @ vector)) < merge_cosine:
+            kept.append(i)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: float) -> np.ndarray:
+    """Indices of candidates that stay nearest to >= min_share of kernels once weaker ones go."""
+    alive = np.arange(len(candidates))
+    while True:
+        counts = _nearest_counts(candidates[alive], kernels)
+        weakest = int(np.argmin(counts))
+        if len(alive) == 1 or counts[weakest] >= min_share * len(kernels):
+            return alive
+        alive = np.delete(alive, weakest)
+
+
+def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: int) -> np.ndarray:
+    """Move each template to the normalised mean of the kernels nearest to it (spherical k-means).
+
+    A 1-D decoder traces a curve that passes near, not through, each cluster centre, and may
+    cut one cluster in two; after this step the two halves land together and merge.
+    """
+    templates = templates.copy()
+    for _ in range(steps):
+        ids, _ = TemplateIndex(templates).nearest(kernels)
+        for t in range(len(templates)):
+            members = kernels[ids == t]
+            if len(members):
+                mean = members.mean(axis=0)
+                mean -= mean.mean()
+                norm = np.linalg.norm(mean)
+                if norm > 0:
+                    templates[t] = mean / norm
+    return templates
+
+
+def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
+                       config: TemplateConfig | None = None) -> TemplateSet:
+    """Templates of one kernel size from its autoencoder and its (centred, unit-norm) kernels."""
+    config = config or TemplateConfig()
+    codes, decoded = decode_sweep(model, config.sweep_points)
+    candidates, why = centre_and_normalise(decoded)
+    usable = why == None  # noqa: E711
+    codes, candidates = codes[usable], candidates[usable]
+    if len(candidates) == 0:
+        raise ValueError("the autoencoder decodes only constant kernels; train it longer")
+    merged = merge_near_duplicates(candidates, config.merge_cosine)
+    codes, candidates = codes[merged], candidates[merged]
+    kept = keep_attracting(candidates, kernels, config.min_share)
+    codes, candidates = codes[kept], candidates[kept]
+    if config.refine_steps:
+        candidates = refine_to_member_means(candidates, kernels, config.refine_steps)
+        merged = merge_near_duplicates(candidates, config.merge_cosine)
+        codes, candidates = codes[merged], candidates[merged]
+    counts = _nearest_counts(candidates, kernels)
+    return TemplateSet(weights=candidates, codes=codes, n_kernels=counts,
+                       share=counts / max(len(kernels), 1))
+
+
+def _nearest_counts(templates: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    ids, _ = TemplateIndex(templates).nearest(kernels)
+    return np.bincount(ids, minlength=len(templates))
+
+
+def template_table(kernel_size: int, templates: TemplateSet) -> pa.Table:
+    """TEMPLATES rows of one kernel size, named after their nearest analytic template."""
+    labels, label_cosines = label_templates(templates.weights, kernel_size)
+    n = len(templates.weights)
+    return pa.table({
+        "kernel_size": pa.array(np.full(n, kernel_size), pa.int32()),
+        "template_id": pa.array(np.arange(n), pa.int32()),
+        "label": pa.array(labels, pa.string()),
+        "label_cosine": pa.array(label_cosines, pa.float32()),
+        "code": pa.array(templates.codes, pa.float32()),
+        "weights": matrices_to_list_array([templates.weights]),
+        "n_kernels": pa.array(templates.n_kernels, pa.int64()),
+        "share": pa.array(templates.share, pa.float64()),
+    }, schema=schemas.TEMPLATES)
+
+
+
+def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
+                    config: TemplateConfig | None = None, seed: int = 0) -> pa.Table:
+    """TEMPLATES for every kernel size that has a trained autoencoder."""
+    tables = []
+    for k in kernel_sizes_of(kernel_paths):
+        path = autoencoder_path(autoencoders_dir, k)
+        if not path.exists():
+            continue
+        model, _ = load_autoencoder(path)
+        kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
+        tables.append(template_table(k, discover_templates(model, kernels, config)))
+    return pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table()
