@@ -20,7 +20,7 @@ from torch import nn
 
 @dataclass
 class AutoencoderConfig:
-    hidden: tuple[int, ...] = (128, 64)  # encoder layer widths; the decoder mirrors them
+    hidden: tuple[int, ...] = (256, 128)  # encoder layer widths; the decoder mirrors them
     code_dim: int = 1  # the paper's 1-D code
     epochs: int = 40  # passes over the data
     min_steps: int = 1500  # at least this many optimiser steps, so small zoos train enough
@@ -36,7 +36,7 @@ class AutoencoderConfig:
 
 
 class KernelAutoencoder(nn.Module):
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (128, 64), code_dim: int = 1):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 128), code_dim: int = 1):
         super().__init__()
         self.dim, self.hidden, self.code_dim = dim, tuple(hidden), code_dim
         widths = [dim, *hidden]

@@ -28,6 +28,7 @@ class TemplateConfig:
     merge_cosine: float = 0.9  # candidates closer than this to a kept one are duplicates
     min_share: float = 0.01  # a template must be nearest for at least this share of kernels
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
+    refine_min_cosine: float = 0.7  # only members at least this close move a template
 
 
 @dataclass
@@ -58,17 +59,19 @@ def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: floa
         alive = np.delete(alive, weakest)
 
 
-def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: int) -> np.ndarray:
-    """Move each template to the normalised mean of the kernels nearest to it (spherical k-means).
+def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: int,
+                           min_cosine: float) -> np.ndarray:
+    """Move each template to the normalised mean of its close members (trimmed spherical k-means).
 
     A 1-D decoder traces a curve that passes near, not through, each cluster centre, and may
-    cut one cluster in two; after this step the two halves land together and merge.
+    cut one cluster in two; after this step the two halves land together and merge. Members
+    below `min_cosine` (background kernels that merely have no better template) do not pull.
     """
     templates = templates.copy()
     for _ in range(steps):
-        ids, _ = TemplateIndex(templates).nearest(kernels)
+        ids, cosines = TemplateIndex(templates).nearest(kernels)
         for t in range(len(templates)):
-            members = kernels[ids == t]
+            members = kernels[(ids == t) & (cosines >= min_cosine)]
             if len(members):
                 mean = members.mean(axis=0)
                 mean -= mean.mean()
@@ -93,7 +96,8 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
     kept = keep_attracting(candidates, kernels, config.min_share)
     codes, candidates = codes[kept], candidates[kept]
     if config.refine_steps:
-        candidates = refine_to_member_means(candidates, kernels, config.refine_steps)
+        candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
+                                            config.refine_min_cosine)
         merged = merge_near_duplicates(candidates, config.merge_cosine)
         codes, candidates = codes[merged], candidates[merged]
     counts = _nearest_counts(candidates, kernels)
