@@ -43,7 +43,10 @@ class KernelAutoencoder(nn.Module):
         enc: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             enc += [nn.Linear(a, b), nn.Tanh()]
-        self.encoder = nn.Sequential(*enc, nn.Linear(widths[-1], code_dim))
+        # Batch norm before the sigmoid keeps codes spread over (0, 1); without it some seeds
+        # saturate at 0 and 1 early, the gradient vanishes and the code collapses to two values.
+        self.encoder = nn.Sequential(*enc, nn.Linear(widths[-1], code_dim),
+                                     nn.BatchNorm1d(code_dim, affine=False))
         dec: list[nn.Module] = []
         back = [code_dim, *reversed(hidden)]
         for a, b in zip(back[:-1], back[1:]):
@@ -117,7 +120,7 @@ def train_autoencoder(
         losses.append(total / per_epoch)
         if on_epoch:
             on_epoch(epoch, epochs, losses[-1])
-    return model.cpu(), losses
+    return model.cpu().eval(), losses
 
 
 @torch.no_grad()

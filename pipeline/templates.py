@@ -28,7 +28,7 @@ class TemplateConfig:
     merge_cosine: float = 0.9  # candidates closer than this to a kept one are duplicates
     min_share: float = 0.01  # a template must be nearest for at least this share of kernels
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
-    refine_min_cosine: float = 0.7  # only members at least this close move a template
+    refine_min_cosine: float = 0.8  # only members at least this close move a template
 
 
 @dataclass

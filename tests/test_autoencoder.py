@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.assign import TemplateIndex
+from pipeline.autoencoder import (
+    AutoencoderConfig,
+    KernelAutoencoder,
+    cosine_loss,
+    decode_sweep,
+    load_autoencoder,
+    save_autoencoder,
+    train_autoencoder,
+)
+from pipeline.families import dog_family, label_templates
+from pipeline.preprocess import centre_and_normalise
+from pipeline.synthetic import noisy_copies
+from pipeline.templates import (
+    TemplateConfig,
+    discover_templates,
+    keep_attracting,
+    merge_near_duplicates,
+)
+
+
+def test_cosine_loss_by_hand():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # cosines 1 and 0
+    assert cosine_loss(x, y).item() == pytest.approx(0.5)
+
+
+def test_the_code_is_one_number_in_0_1():
+    model = KernelAutoencoder(25)
+    code = model.encode(torch.randn(7, 25))
+    assert code.shape == (7, 1) and bool(((code > 0) & (code < 1)).all())
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_known_templates_come_back(k):
+    """Noisy copies a*T + b + noise of the 8 family templates: each must be found again."""
+    family = dog_family(k)
+    truth = np.stack(list(family.values()))
+    raw, which = noisy_copies(truth, 300, noise=0.3, rng=np.random.default_rng(k))
+    kernels, _ = centre_and_normalise(raw)
+    model, losses = train_autoencoder(kernels, AutoencoderConfig(seed=1))
+    assert losses[-1] < losses[0]
+    found = discover_templates(model, kernels)
+    cosines = found.weights @ truth.T
+    assert cosines.max(axis=0).min() >= 0.95, cosines.max(axis=0)
+    labels, _ = label_templates(found.weights, k)
+    ids, cos = TemplateIndex(found.weights).nearest(kernels)
+    names = np.array(list(family))
+    assert (np.array(labels)[ids] == names[which]).mean() >= 0.98
+    assert (cos >= 0.8).mean() >= 0.98
+    assert found.share.sum() == pytest.approx(1.0)
+
+
+def test_same_input_and_seed_give_the_same_model():
+    kernels, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(600, 9)))
+    config = AutoencoderConfig(seed=3, min_steps=50, epochs=2)
+    a, _ = train_autoencoder(kernels, config)
+    b, _ = train_autoencoder(kernels, config)
+    c, _ = train_autoencoder(kernels, AutoencoderConfig(seed=4, min_steps=50, epochs=2))
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     c.state_dict().values()))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = KernelAutoencoder(9)
+    path = save_autoencoder(model, tmp_path / "k3.safetensors", extra={"kernel_size": 3})
+    loaded, meta = load_autoencoder(path)
+    assert meta["kernel_size"] == 3 and meta["dim"] == 9
+    _, a = decode_sweep(model, 11)
+    _, b = decode_sweep(loaded, 11)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_merge_keeps_the_first_of_each_direction():
+    e = np.eye(3, dtype=np.float32)
+    near = (e[0] + 0.1 * e[1]) / np.linalg.norm(e[0] + 0.1 * e[1])
+    candidates = np.stack([e[0], near, e[1], -e[0]])
+    assert merge_near_duplicates(candidates, 0.9).tolist() == [0, 2, 3]
+
+
+def test_candidates_that_attract_too_few_kernels_are_dropped():
+    e = np.eye(3, dtype=np.float32)
+    kernels = np.concatenate([np.repeat(e[:1], 60, 0), np.repeat(e[1:2], 39, 0), e[2:3]])
+    kept = keep_attracting(e, kernels, min_share=0.05)
+    assert kept.tolist() == [0, 1]
+
+
+def test_template_config_defaults_are_documented_values():
+    config = TemplateConfig()
+    assert 0 < config.min_share < 0.05 and config.merge_cosine < 1
