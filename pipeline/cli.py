@@ -82,7 +82,12 @@ def command_run(args: argparse.Namespace) -> int:
         out=args.out, threshold=args.threshold, train_workers=args.train_workers,
         use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
         autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed))
-    summary = run_pipeline(specs, options, address=args.address)
+    try:
+        summary = run_pipeline(specs, options, address=args.address)
+    finally:
+        import ray
+
+        ray.shutdown()
     print()
     if summary.clusterability.num_rows:
         print(f"Clusterability (cosine >= {args.threshold}; chance = random Gaussian kernels):")

@@ -26,6 +26,8 @@ def init_ray(address: str | None = None) -> None:
     'local' rather than auto-detection: a crashed earlier Ray can leave a marker that makes
     auto-detection try to join a dead cluster.
     """
+    # Ray's tqdm patches print() to redraw its bars around every line; our summary stays plain.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     import ray
 
     if ray.is_initialized():

@@ -55,7 +55,7 @@ class RunSummary:
 
 def run_pipeline(specs: list[ModelSpec], options: RunOptions,
                  address: str | None = None) -> RunSummary:
-    layout = OutputLayout(options.out)
+    layout = OutputLayout(Path(options.out).resolve())  # Ray workers run in other folders
     ray_executor.init_ray(address)
 
     results = ray_executor.run_tasks(extract_model_to_parquet,

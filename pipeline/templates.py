@@ -65,13 +65,19 @@ def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: in
 
     A 1-D decoder traces a curve that passes near, not through, each cluster centre, and may
     cut one cluster in two; after this step the two halves land together and merge. Members
-    below `min_cosine` (background kernels that merely have no better template) do not pull.
+    below `min_cosine` (background kernels that merely have no better template) do not pull,
+    unless that would leave fewer than half of a template's members: then the closer half pull.
     """
     templates = templates.copy()
     for _ in range(steps):
         ids, cosines = TemplateIndex(templates).nearest(kernels)
         for t in range(len(templates)):
-            members = kernels[(ids == t) & (cosines >= min_cosine)]
+            mine = ids == t
+            if not mine.any():
+                continue
+            # the close members, or the closer half where the template starts off-centre
+            floor = min(min_cosine, float(np.median(cosines[mine])))
+            members = kernels[mine & (cosines >= floor)]
             if len(members):
                 mean = members.mean(axis=0)
                 mean -= mean.mean()

@@ -1,0 +1,65 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import schemas
+from pipeline.arrays import matrices_to_list_array
+from pipeline.assign import TemplateIndex, assign_kernels, chance_clustered_fraction
+from pipeline.families import dog_family
+from pipeline.preprocess import centre_and_normalise
+from pipeline.synthetic import noisy_copies
+
+
+def kernels_table(weights: np.ndarray, k: int, model_id: str = "m") -> pa.Table:
+    n = len(weights)
+    return pa.table({
+        "model_id": [model_id] * n, "layer": ["l"] * n,
+        "layer_index": pa.array([0] * n, pa.int32()), "depth": pa.array([0.0] * n, pa.float32()),
+        "channel": pa.array(range(n), pa.int32()), "kernel_size": pa.array([k] * n, pa.int32()),
+        "weights": matrices_to_list_array([weights]),
+    }, schema=schemas.KERNELS)
+
+
+def test_faiss_nearest_equals_brute_force_cosine():
+    rng = np.random.default_rng(0)
+    templates, _ = centre_and_normalise(rng.normal(size=(16, 49)))
+    queries, _ = centre_and_normalise(rng.normal(size=(5000, 49)))
+    ids, cos = TemplateIndex(templates).nearest(queries)
+    brute = queries @ templates.T
+    np.testing.assert_array_equal(ids, brute.argmax(axis=1))
+    np.testing.assert_allclose(cos, brute.max(axis=1), atol=1e-5)
+
+
+def test_threshold_invalid_rows_and_raw_scale():
+    e = np.eye(9, dtype=np.float32)
+    t0, _ = centre_and_normalise(e[:1] - e[1:2])
+    t1, _ = centre_and_normalise(e[2:3] - e[3:4])
+    index = {3: TemplateIndex(np.concatenate([t0, t1]))}
+    # 5*t0 + 2: cosine 1 to t0; -t1: cosine -1 to t1, 0 to t0; then a kernel at cosine
+    # 1/sqrt(1 + 1.3^2) ~ 0.61 to t1; a zero kernel; a NaN kernel
+    halfway = t1[0] + 1.3 * (e[4] - e[5]) / np.sqrt(2)
+    weights = np.stack([5 * t0[0] + 2, -t1[0], halfway, np.zeros(9), np.full(9, np.nan)])
+    out = assign_kernels(kernels_table(weights, 3), index, threshold=0.8).to_pylist()
+    assert out[0]["template_id"] == 0 and out[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert out[1]["template_id"] is None and out[1]["nearest_template_id"] == 0
+    assert out[2]["nearest_template_id"] == 1 and out[2]["template_id"] is None
+    assert out[2]["cosine"] == pytest.approx(1 / np.sqrt(1 + 1.3**2), abs=1e-4)
+    assert [r["invalid_reason"] for r in out] == [None, None, None, "zero", "non_finite"]
+    assert out[3]["cosine"] is None and out[4]["nearest_template_id"] is None
+
+
+def test_noisy_copies_are_assigned_to_their_template():
+    truth = np.stack(list(dog_family(5).values()))
+    raw, which = noisy_copies(truth, 200, noise=0.3, rng=np.random.default_rng(1))
+    out = assign_kernels(kernels_table(raw, 5), {5: TemplateIndex(truth)}, threshold=0.8)
+    assert np.array_equal(out.column("template_id").to_numpy(), which)
+
+
+def test_chance_level_falls_with_kernel_size():
+    rng = np.random.default_rng(0)
+    by_size = {}
+    for k in (3, 5, 7):
+        templates, _ = centre_and_normalise(rng.normal(size=(10, k * k)))
+        by_size[k] = chance_clustered_fraction(TemplateIndex(templates), 0.6, n=20000)
+    assert by_size[3] > by_size[5] > by_size[7] >= 0
+    assert 0.01 < by_size[3] < 0.5

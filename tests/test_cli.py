@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import build_parser, specs_from_args
+
+
+@pytest.mark.parametrize("argv", [["dwscan", "--help"], ["dwscan", "run", "--help"],
+                                  [sys.executable, "-m", "jobs.run", "--help"]])
+def test_every_command_has_help(argv):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--checkpoint" in out.stdout or "run" in out.stdout
+
+
+def test_model_id_names_the_checkpoint_just_before_it(tmp_path):
+    args = build_parser().parse_args(["run", "--checkpoint", "a.pth", "--model-id", "first",
+                                      "--checkpoint", str(tmp_path / "b.safetensors")])
+    specs = specs_from_args(args)
+    assert [(s.model_id, s.source) for s in specs] == [
+        ("first", "a.pth"), ("b", str(tmp_path / "b.safetensors"))]
+
+
+def test_no_checkpoint_means_the_demo_zoo():
+    specs = specs_from_args(build_parser().parse_args(["run"]))
+    assert [s.model_id for s in specs] == [f"efficientnet-lite{i}" for i in range(3)]
+    assert [s.accuracy_key for s in specs] == [f"tf_efficientnet_lite{i}.in1k" for i in range(3)]
+
+
+@pytest.mark.parametrize("argv", [["run", "--model-id", "x"],
+                                  ["run", "--checkpoint", "a", "--model-id", "x", "--model-id", "y"]])
+def test_a_model_id_without_its_checkpoint_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "--model-id must follow" in capsys.readouterr().err
+
+
+def test_repeated_model_ids_are_refused():
+    args = build_parser().parse_args(["run", "--checkpoint", "x/m.pth", "--checkpoint", "y/m.pth"])
+    with pytest.raises(SystemExit, match="must be unique"):
+        specs_from_args(args)

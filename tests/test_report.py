@@ -1,0 +1,63 @@
+import pyarrow as pa
+import pytest
+
+import schemas
+from pipeline.accuracy import read_top1
+from pipeline.report import clusterability_table, format_clusterability
+
+
+def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Table:
+    """(model, kernel size, template id or None, invalid reason or None) per kernel."""
+    n = len(rows)
+    return pa.table({
+        "model_id": [r[0] for r in rows], "layer": ["l"] * n,
+        "layer_index": pa.array([0] * n, pa.int32()), "depth": pa.array([0.0] * n, pa.float32()),
+        "channel": pa.array(range(n), pa.int32()),
+        "kernel_size": pa.array([r[1] for r in rows], pa.int32()),
+        "template_id": pa.array([r[2] for r in rows], pa.int32()),
+        "nearest_template_id": pa.array([None if r[3] else 0 for r in rows], pa.int32()),
+        "cosine": pa.array([None if r[3] else 0.9 for r in rows], pa.float32()),
+        "invalid_reason": pa.array([r[3] for r in rows], pa.string()),
+    }, schema=schemas.ASSIGNMENTS)
+
+
+def test_counts_fractions_chance_and_top1():
+    rows = ([("a", 3, 0, None)] * 3 + [("a", 3, None, None)] + [("a", 3, None, "zero")]
+            + [("a", 5, 1, None)] * 1 + [("a", 5, None, None)] * 3
+            + [("b", 5, 2, None)] * 2)
+    table = clusterability_table(_assignments(rows), 0.8, chance={3: 0.1, 5: 0.0},
+                                 accuracy_keys={"a": "arch_a.in1k", "b": None},
+                                 top1={"arch_a.in1k": 75.5})
+    assert table.schema.equals(schemas.CLUSTERABILITY, check_metadata=False)
+    got = {(r["model_id"], r["kernel_size"]): r for r in table.to_pylist()}
+    assert set(got) == {("a", None), ("a", 3), ("a", 5), ("b", None), ("b", 5)}
+    a3, a5, a = got["a", 3], got["a", 5], got["a", None]
+    assert (a3["n_filters"], a3["n_invalid"], a3["n_clustered"]) == (5, 1, 3)
+    assert a3["clustered_fraction"] == pytest.approx(3 / 4)
+    assert a5["clustered_fraction"] == pytest.approx(1 / 4)
+    assert (a["n_filters"], a["n_invalid"], a["n_clustered"]) == (9, 1, 4)
+    assert a["clustered_fraction"] == pytest.approx(4 / 8)
+    assert a["chance_fraction"] == pytest.approx((4 * 0.1 + 4 * 0.0) / 8)
+    assert a["top1"] == 75.5 and a3["top1"] == 75.5 and got["b", None]["top1"] is None
+    assert got["b", 5]["clustered_fraction"] == 1.0
+    text = format_clusterability(table)
+    assert "50.0%" in text and "75.500" in text
+
+
+def test_demo_accuracy_table_holds_timms_published_top1():
+    top1 = read_top1()
+    assert top1 == {"tf_efficientnet_lite0.in1k": 74.846, "tf_efficientnet_lite1.in1k": 76.674,
+                    "tf_efficientnet_lite2.in1k": 77.470}
+
+
+def test_timm_table_with_two_image_sizes_and_quoted_counts(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation\n"
+                    'big.in1k,448,88.1,11.9,98.0,2.0,"1,014.45",1.0,bicubic\n'
+                    "big.in1k,224,86.0,14.0,97.0,3.0,\"1,014.45\",1.0,bicubic\n"
+                    "small.in1k,224,n/a,,,,1.0,0.9,bicubic\n")
+    assert read_top1(path) == {"big.in1k": 88.1}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,acc\nx,1\n")
+    with pytest.raises(ValueError, match="not a timm results table"):
+        read_top1(bad)

@@ -1,0 +1,32 @@
+import pyarrow as pa
+import pytest
+
+import schemas
+from pipeline.storage import OutputLayout, model_file_name, read_table, schema_version_of, write_table
+
+
+def test_round_trip_with_schema_version_and_no_temp_files(tmp_path):
+    table = pa.table({"model_id": ["a"], "revision": [None], "source": ["x"],
+                      "accuracy_key": [None], "status": ["ok"], "error": [None],
+                      "n_layers": [1], "n_filters": [2], "skipped_layers": [[]]})
+    path = write_table(table, tmp_path / "sub" / "models.parquet", schemas.MODELS)
+    back = read_table(path)
+    assert back.schema.equals(schemas.MODELS, check_metadata=False)
+    assert back.to_pylist()[0]["n_filters"] == 2
+    assert schema_version_of(path) == schemas.SCHEMA_VERSION
+    assert [p.name for p in path.parent.iterdir()] == ["models.parquet"]
+
+
+def test_model_ids_become_safe_file_names(tmp_path):
+    assert model_file_name("timm/convnext_atto.d2_in1k") == "timm--convnext_atto.d2_in1k.parquet"
+    for bad in ("", "../x", ".hidden"):
+        with pytest.raises(ValueError):
+            model_file_name(bad)
+    layout = OutputLayout(tmp_path)
+    assert layout.kernels_path("timm/a").parent == tmp_path / "kernels"
+
+
+def test_every_schema_is_versioned():
+    assert set(schemas.ALL) == {"kernels", "models", "templates", "assignments", "clusterability"}
+    for schema in schemas.ALL.values():
+        assert schema.metadata[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
