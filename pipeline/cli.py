@@ -93,11 +93,16 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"Clusterability (cosine >= {args.threshold}; chance = random Gaussian kernels):")
         print(format_clusterability(summary.clusterability))
         print()
-        print("Templates: " + ", ".join(
-            f"{r['kernel_size']}x{r['kernel_size']}#{r['template_id']} {r['label']} "
-            f"{100 * r['share']:.0f}%" for r in summary.templates.to_pylist()))
+        for k in sorted(set(summary.templates.column("kernel_size").to_pylist())):
+            rows = sorted((r for r in summary.templates.to_pylist() if r["kernel_size"] == k),
+                          key=lambda r: -r["share"])
+            print(f"Templates {k}x{k}: " + ", ".join(
+                f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}%" for r in rows))
+    print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"
+                                               for stage, seconds in summary.timings.items()))
     ok = summary.models.num_rows - len(summary.failed)
-    print(f"\n{ok} of {summary.models.num_rows} models scanned; outputs in {args.out}/")
+    print(f"\n{ok} of {summary.models.num_rows} models scanned; outputs in {args.out}/ "
+          f"(plots in {args.out}/reports/)")
     for model_id, error in summary.failed:
         print(f"FAILED {model_id}: {error}", file=sys.stderr)
     return 1 if summary.failed or not ok else 0

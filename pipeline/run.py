@@ -6,6 +6,9 @@ templates, assignments and reports are rebuilt over every model there whose stat
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from pipeline.assign import (
 )
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.extract import extract_model_to_parquet, model_row
+from pipeline.plots import plot_clusterability_vs_top1, plot_template_gallery
 from pipeline.report import clusterability_table
 from pipeline.storage import OutputLayout, read_table, read_tables, write_table
 from pipeline.templates import TemplateConfig, build_templates
@@ -46,6 +50,7 @@ class RunSummary:
     models: pa.Table  # MODELS rows of this run
     templates: pa.Table
     clusterability: pa.Table
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -56,15 +61,18 @@ class RunSummary:
 def run_pipeline(specs: list[ModelSpec], options: RunOptions,
                  address: str | None = None) -> RunSummary:
     layout = OutputLayout(Path(options.out).resolve())  # Ray workers run in other folders
-    ray_executor.init_ray(address)
+    timings: dict[str, float] = {}
+    with _timed(timings, "ray start"):
+        ray_executor.init_ray(address)
 
-    results = ray_executor.run_tasks(extract_model_to_parquet,
-                                     [(spec, str(layout.root)) for spec in specs],
-                                     desc="extract", max_in_flight=options.max_in_flight)
-    rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
-            for spec, r in zip(specs, results)]
-    run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
-    models = _merge_models(layout, run_models)
+    with _timed(timings, "extract"):
+        results = ray_executor.run_tasks(extract_model_to_parquet,
+                                         [(spec, str(layout.root)) for spec in specs],
+                                         desc="extract", max_in_flight=options.max_in_flight)
+        rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+                for spec, r in zip(specs, results)]
+        run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
+        models = _merge_models(layout, run_models)
 
     ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
     for r in models.to_pylist():
@@ -73,25 +81,42 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
     kernel_paths = [layout.kernels_path(m) for m in ok]
     if not kernel_paths:
         return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
-                          schemas.CLUSTERABILITY.empty_table())
+                          schemas.CLUSTERABILITY.empty_table(), timings)
 
-    ray_executor.train_with_ray_train(kernel_paths, layout.autoencoders_dir, options.autoencoder,
-                                      num_workers=options.train_workers, use_gpu=options.use_gpu)
-    templates = build_templates(kernel_paths, layout.autoencoders_dir, options.templates,
-                                seed=options.autoencoder.seed)
-    write_table(templates, layout.templates_path, schemas.TEMPLATES)
+    with _timed(timings, "train"):
+        ray_executor.train_with_ray_train(kernel_paths, layout.autoencoders_dir,
+                                          options.autoencoder, num_workers=options.train_workers,
+                                          use_gpu=options.use_gpu)
+    with _timed(timings, "templates"):
+        templates = build_templates(kernel_paths, layout.autoencoders_dir, options.templates,
+                                    seed=options.autoencoder.seed)
+        write_table(templates, layout.templates_path, schemas.TEMPLATES)
 
-    assigned = ray_executor.run_tasks(
-        assign_model_file,
-        [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m))
-         for m in ok], desc="assign", max_in_flight=options.max_in_flight)
-    for model_id, result in zip(ok, assigned):
-        if isinstance(result, BaseException):
-            raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
+    with _timed(timings, "assign"):
+        assigned = ray_executor.run_tasks(
+            assign_model_file,
+            [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m))
+             for m in ok], desc="assign", max_in_flight=options.max_in_flight)
+        for model_id, result in zip(ok, assigned):
+            if isinstance(result, BaseException):
+                raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
 
-    report = build_clusterability(layout, ok, models, templates, options)
-    write_table(report, layout.clusterability_path, schemas.CLUSTERABILITY)
-    return RunSummary(run_models, templates, report)
+    with _timed(timings, "report"):
+        report = build_clusterability(layout, ok, models, templates, options)
+        write_table(report, layout.clusterability_path, schemas.CLUSTERABILITY)
+        for k in sorted(set(templates.column("kernel_size").to_pylist())):
+            plot_template_gallery(templates, k, layout.reports_dir / f"templates_k{k}.png")
+        plot_clusterability_vs_top1(report, layout.reports_dir / "clusterability_vs_top1.png")
+    return RunSummary(run_models, templates, report, timings)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
 
 
 def build_clusterability(layout: OutputLayout, model_ids: list[str], models: pa.Table,
