@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accuracy-csv", type=Path, default=DEMO_ACCURACY_CSV,
                      help="timm results table (model,top1,...) to join ImageNet top-1 from "
                           "(default: the demo zoo's three rows of timm's results-imagenet.csv)")
+    synth = commands.add_parser(
+        "synth", help="write a synthetic checkpoint whose clusters are known",
+        description="Write OUT/synthetic.safetensors (ConvNeXt-style names) whose depthwise "
+                    "kernels are a*T + b + noise for 8 known templates T per kernel size, plus "
+                    "random kernels, and the truth beside it (truth.parquet, "
+                    "truth_templates.parquet). Scan it with: dwscan run --checkpoint "
+                    "OUT/synthetic.safetensors")
+    synth.add_argument("--out", type=Path, required=True, help="folder to write to")
+    synth.add_argument("--kernel-sizes", type=int, nargs="+", default=[3, 5, 7])
+    synth.add_argument("--layers-per-size", type=int, default=2)
+    synth.add_argument("--channels", type=int, default=400, help="kernels per layer")
+    synth.add_argument("--noise", type=float, default=0.3,
+                       help="noise norm relative to the template (cosine ~ 1/sqrt(1+noise^2))")
+    synth.add_argument("--random-share", type=float, default=0.1,
+                       help="share of pure Gaussian kernels in each layer")
+    synth.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -108,9 +124,20 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed or not ok else 0
 
 
+def command_synth(args: argparse.Namespace) -> int:
+    from pipeline.synthetic import write_synthetic_checkpoint
+
+    path = write_synthetic_checkpoint(
+        args.out, seed=args.seed, kernel_sizes=tuple(args.kernel_sizes),
+        layers_per_size=args.layers_per_size, channels=args.channels, noise=args.noise,
+        random_share=args.random_share)
+    print(f"wrote {path} and its truth in {args.out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": command_run}[args.command](args)
+    return {"run": command_run, "synth": command_synth}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -29,24 +29,42 @@ def _unit(t: np.ndarray) -> np.ndarray:
 
 
 def dog_family(k: int) -> dict[str, np.ndarray]:
-    """Centred unit-norm templates of size k x k by name, flattened row-major.
+    """The named templates of size k x k, centred, unit norm, flattened row-major.
 
-    A kernel and its negative are different members (the paper keeps on/off-centre apart). x grows
-    to the right (columns), y downwards (rows).
+    Difference-of-Gaussians centre-surround, first derivatives (x, y and both diagonals), second
+    derivatives (xx, yy, xy), the Laplacian of Gaussian and a cross (two orthogonal elongated
+    Gaussians), all of a Gaussian sampled with sigma = k/6. A kernel and its negative are
+    different members, as the paper keeps on- and off-centre apart: 'on-'/'off-' for the
+    centre-surround and cross, '+'/'-' for the rest. x grows to the right, y downwards.
     """
     s = max(k / 6, 0.5)
     y, x = _grid(k)
     g = _gaussian(k, s)
     wide = _gaussian(k, 2 * s)
-    dog = g - wide * (g.sum() / wide.sum())
-    shapes = {"centre": dog, "d/dx": x * g, "d/dy": y * g, "d2/dxdy": x * y * g}
-    family = {}
-    for name, t in shapes.items():
-        if name == "centre":
-            family["on-centre"], family["off-centre"] = _unit(t), _unit(-t)
-        else:
-            family[f"+{name}"], family[f"-{name}"] = _unit(t), _unit(-t)
+    u, v = (x + y) / np.sqrt(2), (x - y) / np.sqrt(2)
+    elongated_x = np.exp(-(x**2) / (2 * (2 * s) ** 2) - y**2 / (2 * (s / 2) ** 2))
+    elongated_y = np.exp(-(y**2) / (2 * (2 * s) ** 2) - x**2 / (2 * (s / 2) ** 2))
+    centre_surround = g - wide * (g.sum() / wide.sum())
+    signed = {
+        "d/dx": x * g, "d/dy": y * g, "d/du": u * g, "d/dv": v * g,  # u: down-right, v: up-right
+        "d2/dx2": (x**2 / s**2 - 1) * g, "d2/dy2": (y**2 / s**2 - 1) * g, "d2/dxdy": x * y * g,
+        "LoG": ((x**2 + y**2) / s**2 - 2) * g,
+    }
+    family = {"on-centre": _unit(centre_surround), "off-centre": _unit(-centre_surround),
+              "on-cross": _unit(elongated_x + elongated_y), "off-cross": _unit(-(elongated_x + elongated_y))}
+    for name, t in signed.items():
+        family[f"+{name}"], family[f"-{name}"] = _unit(t), _unit(-t)
     return family
+
+
+# The well-separated members used for synthetic checkpoints (at 3x3 the full family has more
+# members than dimensions, so some are near-duplicates of others there).
+CORE_NAMES = ("on-centre", "off-centre", "+d/dx", "-d/dx", "+d/dy", "-d/dy", "+d2/dxdy", "-d2/dxdy")
+
+
+def core_family(k: int) -> dict[str, np.ndarray]:
+    family = dog_family(k)
+    return {name: family[name] for name in CORE_NAMES}
 
 
 def label_templates(templates: np.ndarray, kernel_size: int,

@@ -56,6 +56,40 @@ def plot_clusterability_vs_top1(report: pa.Table, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_layer_shares(assignments: pa.Table, templates: pa.Table, model_id: str,
+                      path: Path) -> Path:
+    """Share of each template label in every depthwise layer of one model, layers by depth."""
+    labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
+    mine = assignments.filter(pc.equal(assignments.column("model_id"), model_id)).to_pylist()
+    layers = sorted({(r["layer_index"], r["depth"], r["kernel_size"]) for r in mine})
+    names = sorted({labels[k] for k in labels}) + ["unclustered"]
+    counts = np.zeros((len(layers), len(names)))
+    row_of = {layer[0]: i for i, layer in enumerate(layers)}
+    for r in mine:
+        if r["invalid_reason"] is not None:
+            continue
+        name = ("unclustered" if r["template_id"] is None
+                else labels[r["kernel_size"], r["template_id"]])
+        counts[row_of[r["layer_index"]], names.index(name)] += 1
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 3), 4))
+    colours = plt.get_cmap("tab20")
+    bottom = np.zeros(len(layers))
+    x = np.arange(len(layers))
+    for j, name in enumerate(names):
+        colour = "lightgrey" if name == "unclustered" else colours(j % 20)
+        ax.bar(x, 100 * shares[:, j], bottom=100 * bottom, color=colour, label=name, width=0.85)
+        bottom += shares[:, j]
+    ax.set_xticks(x, [f"{d:.2f}\n{k}x{k}" for _, d, k in layers], fontsize=6)
+    ax.set_xlabel("relative depth (and kernel size) of each depthwise layer")
+    ax.set_ylabel("kernels (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{model_id}: template shares per layer", fontsize=10)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,8 @@ from pipeline.assign import (
 )
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.extract import extract_model_to_parquet, model_row
-from pipeline.plots import plot_clusterability_vs_top1, plot_template_gallery
-from pipeline.report import clusterability_table
+from pipeline.plots import plot_clusterability_vs_top1, plot_layer_shares, plot_template_gallery
+from pipeline.report import clusterability_table, threshold_sweep_table
 from pipeline.storage import OutputLayout, read_table, read_tables, write_table
 from pipeline.templates import TemplateConfig, build_templates
 from pipeline.zoo import ModelSpec
@@ -102,11 +102,17 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
                 raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
 
     with _timed(timings, "report"):
-        report = build_clusterability(layout, ok, models, templates, options)
+        assignments = read_tables([layout.assignments_path(m) for m in ok], schemas.ASSIGNMENTS)
+        report = build_clusterability(assignments, models, templates, options)
         write_table(report, layout.clusterability_path, schemas.CLUSTERABILITY)
+        write_table(threshold_sweep_table(assignments), layout.threshold_sweep_path,
+                    schemas.THRESHOLD_SWEEP)
         for k in sorted(set(templates.column("kernel_size").to_pylist())):
             plot_template_gallery(templates, k, layout.reports_dir / f"templates_k{k}.png")
         plot_clusterability_vs_top1(report, layout.reports_dir / "clusterability_vs_top1.png")
+        for model_id in ok:
+            plot_layer_shares(assignments, templates, model_id,
+                              layout.layer_shares_plot_path(model_id))
     return RunSummary(run_models, templates, report, timings)
 
 
@@ -119,10 +125,8 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = time.perf_counter() - start
 
 
-def build_clusterability(layout: OutputLayout, model_ids: list[str], models: pa.Table,
-                         templates: pa.Table, options: RunOptions) -> pa.Table:
-    assignments = read_tables([layout.assignments_path(m) for m in model_ids],
-                              schemas.ASSIGNMENTS)
+def build_clusterability(assignments: pa.Table, models: pa.Table, templates: pa.Table,
+                         options: RunOptions) -> pa.Table:
     chance = {k: chance_clustered_fraction(index, options.threshold, seed=options.autoencoder.seed)
               for k, index in template_indexes(templates).items()}
     keys = dict(zip(models.column("model_id").to_pylist(),

@@ -12,12 +12,16 @@ import pyarrow.parquet as pq
 import schemas
 
 
-def model_file_name(model_id: str) -> str:
-    """A file name for a model id; hub ids carry '/', which becomes '--' (as in the HF cache)."""
+def model_stem(model_id: str) -> str:
+    """A file stem for a model id; hub ids carry '/', which becomes '--' (as in the HF cache)."""
     safe = model_id.replace("/", "--")
     if not safe or safe.startswith(".") or any(c in safe for c in "\\\0"):
         raise ValueError(f"model id {model_id!r} cannot name a file")
-    return f"{safe}.parquet"
+    return safe
+
+
+def model_file_name(model_id: str) -> str:
+    return f"{model_stem(model_id)}.parquet"
 
 
 class OutputLayout:
@@ -53,6 +57,13 @@ class OutputLayout:
     @property
     def clusterability_path(self) -> Path:
         return self.reports_dir / "clusterability.parquet"
+
+    @property
+    def threshold_sweep_path(self) -> Path:
+        return self.reports_dir / "threshold_sweep.parquet"
+
+    def layer_shares_plot_path(self, model_id: str) -> Path:
+        return self.reports_dir / f"layer_shares_{model_stem(model_id)}.png"
 
     def kernels_path(self, model_id: str) -> Path:
         return self.kernels_dir / model_file_name(model_id)

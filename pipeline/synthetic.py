@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -27,17 +29,17 @@ def synthetic_state_dict(kernel_sizes: tuple[int, ...] = (3, 5, 7), layers_per_s
     """A ConvNeXt-style state dict whose depthwise kernels have a known template, and the truth.
 
     Each depthwise layer `stages.{i}.blocks.{j}.conv_dw.weight` holds noisy copies of the
-    `dog_family` templates of its size, in equal numbers, plus `random_share` Gaussian kernels.
+    `core_family` templates of its size, in equal numbers, plus `random_share` Gaussian kernels.
     The truth maps each layer to the family name of each channel ('random' for the others).
     Pointwise and norm weights sit between them, as in a real network.
     """
-    from pipeline.families import dog_family
+    from pipeline.families import core_family
 
     rng = np.random.default_rng(seed)
     state: dict[str, np.ndarray] = {}
     truth: dict[str, np.ndarray] = {}
     for i, k in enumerate(kernel_sizes):
-        family = dog_family(k)
+        family = core_family(k)
         names = np.array(list(family) + ["random"])
         templates = np.stack(list(family.values()))
         for j in range(layers_per_size):
@@ -57,3 +59,38 @@ def synthetic_state_dict(kernel_sizes: tuple[int, ...] = (3, 5, 7), layers_per_s
                 np.float32)
             truth[f"{prefix}.conv_dw.weight"] = names[which[order]]
     return state, truth
+
+
+def write_synthetic_checkpoint(out_dir: str | Path, seed: int = 0, **options) -> Path:
+    """Write `synthetic.safetensors` and its truth (`truth.parquet`, `truth_templates.parquet`).
+
+    `truth.parquet` has one row per depthwise kernel (layer, channel, kernel_size, pattern);
+    `truth_templates.parquet` the exact template of each pattern. `options` go to
+    `synthetic_state_dict`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    from pipeline.arrays import matrices_to_list_array
+    from pipeline.families import core_family
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state, truth = synthetic_state_dict(seed=seed, **options)
+    path = out / "synthetic.safetensors"
+    save_file(state, str(path))
+    rows = [(layer, c, state[layer].shape[-1], name)
+            for layer, names in truth.items() for c, name in enumerate(names)]
+    pq.write_table(pa.table({
+        "layer": [r[0] for r in rows], "channel": pa.array([r[1] for r in rows], pa.int32()),
+        "kernel_size": pa.array([r[2] for r in rows], pa.int32()),
+        "pattern": [str(r[3]) for r in rows]}), out / "truth.parquet")
+    sizes = sorted({r[2] for r in rows})
+    families = {k: core_family(k) for k in sizes}
+    pq.write_table(pa.table({
+        "kernel_size": pa.array([k for k in sizes for _ in families[k]], pa.int32()),
+        "pattern": [name for k in sizes for name in families[k]],
+        "weights": matrices_to_list_array([np.stack(list(families[k].values())) for k in sizes]),
+    }), out / "truth_templates.parquet")
+    return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 
@@ -86,5 +86,15 @@ CLUSTERABILITY = _schema("clusterability", [
     pa.field("top1", pa.float64()),  # ImageNet-1k top-1 (%), null when unknown
 ])
 
+# OUT/reports/threshold_sweep.parquet: clustered fraction at each cosine threshold.
+THRESHOLD_SWEEP = _schema("threshold_sweep", [
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("kernel_size", pa.int32()),  # null on the all-sizes row
+    pa.field("threshold", pa.float64(), nullable=False),
+    pa.field("n_valid", pa.int64(), nullable=False),
+    pa.field("n_clustered", pa.int64(), nullable=False),
+    pa.field("clustered_fraction", pa.float64()),  # null when no valid kernel
+])
+
 ALL = {s.metadata[TABLE_KEY].decode(): s for s in (KERNELS, MODELS, TEMPLATES, ASSIGNMENTS,
-                                                   CLUSTERABILITY)}
+                                                   CLUSTERABILITY, THRESHOLD_SWEEP)}

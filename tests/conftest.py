@@ -7,8 +7,6 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from pipeline.synthetic import synthetic_state_dict
-
 
 def tiny_state_dict() -> dict[str, np.ndarray]:
     """Depthwise 3x3 and 5x5 layers (names that sort wrongly as text), a non-square depthwise
@@ -40,12 +38,3 @@ def tiny_safetensors(tmp_path, tiny_state):
     path = tmp_path / "tiny.safetensors"
     save_file(tiny_state, str(path))
     return path
-
-
-@pytest.fixture
-def synthetic_checkpoint(tmp_path):
-    """A synthetic ConvNeXt-style safetensors file and its per-channel truth."""
-    state, truth = synthetic_state_dict()
-    path = tmp_path / "synthetic.safetensors"
-    save_file(state, str(path))
-    return path, truth

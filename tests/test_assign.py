@@ -5,7 +5,7 @@ import pytest
 import schemas
 from pipeline.arrays import matrices_to_list_array
 from pipeline.assign import TemplateIndex, assign_kernels, chance_clustered_fraction
-from pipeline.families import dog_family
+from pipeline.families import core_family
 from pipeline.preprocess import centre_and_normalise
 from pipeline.synthetic import noisy_copies
 
@@ -49,7 +49,7 @@ def test_threshold_invalid_rows_and_raw_scale():
 
 
 def test_noisy_copies_are_assigned_to_their_template():
-    truth = np.stack(list(dog_family(5).values()))
+    truth = np.stack(list(core_family(5).values()))
     raw, which = noisy_copies(truth, 200, noise=0.3, rng=np.random.default_rng(1))
     out = assign_kernels(kernels_table(raw, 5), {5: TemplateIndex(truth)}, threshold=0.8)
     assert np.array_equal(out.column("template_id").to_numpy(), which)

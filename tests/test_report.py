@@ -3,7 +3,7 @@ import pytest
 
 import schemas
 from pipeline.accuracy import read_top1
-from pipeline.report import clusterability_table, format_clusterability
+from pipeline.report import clusterability_table, format_clusterability, threshold_sweep_table
 
 
 def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Table:
@@ -61,3 +61,18 @@ def test_timm_table_with_two_image_sizes_and_quoted_counts(tmp_path):
     bad.write_text("name,acc\nx,1\n")
     with pytest.raises(ValueError, match="not a timm results table"):
         read_top1(bad)
+
+
+def test_threshold_sweep_counts_by_hand():
+    table = _assignments([("a", 3, 0, None)] * 4 + [("a", 3, None, "zero")])
+    cosines = pa.array([0.52, 0.71, 0.9, 0.96, None], pa.float32())
+    table = table.set_column(table.schema.get_field_index("cosine"), "cosine", cosines)
+    sweep = threshold_sweep_table(table)
+    assert sweep.schema.equals(schemas.THRESHOLD_SWEEP, check_metadata=False)
+    got = {(r["kernel_size"], r["threshold"]): r for r in sweep.to_pylist()}
+    assert sorted({t for _, t in got}) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    expected = {0.5: 4, 0.55: 3, 0.7: 3, 0.75: 2, 0.9: 2, 0.95: 1}
+    for t, n in expected.items():
+        for k in (None, 3):
+            assert got[k, t]["n_clustered"] == n and got[k, t]["n_valid"] == 4
+            assert got[k, t]["clustered_fraction"] == pytest.approx(n / 4)
