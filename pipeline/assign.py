@@ -19,31 +19,46 @@ DEFAULT_THRESHOLD = 0.8
 
 
 class TemplateIndex:
-    """Exact search over unit-norm templates; on unit-norm queries the inner product is the cosine."""
+    """Exact search over unit-norm templates; on unit-norm queries the inner product is the cosine.
 
-    def __init__(self, templates: np.ndarray):
+    With `sign_invariant`, a kernel and its negative are the same pattern: the index holds every
+    template and its negative, and a match to -T counts as T with sign -1.
+    """
+
+    def __init__(self, templates: np.ndarray, sign_invariant: bool = False):
         templates = np.ascontiguousarray(templates, dtype=np.float32)
         norms = np.linalg.norm(templates, axis=1, keepdims=True)
         if templates.ndim != 2 or len(templates) == 0 or (norms <= 0).any():
             raise ValueError("templates must be a non-empty matrix of non-zero rows")
         self.templates = templates / norms
+        self.sign_invariant = sign_invariant
         self.index = faiss.IndexFlatIP(templates.shape[1])
-        self.index.add(self.templates)
+        self.index.add(np.concatenate([self.templates, -self.templates]) if sign_invariant
+                       else self.templates)
 
     def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(template id, cosine) of the best template for each unit-norm row."""
+        ids, cosines, _ = self.nearest_with_sign(vectors)
+        return ids, cosines
+
+    def nearest_with_sign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(template id, cosine, sign): the row is closest to sign * template; sign is -1 only
+        when sign-invariant."""
         if len(vectors) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8)
         cosines, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
-        return ids[:, 0], cosines[:, 0]
+        ids, n = ids[:, 0], len(self.templates)
+        signs = np.where(ids >= n, -1, 1).astype(np.int8)
+        return ids % n, cosines[:, 0], signs
 
 
-def template_indexes(templates: pa.Table) -> dict[int, TemplateIndex]:
+def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[int, TemplateIndex]:
     """One index per kernel size from a TEMPLATES table, rows in template_id order."""
     indexes = {}
     for k in sorted(set(templates.column("kernel_size").to_pylist())):
         rows = templates.filter(pc.equal(templates.column("kernel_size"), k)).sort_by("template_id")
-        indexes[k] = TemplateIndex(list_column_to_matrix(rows.column("weights"), k * k))
+        indexes[k] = TemplateIndex(list_column_to_matrix(rows.column("weights"), k * k),
+                                   sign_invariant)
     return indexes
 
 
@@ -53,6 +68,7 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
     n = kernels.num_rows
     nearest = np.full(n, -1, dtype=np.int64)
     cosine = np.full(n, np.nan, dtype=np.float32)
+    sign = np.ones(n, dtype=np.int8)
     reasons = np.full(n, None, dtype=object)
     sizes = kernels.column("kernel_size").to_numpy()
     for k in np.unique(sizes):
@@ -63,9 +79,10 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         valid = why == None  # noqa: E711
         if int(k) not in indexes:
             raise KeyError(f"no templates for kernel size {k}")
-        ids, cos = indexes[int(k)].nearest(normalised[valid])
+        ids, cos, signs = indexes[int(k)].nearest_with_sign(normalised[valid])
         nearest[rows[valid]] = ids
         cosine[rows[valid]] = cos
+        sign[rows[valid]] = signs
     invalid = reasons != None  # noqa: E711
     clustered = ~invalid & (cosine >= threshold)
     return pa.table({
@@ -78,6 +95,7 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "template_id": pa.array(np.where(clustered, nearest, 0), pa.int32(), mask=~clustered),
         "nearest_template_id": pa.array(np.where(invalid, 0, nearest), pa.int32(), mask=invalid),
         "cosine": pa.array(np.nan_to_num(cosine), pa.float32(), mask=invalid),
+        "sign": pa.array(sign, pa.int8(), mask=invalid),
         "invalid_reason": pa.array(reasons, pa.string()),
     }, schema=schemas.ASSIGNMENTS)
 
@@ -92,8 +110,9 @@ def chance_clustered_fraction(index: TemplateIndex, threshold: float, n: int = 1
 
 
 def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
-                      out_path: Path) -> int:
+                      out_path: Path, sign_invariant: bool = False) -> int:
     """Assign one model's kernel file; writes its assignment file whole and returns its row count."""
-    assignments = assign_kernels(read_table(kernels_path), template_indexes(templates), threshold)
+    assignments = assign_kernels(read_table(kernels_path),
+                                 template_indexes(templates, sign_invariant), threshold)
     write_table(assignments, out_path, schemas.ASSIGNMENTS)
     return assignments.num_rows

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-workers", type=int, default=2,
                      help="Ray Train workers, one DDP rank each (default: 2)")
     run.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
+    run.add_argument("--sign-invariant", action="store_true",
+                     help="count a kernel and its negative as one pattern (default, as the "
+                          "paper: on- and off-centre are different patterns)")
     run.add_argument("--accuracy-csv", type=Path, default=DEMO_ACCURACY_CSV,
                      help="timm results table (model,top1,...) to join ImageNet top-1 from "
                           "(default: the demo zoo's three rows of timm's results-imagenet.csv)")
@@ -92,12 +95,14 @@ def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
 
 def command_run(args: argparse.Namespace) -> int:
     from pipeline.run import RunOptions, run_pipeline
+    from pipeline.templates import TemplateConfig
 
     specs = specs_from_args(args)
     options = RunOptions(
         out=args.out, threshold=args.threshold, train_workers=args.train_workers,
         use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
-        autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed))
+        autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed),
+        templates=TemplateConfig(sign_invariant=args.sign_invariant))
     try:
         summary = run_pipeline(specs, options, address=args.address)
     finally:

@@ -12,7 +12,8 @@ import schemas
 def clusterability_table(assignments: pa.Table, threshold: float,
                          chance: dict[int, float] | None = None,
                          accuracy_keys: dict[str, str | None] | None = None,
-                         top1: dict[str, float] | None = None) -> pa.Table:
+                         top1: dict[str, float] | None = None,
+                         sign_invariant: bool = False) -> pa.Table:
     """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
 
     `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
@@ -44,7 +45,8 @@ def clusterability_table(assignments: pa.Table, threshold: float,
                 [r["chance_fraction"] for r in size_rows], weights=weights))
         for row in (total, *size_rows):
             key = accuracy_keys.get(model_id, model_id)
-            row.update(threshold=threshold, accuracy_key=key, top1=top1.get(key) if key else None)
+            row.update(threshold=threshold, sign_invariant=sign_invariant, accuracy_key=key,
+                       top1=top1.get(key) if key else None)
             rows.append(row)
     return pa.Table.from_pylist(rows, schema=schemas.CLUSTERABILITY)
 

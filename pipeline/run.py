@@ -95,8 +95,9 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
     with _timed(timings, "assign"):
         assigned = ray_executor.run_tasks(
             assign_model_file,
-            [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m))
-             for m in ok], desc="assign", max_in_flight=options.max_in_flight)
+            [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m),
+              options.templates.sign_invariant) for m in ok],
+            desc="assign", max_in_flight=options.max_in_flight)
         for model_id, result in zip(ok, assigned):
             if isinstance(result, BaseException):
                 raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
@@ -127,12 +128,13 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 def build_clusterability(assignments: pa.Table, models: pa.Table, templates: pa.Table,
                          options: RunOptions) -> pa.Table:
+    sign_invariant = options.templates.sign_invariant
     chance = {k: chance_clustered_fraction(index, options.threshold, seed=options.autoencoder.seed)
-              for k, index in template_indexes(templates).items()}
+              for k, index in template_indexes(templates, sign_invariant).items()}
     keys = dict(zip(models.column("model_id").to_pylist(),
                     models.column("accuracy_key").to_pylist()))
     return clusterability_table(assignments, options.threshold, chance, keys,
-                                read_top1(options.accuracy_csv))
+                                read_top1(options.accuracy_csv), sign_invariant)
 
 
 def _merge_models(layout: OutputLayout, run_models: pa.Table) -> pa.Table:

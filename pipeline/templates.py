@@ -29,6 +29,7 @@ class TemplateConfig:
     min_share: float = 0.01  # a template must be nearest for at least this share of kernels
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
     refine_min_cosine: float = 0.8  # only members at least this close move a template
+    sign_invariant: bool = False  # a kernel and its negative are one pattern (paper: False)
 
 
 @dataclass
@@ -39,20 +40,26 @@ class TemplateSet:
     share: np.ndarray  # (n,) n_kernels / all kernels
 
 
-def merge_near_duplicates(candidates: np.ndarray, merge_cosine: float) -> np.ndarray:
-    """Indices of candidates kept, in order, each below `merge_cosine` to every earlier kept one."""
+def merge_near_duplicates(candidates: np.ndarray, merge_cosine: float,
+                          sign_invariant: bool = False) -> np.ndarray:
+    """Indices of candidates kept, in order, each below `merge_cosine` to every earlier kept one
+    (in absolute value when a template and its negative are one pattern)."""
     kept: list[int] = []
     for i, vector in enumerate(candidates):
-        if not kept or float(np.max(candidates[kept] @ vector)) < merge_cosine:
+        similarity = candidates[kept] @ vector
+        if sign_invariant:
+            similarity = np.abs(similarity)
+        if not kept or float(np.max(similarity)) < merge_cosine:
             kept.append(i)
     return np.asarray(kept, dtype=np.int64)
 
 
-def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: float) -> np.ndarray:
+def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: float,
+                    sign_invariant: bool = False) -> np.ndarray:
     """Indices of candidates that stay nearest to >= min_share of kernels once weaker ones go."""
     alive = np.arange(len(candidates))
     while True:
-        counts = _nearest_counts(candidates[alive], kernels)
+        counts = _nearest_counts(candidates[alive], kernels, sign_invariant)
         weakest = int(np.argmin(counts))
         if len(alive) == 1 or counts[weakest] >= min_share * len(kernels):
             return alive
@@ -60,7 +67,7 @@ def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: floa
 
 
 def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: int,
-                           min_cosine: float) -> np.ndarray:
+                           min_cosine: float, sign_invariant: bool = False) -> np.ndarray:
     """Move each template to the normalised mean of its close members (trimmed spherical k-means).
 
     A 1-D decoder traces a curve that passes near, not through, each cluster centre, and may
@@ -70,14 +77,15 @@ def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: in
     """
     templates = templates.copy()
     for _ in range(steps):
-        ids, cosines = TemplateIndex(templates).nearest(kernels)
+        ids, cosines, signs = TemplateIndex(templates, sign_invariant).nearest_with_sign(kernels)
+        aligned = kernels * signs[:, None]  # members matched to -T pull as their negative
         for t in range(len(templates)):
             mine = ids == t
             if not mine.any():
                 continue
             # the close members, or the closer half where the template starts off-centre
             floor = min(min_cosine, float(np.median(cosines[mine])))
-            members = kernels[mine & (cosines >= floor)]
+            members = aligned[mine & (cosines >= floor)]
             if len(members):
                 mean = members.mean(axis=0)
                 mean -= mean.mean()
@@ -97,22 +105,24 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
     codes, candidates = codes[usable], candidates[usable]
     if len(candidates) == 0:
         raise ValueError("the autoencoder decodes only constant kernels; train it longer")
-    merged = merge_near_duplicates(candidates, config.merge_cosine)
+    invariant = config.sign_invariant
+    merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
     codes, candidates = codes[merged], candidates[merged]
-    kept = keep_attracting(candidates, kernels, config.min_share)
+    kept = keep_attracting(candidates, kernels, config.min_share, invariant)
     codes, candidates = codes[kept], candidates[kept]
     if config.refine_steps:
         candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
-                                            config.refine_min_cosine)
-        merged = merge_near_duplicates(candidates, config.merge_cosine)
+                                            config.refine_min_cosine, invariant)
+        merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
         codes, candidates = codes[merged], candidates[merged]
-    counts = _nearest_counts(candidates, kernels)
+    counts = _nearest_counts(candidates, kernels, invariant)
     return TemplateSet(weights=candidates, codes=codes, n_kernels=counts,
                        share=counts / max(len(kernels), 1))
 
 
-def _nearest_counts(templates: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    ids, _ = TemplateIndex(templates).nearest(kernels)
+def _nearest_counts(templates: np.ndarray, kernels: np.ndarray,
+                    sign_invariant: bool = False) -> np.ndarray:
+    ids, _ = TemplateIndex(templates, sign_invariant).nearest(kernels)
     return np.bincount(ids, minlength=len(templates))
 
 

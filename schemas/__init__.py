@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 
@@ -69,6 +69,7 @@ ASSIGNMENTS = _schema("assignments", [
     pa.field("template_id", pa.int32()),  # null when unclustered or invalid
     pa.field("nearest_template_id", pa.int32()),  # null only when invalid
     pa.field("cosine", pa.float32()),  # cosine to the nearest template; null when invalid
+    pa.field("sign", pa.int8()),  # kernel ~ sign * template; -1 only with --sign-invariant
     pa.field("invalid_reason", pa.string()),  # 'non_finite' | 'zero' | 'constant' | null
 ])
 
@@ -82,6 +83,7 @@ CLUSTERABILITY = _schema("clusterability", [
     pa.field("clustered_fraction", pa.float64()),  # n_clustered / (n_filters - n_invalid)
     pa.field("chance_fraction", pa.float64()),  # same, for random Gaussian kernels (baseline)
     pa.field("threshold", pa.float64(), nullable=False),  # cosine threshold used
+    pa.field("sign_invariant", pa.bool_(), nullable=False),  # kernel and negative folded together
     pa.field("accuracy_key", pa.string()),
     pa.field("top1", pa.float64()),  # ImageNet-1k top-1 (%), null when unknown
 ])

@@ -63,3 +63,13 @@ def test_chance_level_falls_with_kernel_size():
         by_size[k] = chance_clustered_fraction(TemplateIndex(templates), 0.6, n=20000)
     assert by_size[3] > by_size[5] > by_size[7] >= 0
     assert 0.01 < by_size[3] < 0.5
+
+
+def test_sign_invariant_index_matches_negatives_with_sign():
+    e = np.eye(4, dtype=np.float32)
+    index = TemplateIndex(e[:2], sign_invariant=True)
+    ids, cos, signs = index.nearest_with_sign(np.stack([e[0], -e[0], -e[1]]))
+    assert ids.tolist() == [0, 0, 1] and signs.tolist() == [1, -1, -1]
+    np.testing.assert_allclose(cos, 1.0)
+    ids, cos = TemplateIndex(e[:2]).nearest(np.stack([-e[0]]))
+    assert cos[0] <= 0.0

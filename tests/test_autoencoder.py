@@ -104,3 +104,22 @@ def test_each_family_member_is_labelled_as_itself_and_noise_is_unlabelled(k):
     assert all((lab == "unlabelled") == (c < 0.8) for lab, c in zip(labels, cosines))
     if k >= 5:
         assert labels.count("unlabelled") >= 45
+
+
+def test_sign_invariant_discovery_folds_each_pair_into_one_template():
+    family = core_family(5)  # four patterns, each with its negative
+    truth = np.stack(list(family.values()))
+    raw, which = noisy_copies(truth, 300, noise=0.3, rng=np.random.default_rng(7))
+    kernels, _ = centre_and_normalise(raw)
+    model, _ = train_autoencoder(kernels, AutoencoderConfig(seed=1))
+    apart = discover_templates(model, kernels)
+    folded = discover_templates(model, kernels, TemplateConfig(sign_invariant=True))
+    assert len(apart.weights) == 8 and len(folded.weights) == 4
+    assert np.abs(folded.weights @ truth.T).max(axis=0).min() >= 0.95
+    ids, cos, signs = TemplateIndex(folded.weights, sign_invariant=True).nearest_with_sign(kernels)
+    assert (cos >= 0.8).mean() >= 0.98
+    # a kernel and its negative share a template, with opposite signs
+    pair = which // 2  # core_family lists each pattern next to its negative
+    for p in range(4):
+        assert len(set(ids[pair == p])) == 1
+        assert set(signs[(pair == p) & (which % 2 == 0)]) != set(signs[(pair == p) & (which % 2 == 1)])

@@ -17,6 +17,7 @@ def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Tabl
         "template_id": pa.array([r[2] for r in rows], pa.int32()),
         "nearest_template_id": pa.array([None if r[3] else 0 for r in rows], pa.int32()),
         "cosine": pa.array([None if r[3] else 0.9 for r in rows], pa.float32()),
+        "sign": pa.array([None if r[3] else 1 for r in rows], pa.int8()),
         "invalid_reason": pa.array([r[3] for r in rows], pa.string()),
     }, schema=schemas.ASSIGNMENTS)
 
