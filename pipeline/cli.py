@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-workers", type=int, default=2,
                      help="Ray Train workers, one DDP rank each (default: 2)")
     run.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
+    run.add_argument("--templates", choices=["autoencoder", "kmeans"], default="autoencoder",
+                     help="how templates are found: the paper's 1-D autoencoder (default) or "
+                          "spherical k-means, the paper's fallback for patterns the 1-D code "
+                          "cannot reach")
+    run.add_argument("--n-clusters", type=int, default=16,
+                     help="k-means clusters before merging, with --templates kmeans (default: 16)")
     run.add_argument("--sign-invariant", action="store_true",
                      help="count a kernel and its negative as one pattern (default, as the "
                           "paper: on- and off-centre are different patterns)")
@@ -102,7 +108,8 @@ def command_run(args: argparse.Namespace) -> int:
         out=args.out, threshold=args.threshold, train_workers=args.train_workers,
         use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
         autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed),
-        templates=TemplateConfig(sign_invariant=args.sign_invariant))
+        templates=TemplateConfig(sign_invariant=args.sign_invariant, method=args.templates,
+                                 n_clusters=args.n_clusters))
     try:
         summary = run_pipeline(specs, options, address=args.address)
     finally:
@@ -119,6 +126,11 @@ def command_run(args: argparse.Namespace) -> int:
                           key=lambda r: -r["share"])
             print(f"Templates {k}x{k}: " + ", ".join(
                 f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}%" for r in rows))
+    for r in summary.missed_patterns.to_pylist():
+        k = r["kernel_size"]
+        print(f"WARNING: {k}x{k}: a recurring pattern ({r['label']}, {100 * r['share']:.1f}% of "
+              f"kernels) is within cosine {args.threshold} of no template; the 1-D code may not "
+              f"reach it: try --templates kmeans (see reports/missed_patterns.parquet)")
     print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"
                                                for stage, seconds in summary.timings.items()))
     ok = summary.models.num_rows - len(summary.failed)

@@ -51,6 +51,7 @@ class RunSummary:
     templates: pa.Table
     clusterability: pa.Table
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    missed_patterns: pa.Table = field(default_factory=schemas.MISSED_PATTERNS.empty_table)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -83,14 +84,17 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
         return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
                           schemas.CLUSTERABILITY.empty_table(), timings)
 
-    with _timed(timings, "train"):
-        ray_executor.train_with_ray_train(kernel_paths, layout.autoencoders_dir,
-                                          options.autoencoder, num_workers=options.train_workers,
-                                          use_gpu=options.use_gpu)
+    if options.templates.method == "autoencoder":
+        with _timed(timings, "train"):
+            ray_executor.train_with_ray_train(
+                kernel_paths, layout.autoencoders_dir, options.autoencoder,
+                num_workers=options.train_workers, use_gpu=options.use_gpu)
     with _timed(timings, "templates"):
-        templates = build_templates(kernel_paths, layout.autoencoders_dir, options.templates,
-                                    seed=options.autoencoder.seed)
+        templates, missed = build_templates(kernel_paths, layout.autoencoders_dir,
+                                            options.templates, seed=options.autoencoder.seed,
+                                            threshold=options.threshold)
         write_table(templates, layout.templates_path, schemas.TEMPLATES)
+        write_table(missed, layout.missed_patterns_path, schemas.MISSED_PATTERNS)
 
     with _timed(timings, "assign"):
         assigned = ray_executor.run_tasks(
@@ -114,7 +118,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
         for model_id in ok:
             plot_layer_shares(assignments, templates, model_id,
                               layout.layer_shares_plot_path(model_id))
-    return RunSummary(run_models, templates, report, timings)
+    return RunSummary(run_models, templates, report, timings, missed)
 
 
 @contextmanager

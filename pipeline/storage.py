@@ -59,6 +59,10 @@ class OutputLayout:
         return self.reports_dir / "clusterability.parquet"
 
     @property
+    def missed_patterns_path(self) -> Path:
+        return self.reports_dir / "missed_patterns.parquet"
+
+    @property
     def threshold_sweep_path(self) -> Path:
         return self.reports_dir / "threshold_sweep.parquet"
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
 import schemas
 from pipeline.arrays import matrices_to_list_array
-from pipeline.assign import TemplateIndex
+from pipeline.assign import DEFAULT_THRESHOLD, TemplateIndex
 from pipeline.autoencoder import KernelAutoencoder, decode_sweep, load_autoencoder
 from pipeline.families import label_templates
 from pipeline.preprocess import centre_and_normalise
@@ -30,6 +31,8 @@ class TemplateConfig:
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
     refine_min_cosine: float = 0.8  # only members at least this close move a template
     sign_invariant: bool = False  # a kernel and its negative are one pattern (paper: False)
+    method: str = "autoencoder"  # 'autoencoder' (the paper's 1-D code) or 'kmeans' (fallback)
+    n_clusters: int = 16  # k-means clusters before merging, with method='kmeans'
 
 
 @dataclass
@@ -102,9 +105,26 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
     codes, decoded = decode_sweep(model, config.sweep_points)
     candidates, why = centre_and_normalise(decoded)
     usable = why == None  # noqa: E711
-    codes, candidates = codes[usable], candidates[usable]
-    if len(candidates) == 0:
+    if not usable.any():
         raise ValueError("the autoencoder decodes only constant kernels; train it longer")
+    return select_templates(candidates[usable], codes[usable], kernels, config)
+
+
+def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0) -> TemplateSet:
+    """The paper's fallback (its appendix, for MobileNetV3): spherical k-means on the kernels."""
+    n_clusters = min(config.n_clusters, len(kernels))
+    kmeans = faiss.Kmeans(kernels.shape[1], n_clusters, niter=50, spherical=True, seed=seed,
+                          verbose=False)
+    kmeans.train(np.ascontiguousarray(kernels, dtype=np.float32))
+    candidates, why = centre_and_normalise(kmeans.centroids)
+    candidates = candidates[why == None]  # noqa: E711
+    return select_templates(candidates, np.full(len(candidates), np.nan, np.float32), kernels,
+                            config)
+
+
+def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndarray,
+                     config: TemplateConfig) -> TemplateSet:
+    """Merge, keep those that attract kernels, refine, merge again (see the module docstring)."""
     invariant = config.sign_invariant
     merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
     codes, candidates = codes[merged], candidates[merged]
@@ -118,6 +138,36 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
     counts = _nearest_counts(candidates, kernels, invariant)
     return TemplateSet(weights=candidates, codes=codes, n_kernels=counts,
                        share=counts / max(len(kernels), 1))
+
+
+def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: float,
+                         min_share: float = 0.02, sign_invariant: bool = False,
+                         seed: int = 0) -> list[tuple[np.ndarray, float]]:
+    """Recurring patterns the templates miss: (centre, share) of each group of kernels that are
+    below `threshold` to every template yet within it of a common centre, holding at least
+    `min_share` of all kernels. Found by spherical k-means over the unclustered kernels."""
+    _, cosines = TemplateIndex(templates, sign_invariant).nearest(kernels)
+    unclustered = kernels[cosines < threshold]
+    floor = min_share * len(kernels)
+    if len(unclustered) < max(floor, 1):
+        return []
+    n_clusters = int(min(16, max(1, len(unclustered) // max(floor, 1))))
+    kmeans = faiss.Kmeans(kernels.shape[1], n_clusters, niter=30, spherical=True, seed=seed,
+                          verbose=False)
+    kmeans.train(np.ascontiguousarray(unclustered, dtype=np.float32))
+    centres, why = centre_and_normalise(kmeans.centroids)
+    centres = centres[why == None]  # noqa: E711
+    missed = []
+    for centre in centres[merge_near_duplicates(centres, 0.9, sign_invariant)]:
+        close = unclustered @ centre
+        if sign_invariant:
+            close = np.abs(close)
+        members = unclustered[close >= threshold]
+        if len(members) >= floor:
+            mean = (members * np.sign(members @ centre)[:, None]).mean(axis=0)
+            mean -= mean.mean()
+            missed.append((mean / np.linalg.norm(mean), len(members) / len(kernels)))
+    return missed
 
 
 def _nearest_counts(templates: np.ndarray, kernels: np.ndarray,
@@ -135,7 +185,7 @@ def template_table(kernel_size: int, templates: TemplateSet) -> pa.Table:
         "template_id": pa.array(np.arange(n), pa.int32()),
         "label": pa.array(labels, pa.string()),
         "label_cosine": pa.array(label_cosines, pa.float32()),
-        "code": pa.array(templates.codes, pa.float32()),
+        "code": pa.array(templates.codes, pa.float32(), mask=np.isnan(templates.codes)),
         "weights": matrices_to_list_array([templates.weights]),
         "n_kernels": pa.array(templates.n_kernels, pa.int64()),
         "share": pa.array(templates.share, pa.float64()),
@@ -144,14 +194,28 @@ def template_table(kernel_size: int, templates: TemplateSet) -> pa.Table:
 
 
 def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
-                    config: TemplateConfig | None = None, seed: int = 0) -> pa.Table:
-    """TEMPLATES for every kernel size that has a trained autoencoder."""
-    tables = []
+                    config: TemplateConfig | None = None, seed: int = 0,
+                    threshold: float = DEFAULT_THRESHOLD) -> tuple[pa.Table, pa.Table]:
+    """TEMPLATES for every kernel size, and MISSED_PATTERNS: recurring patterns (>= 2% of the
+    kernels of a size) that no template reaches at `threshold`."""
+    config = config or TemplateConfig()
+    tables, missed_rows = [], []
     for k in kernel_sizes_of(kernel_paths):
-        path = autoencoder_path(autoencoders_dir, k)
-        if not path.exists():
-            continue
-        model, _ = load_autoencoder(path)
         kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
-        tables.append(template_table(k, discover_templates(model, kernels, config)))
-    return pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table()
+        if len(kernels) == 0:
+            continue
+        if config.method == "kmeans":
+            found = kmeans_templates(kernels, config, seed)
+        else:
+            model, _ = load_autoencoder(autoencoder_path(autoencoders_dir, k))
+            found = discover_templates(model, kernels, config)
+        tables.append(template_table(k, found))
+        missed = find_missed_patterns(found.weights, kernels, threshold,
+                                      sign_invariant=config.sign_invariant, seed=seed)
+        labels, label_cosines = label_templates(np.array([m for m, _ in missed]).reshape(
+            len(missed), k * k), k)
+        missed_rows += [{"kernel_size": k, "share": share, "label": label, "label_cosine": cos,
+                         "weights": weights.tolist()}
+                        for (weights, share), label, cos in zip(missed, labels, label_cosines)]
+    templates = pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table()
+    return templates, pa.Table.from_pylist(missed_rows, schema=schemas.MISSED_PATTERNS)

@@ -52,7 +52,7 @@ TEMPLATES = _schema("templates", [
     pa.field("template_id", pa.int32(), nullable=False),  # 0.. within a kernel size
     pa.field("label", pa.string(), nullable=False),  # nearest named template, or 'unlabelled'
     pa.field("label_cosine", pa.float32(), nullable=False),  # cosine to that named template
-    pa.field("code", pa.float32(), nullable=False),  # autoencoder code that decodes to it, 0..1
+    pa.field("code", pa.float32()),  # autoencoder code that decodes to it, 0..1; null for k-means
     pa.field("weights", pa.list_(pa.float32()), nullable=False),  # centred, unit L2 norm
     pa.field("n_kernels", pa.int64(), nullable=False),  # kernels nearest to it (any cosine)
     pa.field("share", pa.float64(), nullable=False),  # n_kernels / valid kernels of this size
@@ -98,5 +98,15 @@ THRESHOLD_SWEEP = _schema("threshold_sweep", [
     pa.field("clustered_fraction", pa.float64()),  # null when no valid kernel
 ])
 
+# OUT/reports/missed_patterns.parquet: recurring patterns that no template reaches.
+MISSED_PATTERNS = _schema("missed_patterns", [
+    pa.field("kernel_size", pa.int32(), nullable=False),
+    pa.field("share", pa.float64(), nullable=False),  # of the valid kernels of this size
+    pa.field("label", pa.string(), nullable=False),  # nearest named template, or 'unlabelled'
+    pa.field("label_cosine", pa.float32(), nullable=False),
+    pa.field("weights", pa.list_(pa.float32()), nullable=False),  # centred, unit norm
+])
+
 ALL = {s.metadata[TABLE_KEY].decode(): s for s in (KERNELS, MODELS, TEMPLATES, ASSIGNMENTS,
-                                                   CLUSTERABILITY, THRESHOLD_SWEEP)}
+                                                   CLUSTERABILITY, THRESHOLD_SWEEP,
+                                                   MISSED_PATTERNS)}

@@ -18,7 +18,9 @@ from pipeline.synthetic import noisy_copies
 from pipeline.templates import (
     TemplateConfig,
     discover_templates,
+    find_missed_patterns,
     keep_attracting,
+    kmeans_templates,
     merge_near_duplicates,
 )
 
@@ -123,3 +125,28 @@ def test_sign_invariant_discovery_folds_each_pair_into_one_template():
     for p in range(4):
         assert len(set(ids[pair == p])) == 1
         assert set(signs[(pair == p) & (which % 2 == 0)]) != set(signs[(pair == p) & (which % 2 == 1)])
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_kmeans_fallback_recovers_the_patterns(k):
+    truth = np.stack(list(core_family(k).values()))
+    raw, _ = noisy_copies(truth, 300, noise=0.3, rng=np.random.default_rng(k))
+    kernels, _ = centre_and_normalise(raw)
+    found = kmeans_templates(kernels, TemplateConfig(method="kmeans"))
+    assert len(found.weights) == 8
+    assert (found.weights @ truth.T).max(axis=0).min() >= 0.95
+    assert np.isnan(found.codes).all()
+
+
+def test_a_pattern_no_template_reaches_is_reported_with_its_share():
+    truth = np.stack(list(core_family(5).values()))
+    raw, _ = noisy_copies(truth, 300, noise=0.3, rng=np.random.default_rng(0))
+    kernels, _ = centre_and_normalise(raw)
+    missed = find_missed_patterns(truth[:7], kernels, threshold=0.8)
+    assert len(missed) == 1
+    centre, share = missed[0]
+    assert float(centre @ truth[7]) >= 0.95 and share == pytest.approx(1 / 8, abs=0.01)
+    assert find_missed_patterns(truth, kernels, threshold=0.8) == []
+    # a pattern below 2% of the kernels is not "recurring"
+    rare = np.concatenate([kernels[:2100], kernels[-30:]])
+    assert find_missed_patterns(truth[:7], rare, threshold=0.8) == []

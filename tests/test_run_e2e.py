@@ -129,3 +129,40 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
         assert abs(np.mean(clustered[k]) - structured_share) <= 0.02
     report = {r["kernel_size"]: r for r in read_table(layout.clusterability_path).to_pylist()}
     assert abs(report[7]["clustered_fraction"] - structured_share) <= 0.02
+
+
+def test_kmeans_fallback_with_signs_folded(tmp_path):
+    made = subprocess.run(["dwscan", "synth", "--out", str(tmp_path / "synth"),
+                           "--kernel-sizes", "5", "7"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out"
+    result = run_dwscan(["--out", str(out), "--checkpoint",
+                         str(tmp_path / "synth" / "synthetic.safetensors"),
+                         "--templates", "kmeans", "--sign-invariant"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train" not in result.stdout.split("Wall time per stage:")[1].split("\n")[0]
+    layout = OutputLayout(out)
+    truth = {(r["layer"], r["channel"]): r["pattern"]
+             for r in read_table(tmp_path / "synth" / "truth.parquet").to_pylist()}
+    truth_templates = read_table(tmp_path / "synth" / "truth_templates.parquet").to_pylist()
+    templates = read_table(layout.templates_path).to_pylist()
+    assigned = read_table(layout.assignments_path("synthetic")).to_pylist()
+    for k in (5, 7):
+        want = np.array([t["weights"] for t in truth_templates if t["kernel_size"] == k])
+        names = [t["pattern"] for t in truth_templates if t["kernel_size"] == k]
+        found = [t for t in templates if t["kernel_size"] == k]
+        cosines = np.array([t["weights"] for t in found]) @ want.T
+        # each pattern and its negative are one template now: 4 pairs, 4 templates
+        matched = np.abs(cosines).max(axis=1) >= 0.95
+        assert matched.sum() == 4 and np.abs(cosines).max(axis=0).min() >= 0.95
+        right = total = 0
+        for row in assigned:
+            name = truth[row["layer"], row["channel"]]
+            if row["kernel_size"] != k or name == "random":
+                continue
+            total += 1
+            signed = row["sign"] * cosines[row["nearest_template_id"], names.index(name)]
+            right += signed >= 0.95
+        assert right / total >= 0.98
+    report = read_table(layout.clusterability_path).to_pylist()
+    assert all(r["sign_invariant"] for r in report)

@@ -28,6 +28,6 @@ def test_model_ids_become_safe_file_names(tmp_path):
 
 def test_every_schema_is_versioned():
     assert set(schemas.ALL) == {"kernels", "models", "templates", "assignments", "clusterability",
-                                "threshold_sweep"}
+                                "threshold_sweep", "missed_patterns"}
     for schema in schemas.ALL.values():
         assert schema.metadata[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
