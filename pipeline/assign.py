@@ -1,4 +1,8 @@
-"""Stage 5: nearest template of every kernel by cosine, with FAISS exact inner-product search."""
+"""Stage 5: nearest template of every kernel by cosine, with FAISS exact inner-product search.
+
+The only module that uses FAISS: the template index, and spherical k-means for the templates
+stage.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +54,15 @@ class TemplateIndex:
         ids, n = ids[:, 0], len(self.templates)
         signs = np.where(ids >= n, -1, 1).astype(np.int8)
         return ids % n, cosines[:, 0], signs
+
+
+def spherical_kmeans(vectors: np.ndarray, n_clusters: int, seed: int = 0,
+                     iterations: int = 50) -> np.ndarray:
+    """Unit-norm centroids of k-means on the sphere (cosine similarity), seeded."""
+    kmeans = faiss.Kmeans(vectors.shape[1], min(n_clusters, len(vectors)), niter=iterations,
+                          spherical=True, seed=seed, verbose=False)
+    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return kmeans.centroids
 
 
 def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[int, TemplateIndex]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
 import schemas
 from pipeline.arrays import matrices_to_list_array
-from pipeline.assign import DEFAULT_THRESHOLD, TemplateIndex
+from pipeline.assign import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
 from pipeline.autoencoder import KernelAutoencoder, decode_sweep, load_autoencoder
 from pipeline.families import label_templates
 from pipeline.preprocess import centre_and_normalise
@@ -112,11 +111,7 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
 
 def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0) -> TemplateSet:
     """The paper's fallback (its appendix, for MobileNetV3): spherical k-means on the kernels."""
-    n_clusters = min(config.n_clusters, len(kernels))
-    kmeans = faiss.Kmeans(kernels.shape[1], n_clusters, niter=50, spherical=True, seed=seed,
-                          verbose=False)
-    kmeans.train(np.ascontiguousarray(kernels, dtype=np.float32))
-    candidates, why = centre_and_normalise(kmeans.centroids)
+    candidates, why = centre_and_normalise(spherical_kmeans(kernels, config.n_clusters, seed))
     candidates = candidates[why == None]  # noqa: E711
     return select_templates(candidates, np.full(len(candidates), np.nan, np.float32), kernels,
                             config)
@@ -152,10 +147,7 @@ def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: 
     if len(unclustered) < max(floor, 1):
         return []
     n_clusters = int(min(16, max(1, len(unclustered) // max(floor, 1))))
-    kmeans = faiss.Kmeans(kernels.shape[1], n_clusters, niter=30, spherical=True, seed=seed,
-                          verbose=False)
-    kmeans.train(np.ascontiguousarray(unclustered, dtype=np.float32))
-    centres, why = centre_and_normalise(kmeans.centroids)
+    centres, why = centre_and_normalise(spherical_kmeans(unclustered, n_clusters, seed, 30))
     centres = centres[why == None]  # noqa: E711
     missed = []
     for centre in centres[merge_near_duplicates(centres, 0.9, sign_invariant)]:
