@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +75,79 @@ class SafetensorsCheckpoint:
         return tensor.float().numpy()
 
 
+# Safetensors dtype names this module can turn into float32 kernels.
+FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": None}
+_TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# Fetch two tensors in one request when at most this many unwanted bytes lie between them.
+COALESCE_GAP = 4096
+# A safetensors header larger than this is not a header.
+MAX_HEADER_BYTES = 100_000_000
+
+
+class RemoteSafetensorsCheckpoint:
+    """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`: the
+    header first, then only the tensors asked for, neighbours coalesced into one request."""
+
+    def __init__(self, fetch, files: list[str]):
+        self._fetch = fetch
+        self._infos: dict[str, TensorInfo] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file, start, stop)
+        self._cache: dict[str, bytes] = {}
+        self.header_bytes = 0
+        for file in files:
+            length = struct.unpack("<Q", self._fetch(file, 0, 8))[0]
+            if not 0 < length <= MAX_HEADER_BYTES:
+                raise CheckpointError(f"corrupt safetensors file {file}: header length {length}")
+            try:
+                header = json.loads(self._fetch(file, 8, 8 + length))
+            except ValueError as exc:
+                raise CheckpointError(f"corrupt safetensors header in {file}: {exc}") from exc
+            self.header_bytes += 8 + length
+            for name, meta in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = meta["data_offsets"]
+                self._infos[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"])
+                self._where[name] = (file, 8 + length + begin, 8 + length + end)
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
+
+    def prefetch(self, names: list[str]) -> None:
+        """Fetch these tensors with as few requests as the gaps between them allow."""
+        spans = sorted(self._where[n] + (n,) for n in names if n not in self._cache)
+        group: list[tuple] = []
+        for span in spans + [None]:
+            if group and (span is None or span[0] != group[-1][0]
+                          or span[1] - group[-1][2] > COALESCE_GAP):
+                file, start, stop = group[0][0], group[0][1], max(g[2] for g in group)
+                data = self._fetch(file, start, stop)
+                for _, a, b, name in group:
+                    self._cache[name] = data[a - start:b - start]
+                group = []
+            if span is not None:
+                group.append(span)
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self.prefetch([name])
+        info = self._infos[name]
+        return decode_tensor(self._cache.pop(name), info.dtype, info.shape)
+
+
+def decode_tensor(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw little-endian safetensors bytes as a float32 array."""
+    if dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"unsupported dtype {dtype}")
+    if dtype == "BF16":
+        values = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(data, dtype=FLOAT_DTYPES[dtype]).astype(np.float32)
+    if values.size != int(np.prod(shape)):
+        raise CheckpointError(f"tensor of shape {shape} got {values.size} values")
+    return values.reshape(shape)
+
+
 class TorchCheckpoint:
     """A torch state dict, loaded with weights_only=True (memory-mapped when the file is a zip)."""
 
@@ -95,11 +169,16 @@ class TorchCheckpoint:
         self._tensors = _find_state_dict(obj, file.name)
 
     def tensor_infos(self) -> list[TensorInfo]:
-        return [TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."))
-                for n, t in self._tensors.items()]
+        return [TensorInfo(n, tuple(t.shape), _dtype_name(t.dtype)) for n, t in self._tensors.items()]
 
     def read(self, name: str) -> np.ndarray:
         return self._tensors[name].float().numpy()
+
+
+def _dtype_name(dtype) -> str:
+    """A torch dtype under its safetensors name ('F32', 'BF16', ...), so readers agree."""
+    name = str(dtype).removeprefix("torch.")
+    return _TORCH_DTYPES.get(name, name)
 
 
 def _find_state_dict(obj: object, file_name: str) -> dict:

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# Sources that name a hub repo instead of a local path (`hf://owner/name`).
+HUB_PREFIX = "hf://"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     model_id: str  # the name in every output table
-    source: str  # local path of the weights (file or Hugging Face style folder)
+    source: str  # local path of the weights (file or HF style folder), or hf://owner/name
     accuracy_key: str | None = None  # key into the accuracy table (timm `arch.tag`)
     revision: str | None = None  # hub commit sha, when it came from the hub
 
@@ -43,18 +46,37 @@ def local_checkpoint_spec(path: str | Path, model_id: str | None = None) -> Mode
     """A spec for a local file or folder; a timm `config.json` beside it gives the accuracy key."""
     path = Path(path)
     default_id = path.name if path.is_dir() else path.stem
-    folder = path if path.is_dir() else path.parent
+    key = timm_metadata(config_beside(path))["accuracy_key"]
     return ModelSpec(model_id=model_id or default_id, source=str(path),
-                     accuracy_key=_timm_key(folder / "config.json") or model_id or default_id)
+                     accuracy_key=key or model_id or default_id)
 
 
-def _timm_key(config_path: Path) -> str | None:
+def hub_spec(repo_id: str, revision: str | None = None) -> ModelSpec:
+    """A spec for a hub repo; the accuracy key comes from its config.json once it is read."""
+    return ModelSpec(model_id=repo_id, source=HUB_PREFIX + repo_id, revision=revision)
+
+
+def config_beside(path: str | Path) -> dict:
+    """The config.json in a checkpoint folder, or beside a checkpoint file; {} when none."""
+    path = Path(path)
+    return read_config((path if path.is_dir() else path.parent) / "config.json")
+
+
+def read_config(path: Path) -> dict:
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(Path(path).read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def timm_metadata(config: dict) -> dict:
+    """What a timm config.json says: architecture, pretrained tag, input size, and the key
+    `arch.tag` that joins to timm's results tables."""
     arch = config.get("architecture")
-    tag = (config.get("pretrained_cfg") or {}).get("tag")
-    return f"{arch}.{tag}" if arch and tag else arch
+    pretrained = config.get("pretrained_cfg") or {}
+    tag = pretrained.get("tag")
+    size = pretrained.get("input_size")
+    return {"architecture": arch, "pretrained_tag": tag,
+            "input_size": "x".join(map(str, size)) if isinstance(size, list) else None,
+            "accuracy_key": f"{arch}.{tag}" if arch and tag else arch}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 
@@ -38,10 +38,14 @@ MODELS = _schema("models", [
     pa.field("revision", pa.string()),  # hub commit sha; null for local files
     pa.field("source", pa.string(), nullable=False),  # path or URI the weights came from
     pa.field("accuracy_key", pa.string()),  # key into the accuracy table (timm `arch.tag`)
-    pa.field("status", pa.string(), nullable=False),  # 'ok' | 'failed'
-    pa.field("error", pa.string()),  # one-line reason when failed
+    pa.field("architecture", pa.string()),  # timm config.json `architecture`
+    pa.field("pretrained_tag", pa.string()),  # timm config.json `pretrained_cfg.tag`
+    pa.field("input_size", pa.string()),  # timm `pretrained_cfg.input_size`, e.g. '3x224x224'
+    pa.field("status", pa.string(), nullable=False),  # 'ok' | 'skipped' | 'failed'
+    pa.field("error", pa.string()),  # one-line reason when failed or skipped
     pa.field("n_layers", pa.int32(), nullable=False),  # depthwise layers extracted
     pa.field("n_filters", pa.int64(), nullable=False),  # depthwise filters extracted
+    pa.field("bytes_fetched", pa.int64()),  # bytes downloaded from the hub; null for local files
     # depthwise-like weights that were not kept (non-square), with the reason
     pa.field("skipped_layers", pa.list_(_SKIPPED_LAYER), nullable=False),
 ])

@@ -2,13 +2,14 @@ import pyarrow as pa
 import pytest
 
 import schemas
+from pipeline.extract import model_row
 from pipeline.storage import OutputLayout, model_file_name, read_table, schema_version_of, write_table
+from pipeline.zoo import ModelSpec
 
 
 def test_round_trip_with_schema_version_and_no_temp_files(tmp_path):
-    table = pa.table({"model_id": ["a"], "revision": [None], "source": ["x"],
-                      "accuracy_key": [None], "status": ["ok"], "error": [None],
-                      "n_layers": [1], "n_filters": [2], "skipped_layers": [[]]})
+    row = {**model_row(ModelSpec(model_id="a", source="x.pth")), "n_layers": 1, "n_filters": 2}
+    table = pa.Table.from_pylist([row])
     path = write_table(table, tmp_path / "sub" / "models.parquet", schemas.MODELS)
     back = read_table(path)
     assert back.schema.equals(schemas.MODELS, check_metadata=False)
