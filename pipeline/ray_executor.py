@@ -37,16 +37,20 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
-              max_in_flight: int | None = None) -> list[Any]:
-    """Run fn(*args) as one Ray task per call, at most `max_in_flight` at once, with a progress bar.
+              max_in_flight: int | None = None,
+              summarise: Callable[[list[Any]], str] | None = None) -> list[Any]:
+    """Run fn(*args) as one Ray task per call, at most `max_in_flight` at once, with a progress bar
+    (its postfix is `summarise(results so far)`).
 
     Returns results in call order; a task that raised (or whose worker died) gives its exception
-    object in its place, so one bad input never stops the others.
+    object in its place, so one bad input never stops the others. Above the CPU count, tasks ask
+    for a fraction of a CPU each, so I/O-bound work (hub reads) can have more in flight.
     """
     import ray
 
-    remote = ray.remote(max_retries=0)(fn)
-    limit = max_in_flight or max(1, int(ray.available_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    limit = max_in_flight or cpus
+    remote = ray.remote(max_retries=0, num_cpus=min(1.0, cpus / limit))(fn)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
     queue = list(enumerate(calls))
@@ -62,6 +66,8 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
             except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
                 results[i] = exc
             bar.update(1)
+            if summarise:
+                bar.set_postfix_str(summarise([r for r in results if r is not None]))
     return results
 
 

@@ -95,8 +95,13 @@ def format_clusterability(table: pa.Table) -> str:
             f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
             _pct(r["clustered_fraction"]), _pct(r["chance_fraction"]),
             "-" if r["top1"] is None else f"{r['top1']:.3f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+    return format_text_table(lines)
+
+
+def format_text_table(lines: list[list[str]], left_aligned: int = 1) -> str:
+    """Rows of cells as aligned text: the first `left_aligned` columns to the left, the rest right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i < left_aligned else c.rjust(w)
                                for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 

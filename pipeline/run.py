@@ -67,13 +67,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
         ray_executor.init_ray(address)
 
     with _timed(timings, "extract"):
-        results = ray_executor.run_tasks(extract_model_to_parquet,
-                                         [(spec, str(layout.root)) for spec in specs],
-                                         desc="extract", max_in_flight=options.max_in_flight)
-        rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
-                for spec, r in zip(specs, results)]
-        run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
-        models = _merge_models(layout, run_models)
+        run_models, models = scan_models(specs, layout, options.max_in_flight)
 
     ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
     for r in models.to_pylist():
@@ -128,6 +122,28 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = time.perf_counter() - start
+
+
+def scan_models(specs: list[ModelSpec], layout: OutputLayout,
+                max_in_flight: int | None = None) -> tuple[pa.Table, pa.Table]:
+    """Stage 1 over Ray, one task per model: (this run's MODELS rows, the whole models.parquet)."""
+    results = ray_executor.run_tasks(extract_model_to_parquet,
+                                     [(spec, str(layout.root)) for spec in specs],
+                                     desc="extract", max_in_flight=max_in_flight,
+                                     summarise=_scan_progress)
+    rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+            for spec, r in zip(specs, results)]
+    run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
+    return run_models, _merge_models(layout, run_models)
+
+
+def _scan_progress(results: list) -> str:
+    rows = [r for r in results if isinstance(r, dict)]
+    status = [r["status"] for r in rows]
+    fetched = sum(r["bytes_fetched"] or 0 for r in rows)
+    return (f"ok {status.count('ok')} skipped {status.count('skipped')} "
+            f"failed {status.count('failed') + len(results) - len(rows)} "
+            f"fetched {fetched / 1e6:.1f} MB")
 
 
 def build_clusterability(assignments: pa.Table, models: pa.Table, templates: pa.Table,
