@@ -1,31 +1,15 @@
-"""Shared fixtures: small checkpoints written to tmp_path in every format dwscan reads."""
+"""Shared fixtures. The hub stand-in starts here, at import, before any test module can import
+huggingface_hub (see tests/helpers.py:shared_hub)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import save_file
 
+from tests.helpers import shared_hub, tiny_state_dict
 
-def tiny_state_dict() -> dict[str, np.ndarray]:
-    """Depthwise 3x3 and 5x5 layers (names that sort wrongly as text), a non-square depthwise
-    weight, and non-depthwise tensors around them."""
-    rng = np.random.default_rng(0)
-    return {
-        "stem.weight": rng.normal(size=(8, 3, 3, 3)).astype(np.float32),  # dense conv
-        "blocks.2.conv_dw.weight": rng.normal(size=(8, 1, 3, 3)).astype(np.float32),
-        "blocks.2.bn.weight": np.ones(8, np.float32),
-        "blocks.10.conv_dw.weight": rng.normal(size=(16, 1, 5, 5)).astype(np.float32),
-        "blocks.10.conv_pw.weight": rng.normal(size=(16, 8, 1, 1)).astype(np.float32),
-        "blocks.11.conv_dw.weight": rng.normal(size=(4, 1, 1, 7)).astype(np.float32),  # 1x7
-        "head.fc.weight": rng.normal(size=(10, 16)).astype(np.float32),
-    }
-
-
-def write_torch(state: dict[str, np.ndarray], path, wrapper: str | None = None) -> None:
-    tensors = {k: torch.from_numpy(v) for k, v in state.items()}
-    torch.save({wrapper: tensors, "epoch": 3} if wrapper else tensors, path)
+shared_hub()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import torch
 from safetensors.numpy import save_file
 
 from pipeline.checkpoints import CheckpointError, natural_key, open_checkpoint
-from tests.conftest import write_torch
+from tests.helpers import write_torch
 
 
 def _read_all(path) -> dict[str, np.ndarray]:

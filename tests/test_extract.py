@@ -7,7 +7,7 @@ from pipeline.arrays import list_column_to_matrix
 from pipeline.extract import extract_depthwise_kernels, extract_model_to_parquet
 from pipeline.storage import OutputLayout, read_table
 from pipeline.zoo import demo_zoo, local_checkpoint_spec
-from tests.conftest import write_torch
+from tests.helpers import write_torch
 
 
 def test_known_layers_in_network_order_with_values(tiny_safetensors, tiny_state):

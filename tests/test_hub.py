@@ -1,0 +1,206 @@
+"""Hub ingestion against a hub stand-in on 127.0.0.1 (tests/hub_server.py): discovery, header-first
+range reads, every weight layout, retries under injected faults, and the byte floor."""
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from pipeline.checkpoints import COALESCE_GAP
+from pipeline.extract import extract_depthwise_kernels, extract_from_reader, extract_model_to_parquet
+from pipeline.storage import OutputLayout
+from pipeline.zoo import hub_spec
+from tests.helpers import shared_hub
+from tests.hub_server import Fault, HubStandIn, Repo
+
+timm = pytest.importorskip("timm")
+
+ARCHS = {"convnext_atto": "d2_in1k", "mobilenetv3_small_050": "lamb_in1k",
+         "efficientnet_b0": "ra_in1k", "resnet18": "a1_in1k"}
+
+
+def timm_state(arch: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def timm_config(arch: str, tag: str) -> bytes:
+    return json.dumps({"architecture": arch, "num_classes": 1000, "pretrained_cfg": {
+        "tag": tag, "input_size": [3, 224, 224]}}).encode()
+
+
+def build_zoo(hub: HubStandIn, local: Path) -> None:
+    """The test zoo on the stand-in, and the same weights as local files under `local`."""
+    for arch, tag in ARCHS.items():
+        state = timm_state(arch)
+        save_file(state, str(local / f"{arch}.safetensors"))
+        hub.add_repo(f"timm/{arch}.{tag}", Repo({"model.safetensors": save(state),
+                                                 "config.json": timm_config(arch, tag)}))
+    # sharded: the efficientnet weights split over two files, with the index
+    state = timm_state("efficientnet_b0")
+    names = list(state)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    files = {shard: save({k: state[k] for k in keys}) for shard, keys in shards.items()}
+    files["model.safetensors.index.json"] = json.dumps(
+        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}).encode()
+    files["config.json"] = timm_config("efficientnet_b0", "sharded")
+    hub.add_repo("timm/efficientnet_b0.sharded", Repo(files))
+    # torch file only
+    buffer = io.BytesIO()
+    torch.save(timm_state("mobilenetv3_small_050"), buffer)
+    hub.add_repo("timm/mobilenetv3_small_050.binonly", Repo({
+        "pytorch_model.bin": buffer.getvalue(),
+        "config.json": timm_config("mobilenetv3_small_050", "binonly")}))
+    # half precision, and a depthwise tensor in int8
+    state = timm_state("convnext_atto")
+    half = {k: (v.half() if i % 2 else v.bfloat16()) if v.is_floating_point() else v
+            for i, (k, v) in enumerate(state.items())}
+    hub.add_repo("timm/convnext_atto.half", Repo({"model.safetensors": save(half)}))
+    hub.add_repo("someone/int8-dw", Repo({"model.safetensors": save({
+        "a.conv_dw.weight": torch.ones(4, 1, 3, 3, dtype=torch.int8),
+        "b.conv_dw.weight": torch.randn(4, 1, 3, 3)})}, tags=["pytorch"]))
+    hub.add_repo("timm/convnext_atto.gated", Repo({"model.safetensors": save(state)}, gated=True))
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder)
+        build_zoo(shared_hub(), local)
+        yield shared_hub(), local
+
+
+@pytest.fixture
+def hub(zoo):
+    """The stand-in that HF_ENDPOINT points at (see conftest), with its counters reset."""
+    server, _ = zoo
+    server.bytes_sent.clear()
+    server.requests.clear()
+    server.faults.clear()
+    return server
+
+
+def _hub_kernels(repo_id: str, **options):
+    from pipeline._hub import HubOptions, open_hub_checkpoint
+
+    with open_hub_checkpoint(repo_id, options=HubOptions(**options)) as opened:
+        return extract_from_reader(opened.reader, "m"), opened
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_hub_kernels_equal_the_local_read_value_for_value(hub, zoo, arch):
+    _, local = zoo
+    from_hub, opened = _hub_kernels(f"timm/{arch}.{ARCHS[arch]}")
+    from_disk = extract_depthwise_kernels(local / f"{arch}.safetensors", "m")
+    assert from_hub.kernels.equals(from_disk.kernels)
+    assert opened.revision == hub.repos[f"timm/{arch}.{ARCHS[arch]}"].sha
+    assert opened.config["architecture"] == arch
+
+
+def test_convnext_atto_costs_its_depthwise_bytes_and_header_only(hub):
+    repo = "timm/convnext_atto.d2_in1k"
+    extraction, opened = _hub_kernels(repo)
+    depthwise_bytes = extraction.n_filters * 49 * 4
+    floor = depthwise_bytes + opened.reader.header_bytes
+    sent = hub.bytes_sent[repo]
+    assert floor <= sent <= 1.1 * floor
+    assert sent < 0.05 * len(hub.repos[repo].files["model.safetensors"])
+    assert opened.bytes_fetched == sent
+    ranges = [p for m, p, s in hub.requests if p.endswith("model.safetensors")]
+    assert len(ranges) <= 2 + extraction.n_layers  # header (2 reads) + at most one per layer
+
+
+def test_a_model_without_depthwise_convs_is_skipped_without_weights(hub, tmp_path):
+    row = extract_model_to_parquet(hub_spec("timm/resnet18.a1_in1k"), tmp_path)
+    assert (row["status"], row["error"]) == ("skipped", "no depthwise convs")
+    weights = len(hub.repos["timm/resnet18.a1_in1k"].files["model.safetensors"])
+    assert hub.bytes_sent["timm/resnet18.a1_in1k"] < 0.01 * weights
+    assert not OutputLayout(tmp_path).kernels_path("timm/resnet18.a1_in1k").exists()
+
+
+def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path):
+    _, local = zoo
+    effnet = extract_depthwise_kernels(local / "efficientnet_b0.safetensors", "m")
+    sharded, _ = _hub_kernels("timm/efficientnet_b0.sharded")
+    assert sharded.kernels.equals(effnet.kernels)
+
+    mobilenet = extract_depthwise_kernels(local / "mobilenetv3_small_050.safetensors", "m")
+    before = set(Path(tempfile.gettempdir()).glob("dwscan-hub-*"))
+    bin_only, opened = _hub_kernels("timm/mobilenetv3_small_050.binonly")
+    assert bin_only.kernels.equals(mobilenet.kernels)
+    assert set(Path(tempfile.gettempdir()).glob("dwscan-hub-*")) == before  # .bin deleted
+
+    half, _ = _hub_kernels("timm/convnext_atto.half")
+    full = extract_depthwise_kernels(local / "convnext_atto.safetensors", "m")
+    got = np.array(half.kernels.column("weights").to_pylist())
+    want = np.array(full.kernels.column("weights").to_pylist())
+    assert half.n_filters == full.n_filters and np.allclose(got, want, rtol=1e-2, atol=1e-2)
+
+    int8, _ = _hub_kernels("someone/int8-dw")
+    assert int8.n_layers == 1 and int8.skipped_layers[0]["reason"] == "dtype I8 not supported"
+
+
+def test_gated_and_missing_repos_fail_with_their_reason_and_are_not_retried(hub, tmp_path):
+    gated = extract_model_to_parquet(hub_spec("timm/convnext_atto.gated"), tmp_path)
+    missing = extract_model_to_parquet(hub_spec("timm/no-such-model"), tmp_path)
+    assert gated["status"] == "failed" and gated["error"].startswith("gated or private")
+    assert missing["status"] == "failed" and missing["error"].startswith("not found")
+    info_calls = [p for m, p, s in hub.requests if p.startswith("/api/models/timm/convnext_atto.g")]
+    assert len(info_calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["error500", "rate429", "stall", "truncate", "reset"])
+def test_faults_are_retried_and_the_kernels_still_come_back_whole(hub, zoo, kind):
+    _, local = zoo
+    hub.faults.append(Fault("model.safetensors", kind, times=2, seconds=3.0))
+    extraction, _ = _hub_kernels("timm/convnext_atto.d2_in1k", timeout=1.0, backoff=0.05)
+    from_disk = extract_depthwise_kernels(local / "convnext_atto.safetensors", "m")
+    assert extraction.kernels.equals(from_disk.kernels)
+    assert hub.faults[0].times == 0  # both faults were met, and retried past
+    if kind == "rate429":
+        assert [s for _, p, s in hub.requests if p.endswith("model.safetensors")][:2] == [429, 429]
+
+
+def test_a_fault_that_never_ends_fails_that_model_with_the_reason(hub, tmp_path):
+    from pipeline._hub import HubError
+
+    hub.faults.append(Fault("model.safetensors", "error500", times=100))
+    with pytest.raises(HubError, match="gave up after 3 attempts"):
+        _hub_kernels("timm/convnext_atto.d2_in1k", max_attempts=3, backoff=0.01)
+
+
+def test_discovery_filters(hub):
+    from pipeline._hub import list_hub_models
+
+    timm_repos = list_hub_models(author="timm")
+    assert "timm/convnext_atto.d2_in1k" in timm_repos and "someone/int8-dw" not in timm_repos
+    assert list_hub_models(search="convnext") == [
+        "timm/convnext_atto.d2_in1k", "timm/convnext_atto.gated", "timm/convnext_atto.half"]
+    assert "someone/int8-dw" not in list_hub_models(filter="timm")
+    assert len(list_hub_models(author="timm", limit=2)) == 2
+
+
+def test_coalescing_joins_only_near_neighbours():
+    from pipeline.checkpoints import RemoteSafetensorsCheckpoint
+
+    state = {"a": torch.zeros(1024), "b": torch.ones(8), "c": torch.full((4,), 2.0)}
+    blob = save(state)
+    calls = []
+
+    def fetch(file, start, stop):
+        calls.append((start, stop))
+        return blob[start:stop]
+
+    reader = RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"])
+    calls.clear()
+    reader.prefetch(["b", "c"])  # adjacent: one request
+    assert len(calls) == 1
+    assert reader.read("c").tolist() == [2.0] * 4 and reader.read("b").tolist() == [1.0] * 8
+    assert COALESCE_GAP < 4096 * 2
