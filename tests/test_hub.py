@@ -3,6 +3,8 @@ range reads, every weight layout, retries under injected faults, and the byte fl
 
 import io
 import json
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from safetensors.torch import save, save_file
 
 from pipeline.checkpoints import COALESCE_GAP
 from pipeline.extract import extract_depthwise_kernels, extract_from_reader, extract_model_to_parquet
-from pipeline.storage import OutputLayout
+from pipeline.storage import OutputLayout, read_table
 from pipeline.zoo import hub_spec
 from tests.helpers import shared_hub
 from tests.hub_server import Fault, HubStandIn, Repo
@@ -39,7 +41,10 @@ def build_zoo(hub: HubStandIn, local: Path) -> None:
     """The test zoo on the stand-in, and the same weights as local files under `local`."""
     for arch, tag in ARCHS.items():
         state = timm_state(arch)
-        save_file(state, str(local / f"{arch}.safetensors"))
+        folder = local / arch  # the same repo as a local Hugging Face style folder
+        folder.mkdir()
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_bytes(timm_config(arch, tag))
         hub.add_repo(f"timm/{arch}.{tag}", Repo({"model.safetensors": save(state),
                                                  "config.json": timm_config(arch, tag)}))
     # sharded: the efficientnet weights split over two files, with the index
@@ -98,7 +103,7 @@ def _hub_kernels(repo_id: str, **options):
 def test_hub_kernels_equal_the_local_read_value_for_value(hub, zoo, arch):
     _, local = zoo
     from_hub, opened = _hub_kernels(f"timm/{arch}.{ARCHS[arch]}")
-    from_disk = extract_depthwise_kernels(local / f"{arch}.safetensors", "m")
+    from_disk = extract_depthwise_kernels(local / arch, "m")
     assert from_hub.kernels.equals(from_disk.kernels)
     assert opened.revision == hub.repos[f"timm/{arch}.{ARCHS[arch]}"].sha
     assert opened.config["architecture"] == arch
@@ -127,18 +132,18 @@ def test_a_model_without_depthwise_convs_is_skipped_without_weights(hub, tmp_pat
 
 def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path):
     _, local = zoo
-    effnet = extract_depthwise_kernels(local / "efficientnet_b0.safetensors", "m")
+    effnet = extract_depthwise_kernels(local / "efficientnet_b0", "m")
     sharded, _ = _hub_kernels("timm/efficientnet_b0.sharded")
     assert sharded.kernels.equals(effnet.kernels)
 
-    mobilenet = extract_depthwise_kernels(local / "mobilenetv3_small_050.safetensors", "m")
+    mobilenet = extract_depthwise_kernels(local / "mobilenetv3_small_050", "m")
     before = set(Path(tempfile.gettempdir()).glob("dwscan-hub-*"))
     bin_only, opened = _hub_kernels("timm/mobilenetv3_small_050.binonly")
     assert bin_only.kernels.equals(mobilenet.kernels)
     assert set(Path(tempfile.gettempdir()).glob("dwscan-hub-*")) == before  # .bin deleted
 
     half, _ = _hub_kernels("timm/convnext_atto.half")
-    full = extract_depthwise_kernels(local / "convnext_atto.safetensors", "m")
+    full = extract_depthwise_kernels(local / "convnext_atto", "m")
     got = np.array(half.kernels.column("weights").to_pylist())
     want = np.array(full.kernels.column("weights").to_pylist())
     assert half.n_filters == full.n_filters and np.allclose(got, want, rtol=1e-2, atol=1e-2)
@@ -161,7 +166,7 @@ def test_faults_are_retried_and_the_kernels_still_come_back_whole(hub, zoo, kind
     _, local = zoo
     hub.faults.append(Fault("model.safetensors", kind, times=2, seconds=3.0))
     extraction, _ = _hub_kernels("timm/convnext_atto.d2_in1k", timeout=1.0, backoff=0.05)
-    from_disk = extract_depthwise_kernels(local / "convnext_atto.safetensors", "m")
+    from_disk = extract_depthwise_kernels(local / "convnext_atto", "m")
     assert extraction.kernels.equals(from_disk.kernels)
     assert hub.faults[0].times == 0  # both faults were met, and retried past
     if kind == "rate429":
@@ -204,3 +209,55 @@ def test_coalescing_joins_only_near_neighbours():
     assert len(calls) == 1
     assert reader.read("c").tolist() == [2.0] * 4 and reader.read("b").tolist() == [1.0] * 8
     assert COALESCE_GAP < 4096 * 2
+
+
+def _dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}  # HF_ENDPOINT (conftest) points at the stand-in
+    return subprocess.run(["dwscan", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_scan_the_hub_through_ray(hub, tmp_path):
+    result = _dwscan(["scan", "--hub", "--author", "timm", "--concurrency", "4",
+                      "--out", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # the gated repo failed
+    models = {r["model_id"]: r for r in read_table(tmp_path / "out" / "models.parquet").to_pylist()}
+    assert set(models) == {r for r in hub.repos if r.startswith("timm/")}
+    status = {m: r["status"] for m, r in models.items()}
+    assert status.pop("timm/resnet18.a1_in1k") == "skipped"
+    assert status.pop("timm/convnext_atto.gated") == "failed"
+    assert set(status.values()) == {"ok"}
+    assert models["timm/convnext_atto.gated"]["error"].startswith("gated or private")
+    for model_id, row in models.items():
+        assert row["revision"] == hub.repos[model_id].sha or row["status"] == "failed"
+    atto = models["timm/convnext_atto.d2_in1k"]
+    assert (atto["accuracy_key"], atto["architecture"], atto["input_size"]) == (
+        "convnext_atto.d2_in1k", "convnext_atto", "3x224x224")
+    floor = atto["n_filters"] * 49 * 4
+    assert floor < atto["bytes_fetched"] < 1.1 * floor
+    assert "FAILED timm/convnext_atto.gated" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
+    _, local = zoo
+    chosen = ["convnext_atto", "mobilenetv3_small_050", "efficientnet_b0"]
+    repo_ids = [f"timm/{arch}.{ARCHS[arch]}" for arch in chosen]
+    from_hub = _dwscan(["run", "--out", str(tmp_path / "hub"),
+                        *[a for r in repo_ids for a in ("--model", r)]], tmp_path)
+    assert from_hub.returncode == 0, from_hub.stderr[-3000:]
+    from_disk = _dwscan(["run", "--out", str(tmp_path / "disk"),
+                         *[a for arch, r in zip(chosen, repo_ids)
+                           for a in ("--checkpoint", str(local / arch), "--model-id", r)]],
+                        tmp_path)
+    assert from_disk.returncode == 0, from_disk.stderr[-3000:]
+    a, b = OutputLayout(tmp_path / "hub"), OutputLayout(tmp_path / "disk")
+    for repo_id in repo_ids:
+        assert read_table(a.kernels_path(repo_id)).equals(read_table(b.kernels_path(repo_id)))
+        assert read_table(a.assignments_path(repo_id)).equals(
+            read_table(b.assignments_path(repo_id)))
+    assert read_table(a.templates_path).equals(read_table(b.templates_path))
+    assert read_table(a.clusterability_path).equals(read_table(b.clusterability_path))
+    keys = ["model_id", "accuracy_key", "architecture", "n_layers", "n_filters", "status"]
+    assert read_table(a.models_path).select(keys).equals(read_table(b.models_path).select(keys))
