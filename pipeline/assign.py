@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 
 import schemas
 from pipeline.arrays import list_column_to_matrix
-from pipeline.preprocess import centre_and_normalise
-from pipeline.storage import read_table, write_table
+from pipeline.preprocess import INVALID_REASONS, VALID, centre_and_normalise
+from pipeline.storage import iter_tables, write_tables
 
 # Default cosine threshold for "clustered"; METHOD notes in README explain the choice.
 DEFAULT_THRESHOLD = 0.8
@@ -80,23 +80,25 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
     """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes)."""
     n = kernels.num_rows
     nearest = np.full(n, -1, dtype=np.int64)
-    cosine = np.full(n, np.nan, dtype=np.float32)
+    cosine = np.zeros(n, dtype=np.float32)
     sign = np.ones(n, dtype=np.int8)
-    reasons = np.full(n, None, dtype=object)
+    codes = np.zeros(n, dtype=np.uint8)
     sizes = kernels.column("kernel_size").to_numpy()
     for k in np.unique(sizes):
-        rows = np.flatnonzero(sizes == k)
-        matrix = list_column_to_matrix(kernels.column("weights").take(rows), int(k) * int(k))
-        normalised, why = centre_and_normalise(matrix)
-        reasons[rows] = why
-        valid = why == None  # noqa: E711
         if int(k) not in indexes:
             raise KeyError(f"no templates for kernel size {k}")
+        rows = np.flatnonzero(sizes == k)
+        weights = kernels.column("weights")
+        matrix = list_column_to_matrix(weights if len(rows) == n else weights.take(rows),
+                                       int(k) * int(k))
+        normalised, why = centre_and_normalise(matrix)
+        codes[rows] = why
+        valid = why == VALID
         ids, cos, signs = indexes[int(k)].nearest_with_sign(normalised[valid])
         nearest[rows[valid]] = ids
         cosine[rows[valid]] = cos
         sign[rows[valid]] = signs
-    invalid = reasons != None  # noqa: E711
+    invalid = codes != VALID
     clustered = ~invalid & (cosine >= threshold)
     return pa.table({
         "model_id": kernels.column("model_id"),
@@ -107,9 +109,9 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "kernel_size": kernels.column("kernel_size"),
         "template_id": pa.array(np.where(clustered, nearest, 0), pa.int32(), mask=~clustered),
         "nearest_template_id": pa.array(np.where(invalid, 0, nearest), pa.int32(), mask=invalid),
-        "cosine": pa.array(np.nan_to_num(cosine), pa.float32(), mask=invalid),
+        "cosine": pa.array(cosine, pa.float32(), mask=invalid),
         "sign": pa.array(sign, pa.int8(), mask=invalid),
-        "invalid_reason": pa.array(reasons, pa.string()),
+        "invalid_reason": pa.array(INVALID_REASONS, pa.string()).take(pa.array(codes)),
     }, schema=schemas.ASSIGNMENTS)
 
 
@@ -123,9 +125,11 @@ def chance_clustered_fraction(index: TemplateIndex, threshold: float, n: int = 1
 
 
 def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
-                      out_path: Path, sign_invariant: bool = False) -> int:
-    """Assign one model's kernel file; writes its assignment file whole and returns its row count."""
-    assignments = assign_kernels(read_table(kernels_path),
-                                 template_indexes(templates, sign_invariant), threshold)
-    write_table(assignments, out_path, schemas.ASSIGNMENTS)
-    return assignments.num_rows
+                      out_path: Path, sign_invariant: bool = False,
+                      batch_size: int = 262_144) -> int:
+    """Assign one model's kernel file, streaming it in batches so memory stays bounded; writes
+    its assignment file whole (atomically) and returns its row count."""
+    indexes = template_indexes(templates, sign_invariant)
+    return write_tables((assign_kernels(batch, indexes, threshold)
+                         for batch in iter_tables(kernels_path, batch_size)),
+                        out_path, schemas.ASSIGNMENTS)

@@ -9,28 +9,27 @@ ZERO_ABS_TOL = 1e-4
 # A kernel that is (nearly) constant has no direction once centred.
 CONSTANT_NORM_TOL = 1e-6
 
-INVALID_NON_FINITE = "non_finite"
-INVALID_ZERO = "zero"
-INVALID_CONSTANT = "constant"
+# Why a kernel cannot be used, by code: 0 means it can.
+VALID, NON_FINITE, ZERO, CONSTANT = 0, 1, 2, 3
+INVALID_REASONS = (None, "non_finite", "zero", "constant")
 
 
 def centre_and_normalise(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centred unit-norm rows and a per-row reason they cannot be used (None when they can).
-
-    Invalid rows come back as zeros so that they never look similar to anything.
-    """
+    """Centred unit-norm rows (float32) and a uint8 code per row: VALID, or why it is not
+    (`INVALID_REASONS[code]` names it). Invalid rows come back as zeros, similar to nothing."""
     weights = np.asarray(weights, dtype=np.float32)
-    reasons = np.full(weights.shape[0], None, dtype=object)
+    codes = np.zeros(len(weights), dtype=np.uint8)
     finite = np.isfinite(weights).all(axis=1)
-    reasons[~finite] = INVALID_NON_FINITE
-    safe = np.where(finite[:, None], weights, 0.0).astype(np.float32)
-    zero = finite & (np.abs(safe).max(axis=1, initial=0.0) <= ZERO_ABS_TOL)
-    reasons[zero] = INVALID_ZERO
-    centred = safe - safe.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1)
-    constant = finite & ~zero & (norms <= CONSTANT_NORM_TOL * np.abs(safe).max(axis=1, initial=0.0))
-    reasons[constant] = INVALID_CONSTANT
-    valid = reasons == None  # noqa: E711 - elementwise comparison on an object array
-    normalised = np.zeros_like(centred)
-    normalised[valid] = centred[valid] / norms[valid, None]
-    return normalised, reasons
+    if not finite.all():
+        codes[~finite] = NON_FINITE
+        weights = np.where(finite[:, None], weights, np.float32(0))
+    largest = np.abs(weights).max(axis=1, initial=0.0)
+    codes[finite & (largest <= ZERO_ABS_TOL)] = ZERO
+    centred = weights - weights.mean(axis=1, keepdims=True, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", centred, centred))
+    codes[(codes == VALID) & (norms <= CONSTANT_NORM_TOL * largest)] = CONSTANT
+    valid = codes == VALID
+    norms[~valid] = 1.0
+    centred /= norms[:, None]
+    centred[~valid] = 0.0
+    return centred, codes

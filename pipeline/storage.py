@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,18 +79,50 @@ class OutputLayout:
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> Path:
     """Cast to `schema` and write atomically: a reader sees the old file or the new, never half."""
+    write_tables([table], path, schema)
+    return Path(path)
+
+
+def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa.Schema) -> int:
+    """Stream tables into one Parquet file, atomically like `write_table`; returns the row count.
+
+    Memory stays at one table's worth, whatever the total.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = table.select(schema.names).cast(schema)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    rows = 0
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        with pq.ParquetWriter(tmp, schema, compression="zstd",
+                              use_byte_stream_split=_float_columns(schema)) as writer:
+            for table in tables:
+                writer.write_table(table.select(schema.names).cast(schema))
+                rows += table.num_rows
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return rows
+
+
+def _float_columns(schema: pa.Schema) -> list[str]:
+    """Parquet paths of float columns: byte-stream-split encoding makes kernel weights ~10%
+    smaller and ~35% faster to read than zstd alone (benchmarks/assign.py)."""
+    paths = []
+    for f in schema:
+        if pa.types.is_floating(f.type):
+            paths.append(f.name)
+        elif pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type):
+            paths.append(f"{f.name}.list.element")
+    return paths
+
+
+def iter_tables(path: str | os.PathLike, batch_size: int = 262_144) -> Iterator[pa.Table]:
+    """A Parquet file as tables of at most `batch_size` rows, read one at a time."""
+    reader = pq.ParquetFile(path)
+    for batch in reader.iter_batches(batch_size=batch_size):
+        yield pa.Table.from_batches([batch])
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None, filters=None) -> pa.Table:

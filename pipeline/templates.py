@@ -18,7 +18,7 @@ from pipeline.arrays import matrices_to_list_array
 from pipeline.assign import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
 from pipeline.autoencoder import KernelAutoencoder, decode_sweep, load_autoencoder
 from pipeline.families import label_templates
-from pipeline.preprocess import centre_and_normalise
+from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.train import autoencoder_path, kernel_sizes_of, load_normalised_kernels
 
 
@@ -103,7 +103,7 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
     config = config or TemplateConfig()
     codes, decoded = decode_sweep(model, config.sweep_points)
     candidates, why = centre_and_normalise(decoded)
-    usable = why == None  # noqa: E711
+    usable = why == VALID
     if not usable.any():
         raise ValueError("the autoencoder decodes only constant kernels; train it longer")
     return select_templates(candidates[usable], codes[usable], kernels, config)
@@ -112,7 +112,7 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
 def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0) -> TemplateSet:
     """The paper's fallback (its appendix, for MobileNetV3): spherical k-means on the kernels."""
     candidates, why = centre_and_normalise(spherical_kmeans(kernels, config.n_clusters, seed))
-    candidates = candidates[why == None]  # noqa: E711
+    candidates = candidates[why == VALID]
     return select_templates(candidates, np.full(len(candidates), np.nan, np.float32), kernels,
                             config)
 
@@ -148,7 +148,7 @@ def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: 
         return []
     n_clusters = int(min(16, max(1, len(unclustered) // max(floor, 1))))
     centres, why = centre_and_normalise(spherical_kmeans(unclustered, n_clusters, seed, 30))
-    centres = centres[why == None]  # noqa: E711
+    centres = centres[why == VALID]
     missed = []
     for centre in centres[merge_near_duplicates(centres, 0.9, sign_invariant)]:
         close = unclustered @ centre

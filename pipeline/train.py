@@ -12,7 +12,7 @@ from torch import nn
 import schemas
 from pipeline.arrays import list_column_to_matrix
 from pipeline.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
-from pipeline.preprocess import centre_and_normalise
+from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.storage import read_tables
 
 # Above this many kernels of one size, train (and pick templates) on a seeded uniform sample.
@@ -32,7 +32,7 @@ def load_normalised_kernels(kernel_paths: list[Path], kernel_size: int,
                         filters=[("kernel_size", "=", kernel_size)])
     normalised, why = centre_and_normalise(
         list_column_to_matrix(table.column("weights"), kernel_size * kernel_size))
-    normalised = normalised[why == None]  # noqa: E711
+    normalised = normalised[why == VALID]
     if max_rows and len(normalised) > max_rows:
         keep = np.sort(np.random.default_rng(seed).choice(len(normalised), max_rows, replace=False))
         normalised = normalised[keep]

@@ -73,3 +73,22 @@ def test_sign_invariant_index_matches_negatives_with_sign():
     np.testing.assert_allclose(cos, 1.0)
     ids, cos = TemplateIndex(e[:2]).nearest(np.stack([-e[0]]))
     assert cos[0] <= 0.0
+
+
+def test_a_file_assigned_in_batches_equals_one_pass(tmp_path):
+    from pipeline.arrays import matrices_to_list_array as to_list
+    from pipeline.assign import assign_model_file, template_indexes
+    from pipeline.storage import read_table, write_table
+
+    truth = np.stack(list(core_family(3).values()))
+    raw, _ = noisy_copies(truth, 7, noise=0.5, rng=np.random.default_rng(2))
+    raw[3] = 0.0  # an invalid kernel inside a batch
+    kernels = kernels_table(raw, 3)
+    write_table(kernels, tmp_path / "k.parquet", schemas.KERNELS)
+    templates = pa.table({"kernel_size": pa.array([3] * 8, pa.int32()),
+                          "template_id": pa.array(range(8), pa.int32()),
+                          "weights": to_list([truth])})
+    n = assign_model_file(tmp_path / "k.parquet", templates, 0.8, tmp_path / "a.parquet",
+                          batch_size=5)
+    whole = assign_kernels(kernels, template_indexes(templates), 0.8)
+    assert n == 56 and read_table(tmp_path / "a.parquet").equals(whole.cast(schemas.ASSIGNMENTS))

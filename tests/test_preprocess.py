@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.preprocess import centre_and_normalise
+from pipeline.preprocess import INVALID_REASONS, centre_and_normalise
 
 
 def test_hand_computed_kernel():
@@ -8,7 +8,7 @@ def test_hand_computed_kernel():
     # mean 2.5 -> [-1.5, -0.5, 0.5, 1.5], norm sqrt(5)
     np.testing.assert_allclose(normalised[0], np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(5),
                                rtol=1e-6)
-    assert reasons[0] is None
+    assert INVALID_REASONS[reasons[0]] is None
 
 
 def test_scale_and_offset_do_not_matter_but_sign_does():
@@ -31,6 +31,7 @@ def test_zero_constant_and_non_finite_kernels_are_flagged_and_zeroed():
         [0.0, 0.0, 0.0, 1.0],
     ])
     normalised, reasons = centre_and_normalise(weights)
-    assert list(reasons) == ["zero", "zero", "constant", "non_finite", "non_finite", None]
+    assert [INVALID_REASONS[c] for c in reasons] == [
+        "zero", "zero", "constant", "non_finite", "non_finite", None]
     assert np.all(normalised[:5] == 0) and np.isfinite(normalised).all()
     assert np.isclose(np.linalg.norm(normalised[5]), 1.0)

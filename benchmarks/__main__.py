@@ -1,0 +1,64 @@
+"""`python -m benchmarks`: run every benchmark, print the rows, and write BENCHMARKS.md.
+
+Speed and memory targets are checked here, never in unit tests. Each module's `run()` returns
+rows (dicts); this file only formats them with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from benchmarks import assign, hub
+
+BENCHMARKS = {"assign": assign.run, "hub": hub.run}
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), platform.processor())
+    versions = ", ".join(f"{p} {version(p)}" for p in
+                         ("ray", "torch", "faiss-cpu", "pyarrow", "numpy", "huggingface_hub"))
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.machine()}, Python "
+            f"{platform.python_version()}; {versions}; {datetime.date.today().isoformat()}")
+
+
+def as_markdown(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("--write", type=Path, default=Path("BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    sections = [f"# Benchmarks\n\nMeasured by `python -m benchmarks` on: {machine()}.\n"]
+    for name in args.names:
+        run = BENCHMARKS[name]
+        text = as_markdown(run())
+        print(f"\n## {name}\n{text}", flush=True)
+        about = (sys.modules[run.__module__].__doc__ or "").strip()
+        sections.append(f"## {name}\n\n{about}\n\n{text}\n")
+    args.write.write_text("\n".join(sections))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
