@@ -46,11 +46,15 @@ def _cell(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--write", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
     sections = [f"# Benchmarks\n\nMeasured by `python -m benchmarks` on: {machine()}.\n"]
-    for name in args.names:
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    for name in args.names or list(BENCHMARKS):
         run = BENCHMARKS[name]
         text = as_markdown(run())
         print(f"\n## {name}\n{text}", flush=True)

@@ -5,7 +5,6 @@ Timings are the minimum and median of 3 runs."""
 
 from __future__ import annotations
 
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,12 +94,12 @@ def _stage_in_child(kernels: Path, templates: Path, out: Path) -> tuple[float, i
         "t = pq.read_table(sys.argv[2])\n"
         "start = time.perf_counter()\n"
         "assign_model_file(sys.argv[1], t, 0.8, sys.argv[3])\n"
-        "print(time.perf_counter() - start)\n")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        "import resource\n"
+        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     done = subprocess.run([sys.executable, "-c", code, str(kernels), str(templates), str(out)],
                           capture_output=True, text=True, check=True)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return float(done.stdout.strip().splitlines()[-1]), max(rss, before) * 1024
+    seconds, max_rss_kib = done.stdout.strip().splitlines()[-1].split()
+    return float(seconds), int(max_rss_kib) * 1024
 
 
 def _times(call, repeats: int = REPEATS) -> list[float]:
