@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {name}\n{text}", flush=True)
         about = (sys.modules[run.__module__].__doc__ or "").strip()
         sections.append(f"## {name}\n\n{about}\n\n{text}\n")
+    analysis = Path(__file__).with_name("analysis.md")  # what the numbers mean, by hand
+    if analysis.exists():
+        sections.append(analysis.read_text())
     args.write.write_text("\n".join(sections))
     return 0
 

@@ -120,7 +120,8 @@ def _float_columns(schema: pa.Schema) -> list[str]:
 
 def iter_tables(path: str | os.PathLike, batch_size: int = 262_144) -> Iterator[pa.Table]:
     """A Parquet file as tables of at most `batch_size` rows, read one at a time."""
-    reader = pq.ParquetFile(path)
+    # pre_buffer would coalesce the reads of every row group up front: memory as large as the file
+    reader = pq.ParquetFile(path, pre_buffer=False)
     for batch in reader.iter_batches(batch_size=batch_size):
         yield pa.Table.from_batches([batch])
 

@@ -125,10 +125,10 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
             hits += nearest_truth[row["kernel_size"], row["nearest_template_id"]] == true_name
     assert hits / total >= 0.98
     structured_share = np.mean([v != "random" for v in truth.values()])
-    for k in (5, 7):  # random kernels almost never reach the threshold at these sizes
-        assert abs(np.mean(clustered[k]) - structured_share) <= 0.02
     report = {r["kernel_size"]: r for r in read_table(layout.clusterability_path).to_pylist()}
-    assert abs(report[7]["clustered_fraction"] - structured_share) <= 0.02
+    for k in (3, 5, 7):  # at 3x3 random kernels reach 0.8 by chance ~4% of the time: 0.4 points
+        assert abs(np.mean(clustered[k]) - structured_share) <= 0.02
+        assert abs(report[k]["clustered_fraction"] - structured_share) <= 0.02
 
 
 def test_kmeans_fallback_with_signs_folded(tmp_path):
