@@ -29,11 +29,16 @@ def machine() -> str:
 
 
 def as_markdown(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    """One table per run of rows that share the same columns."""
+    tables: dict[tuple, list[dict]] = {}
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
+        tables.setdefault(tuple(row), []).append(row)
+    out = []
+    for columns, group in tables.items():
+        lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in group]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def _cell(value) -> str:

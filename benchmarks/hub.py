@@ -56,7 +56,7 @@ def run() -> list[dict]:
             header = 8 + int.from_bytes(payloads[arch]["model.safetensors"][:8], "little")
             floor = header + _depthwise_bytes(payloads[arch]["model.safetensors"], header)
             sent = hub.bytes_sent[row["model_id"]]
-            rows.append({"benchmark": "hub bytes", "case": arch, "status": row["status"],
+            rows.append({"architecture": arch, "status": row["status"],
                          "checkpoint_mb": size / 1e6, "fetched_mb": sent / 1e6,
                          "floor_mb": floor / 1e6, "fetched/checkpoint": sent / size,
                          "fetched/floor": sent / floor})
@@ -66,7 +66,7 @@ def run() -> list[dict]:
             scanned, _ = scan_models(zoo, layout, max_in_flight=concurrency)
             seconds = time.perf_counter() - start
             ok = scanned.column("status").to_pylist().count("ok")
-            rows.append({"benchmark": "hub throughput", "case": f"concurrency {concurrency}",
+            rows.append({"zoo of 200 repos": f"concurrency {concurrency}",
                          "models": ZOO_SIZE, "ok": ok, "seconds": seconds,
                          "models/min": 60 * ZOO_SIZE / seconds})
     import ray
