@@ -28,7 +28,7 @@ from pipeline.autoencoder import AutoencoderConfig
 from pipeline.extract import extract_model_to_parquet, model_row
 from pipeline.plots import plot_clusterability_vs_top1, plot_layer_shares, plot_template_gallery
 from pipeline.report import clusterability_table, threshold_sweep_table
-from pipeline.storage import OutputLayout, read_table, read_tables, write_table
+from pipeline.storage import OutputLayout, read_table_as, read_tables, write_table
 from pipeline.templates import TemplateConfig, build_templates
 from pipeline.zoo import ModelSpec
 
@@ -161,7 +161,7 @@ def _merge_models(layout: OutputLayout, run_models: pa.Table) -> pa.Table:
     """models.parquet = this run's rows + earlier rows of models this run did not touch."""
     merged = run_models
     if layout.models_path.exists():
-        earlier = read_table(layout.models_path).cast(schemas.MODELS)
+        earlier = read_table_as(layout.models_path, schemas.MODELS)
         keep = pc.invert(pc.is_in(earlier.column("model_id"), run_models.column("model_id")))
         merged = pa.concat_tables([earlier.filter(keep), run_models])
     write_table(merged, layout.models_path, schemas.MODELS)

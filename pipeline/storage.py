@@ -130,6 +130,18 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None, filter
     return pq.read_table(path, columns=columns, filters=filters)
 
 
+def read_table_as(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """A table written under an older schema version, as the current one: columns added since
+    come back null, so outputs of an earlier dwscan stay usable."""
+    table = pq.read_table(path)
+    for f in schema:
+        if f.name not in table.column_names:
+            filler = ([[]] * table.num_rows if pa.types.is_list(f.type) and not f.nullable
+                      else [None] * table.num_rows)
+            table = table.append_column(f.name, pa.array(filler, f.type))
+    return table.select(schema.names).cast(schema)
+
+
 def read_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,
                 filters=None) -> pa.Table:
     """Concatenate per-model files; an empty list gives an empty table of the schema."""

@@ -32,3 +32,18 @@ def test_every_schema_is_versioned():
                                 "threshold_sweep", "missed_patterns"}
     for schema in schemas.ALL.values():
         assert schema.metadata[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
+
+
+def test_a_table_from_an_older_schema_reads_as_the_current_one(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import read_table_as
+
+    old = pa.table({"model_id": ["a"], "source": ["x.pth"], "status": ["ok"], "n_layers": [1],
+                    "n_filters": [9]})
+    pq.write_table(old, tmp_path / "models.parquet")
+    table = read_table_as(tmp_path / "models.parquet", schemas.MODELS)
+    assert table.schema.equals(schemas.MODELS, check_metadata=False)
+    row = table.to_pylist()[0]
+    assert (row["model_id"], row["n_filters"], row["revision"], row["bytes_fetched"]) == (
+        "a", 9, None, None)
