@@ -14,9 +14,10 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import assign, hub
+from benchmarks import assign, end_to_end, hub, scale, train
 
-BENCHMARKS = {"assign": assign.run, "hub": hub.run}
+BENCHMARKS = {"assign": assign.run, "scale": scale.run, "train": train.run, "hub": hub.run,
+              "end_to_end": end_to_end.run}
 
 
 def machine() -> str:

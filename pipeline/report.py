@@ -58,19 +58,22 @@ SWEEP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 def threshold_sweep_table(assignments: pa.Table,
                           thresholds: tuple[float, ...] = SWEEP_THRESHOLDS) -> pa.Table:
     """THRESHOLD_SWEEP rows: how a model's clustered fraction moves with the threshold."""
-    model_ids = np.asarray(assignments.column("model_id").to_pylist(), dtype=object)
+    encoded = pc.dictionary_encode(assignments.column("model_id")).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+    model_index = encoded.indices.to_numpy()  # one int per row: no Python strings per kernel
     sizes = assignments.column("kernel_size").to_numpy()
     valid = pc.is_null(assignments.column("invalid_reason")).to_numpy(zero_copy_only=False)
     cosine = pc.fill_null(assignments.column("cosine"), -2.0).to_numpy()
     rows = []
-    for model_id in sorted(set(model_ids)):
-        mine = model_ids == model_id
-        for k in [None, *sorted(set(sizes[mine].tolist()))]:
+    for index in np.argsort(names, kind="stable"):
+        mine = model_index == index
+        for k in [None, *sorted(set(np.unique(sizes[mine]).tolist()))]:
             rows_of = mine & valid & (True if k is None else sizes == k)
-            n_valid = int(rows_of.sum())
+            cos = np.sort(cosine[rows_of])
+            n_valid = len(cos)
             for t in thresholds:
-                n = int((cosine[rows_of] >= t).sum())
-                rows.append({"model_id": model_id, "kernel_size": k, "threshold": t,
+                n = int(n_valid - np.searchsorted(cos, np.float32(t), side="left"))
+                rows.append({"model_id": names[index], "kernel_size": k, "threshold": t,
                              "n_valid": n_valid, "n_clustered": n,
                              "clustered_fraction": n / n_valid if n_valid else None})
     return pa.Table.from_pylist(rows, schema=schemas.THRESHOLD_SWEEP)

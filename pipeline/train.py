@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,10 +60,12 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
         if len(data) == 0:
             continue
         report = (lambda e, n, loss, k=k: on_epoch(k, e, n, loss)) if on_epoch else None
+        start = time.perf_counter()
         model, losses[k] = train_autoencoder(data, config, rank=rank, world_size=world_size,
                                              wrap_model=wrap_model, device=device, on_epoch=report)
         if rank == 0:
             save_autoencoder(model, autoencoder_path(out_dir, k), extra={
                 "kernel_size": k, "n_kernels": len(data), "world_size": world_size,
-                "config": config, "final_loss": losses[k][-1]})
+                "device": device, "config": config, "epochs": len(losses[k]),
+                "final_loss": losses[k][-1], "train_seconds": time.perf_counter() - start})
     return losses

@@ -1,0 +1,51 @@
+"""Autoencoder training: kernels per second per epoch with 1 and 2 Ray Train workers on the CPU
+(DDP over gloo), timed inside the training loop (Ray Train's start-up is reported apart).
+200,000 synthetic 7x7 kernels, 10 epochs, the default network and batch size."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+N_KERNELS = 200_000
+EPOCHS = 10
+WORKER_COUNTS = (1, 2)
+
+
+def run() -> list[dict]:
+    import schemas
+    from benchmarks.assign import _chunk
+    from pipeline import ray_executor
+    from pipeline.autoencoder import AutoencoderConfig
+    from pipeline.preprocess import centre_and_normalise
+    from pipeline.storage import write_table
+
+    rng = np.random.default_rng(0)
+    templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))
+    rows = []
+    ray_executor.init_ray(None)
+    with tempfile.TemporaryDirectory() as folder:
+        kernels = Path(folder) / "kernels.parquet"
+        write_table(_chunk(rng, templates, N_KERNELS, 7), kernels, schemas.KERNELS)
+        for workers in WORKER_COUNTS:
+            out = Path(folder) / f"ae{workers}"
+            start = time.perf_counter()
+            ray_executor.train_with_ray_train(
+                [kernels], out, AutoencoderConfig(epochs=EPOCHS, min_steps=0),
+                num_workers=workers)
+            wall = time.perf_counter() - start
+            meta = json.loads((out / "k7.json").read_text())
+            per_epoch = meta["train_seconds"] / meta["epochs"]
+            rows.append({"workers": workers, "kernels": meta["n_kernels"],
+                         "epochs": meta["epochs"], "train s": meta["train_seconds"],
+                         "kernels/s per epoch": meta["n_kernels"] / per_epoch,
+                         "Ray Train start-up and teardown s": wall - meta["train_seconds"],
+                         "device": meta["device"]})
+    import ray
+
+    ray.shutdown()
+    return rows
