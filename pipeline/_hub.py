@@ -56,9 +56,8 @@ def list_hub_models(author: str | None = None, filter: str | None = None,
                     options: HubOptions | None = None) -> list[str]:
     """Repo ids of the hub models that match, in the hub's order."""
     options = options or HubOptions()
-    found = with_retries(lambda: [m.id for m in HfApi().list_models(
+    return with_retries(lambda: [m.id for m in HfApi().list_models(
         author=author, filter=filter, search=search, limit=limit)], options, "list models")
-    return found
 
 
 @contextmanager

@@ -195,7 +195,8 @@ def test_discovery_filters(hub):
 def test_coalescing_joins_only_near_neighbours():
     from pipeline.checkpoints import RemoteSafetensorsCheckpoint
 
-    state = {"a": torch.zeros(1024), "b": torch.ones(8), "c": torch.full((4,), 2.0)}
+    # laid out a, b, c: b is wider than the coalescing gap, so a and c are not neighbours
+    state = {"a": torch.zeros(16), "b": torch.ones(2 * COALESCE_GAP // 4), "c": torch.full((4,), 2.0)}
     blob = save(state)
     calls = []
 
@@ -205,10 +206,13 @@ def test_coalescing_joins_only_near_neighbours():
 
     reader = RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"])
     calls.clear()
-    reader.prefetch(["b", "c"])  # adjacent: one request
+    reader.prefetch(["a", "c"])
+    assert len(calls) == 2 and sum(b - a for a, b in calls) == 16 * 4 + 4 * 4
+    calls.clear()
+    reader.prefetch(["b", "c"])
     assert len(calls) == 1
-    assert reader.read("c").tolist() == [2.0] * 4 and reader.read("b").tolist() == [1.0] * 8
-    assert COALESCE_GAP < 4096 * 2
+    assert reader.read("c").tolist() == [2.0] * 4 and reader.read("a").tolist() == [0.0] * 16
+    assert len(calls) == 1  # both came from the cache
 
 
 def _dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
