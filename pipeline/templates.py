@@ -1,8 +1,11 @@
-"""Stage 4: turn a trained 1-D autoencoder into a small set of templates.
+"""Stage 4: turn a trained 1-D autoencoder (or k-means, the paper's fallback) into templates.
 
 Sweep the code over [0, 1], decode, keep one candidate per direction (merge near-duplicates by
 cosine), then keep only candidates that attract kernels: the one with the smallest share is
 dropped and the shares recomputed, until every template holds at least `min_share` of kernels.
+Last, each template moves to the mean of its close members and duplicates merge once more.
+`find_missed_patterns` then says which recurring patterns no template reaches. METHOD.md
+explains each choice.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class TemplateConfig:
 @dataclass
 class TemplateSet:
     weights: np.ndarray  # (n, k*k), centred, unit norm
-    codes: np.ndarray  # (n,) code that decodes to each
+    codes: np.ndarray  # (n,) code that decodes to each; NaN for k-means templates
     n_kernels: np.ndarray  # (n,) kernels nearest to each
     share: np.ndarray  # (n,) n_kernels / all kernels
 
