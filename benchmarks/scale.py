@@ -11,18 +11,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from benchmarks._common import write_synthetic_kernels
+
 SIZES = (100_000, 1_000_000, 10_000_000)
-CHUNK = 1_000_000
 
 
 def run() -> list[dict]:
-    import schemas
-    from benchmarks.assign import _chunk
     from pipeline.arrays import matrices_to_list_array
     from pipeline.assign import assign_model_file
     from pipeline.preprocess import centre_and_normalise
     from pipeline.report import clusterability_table, threshold_sweep_table
-    from pipeline.storage import read_table, write_tables
+    from pipeline.storage import read_table
 
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))
@@ -33,8 +32,7 @@ def run() -> list[dict]:
     for n in SIZES:
         with tempfile.TemporaryDirectory() as folder:
             kernels, out = Path(folder) / "kernels.parquet", Path(folder) / "assigned.parquet"
-            write_tables((_chunk(rng, templates, min(CHUNK, n - s), 7)
-                          for s in range(0, n, CHUNK)), kernels, schemas.KERNELS)
+            write_synthetic_kernels(kernels, rng, templates, n, 7)
             start = time.perf_counter()
             assign_model_file(kernels, template_table, 0.8, out)
             assigned = time.perf_counter()

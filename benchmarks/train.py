@@ -17,20 +17,18 @@ WORKER_COUNTS = (1, 2)
 
 
 def run() -> list[dict]:
-    import schemas
-    from benchmarks.assign import _chunk
+    from benchmarks._common import write_synthetic_kernels
     from pipeline import ray_executor
     from pipeline.autoencoder import AutoencoderConfig
     from pipeline.preprocess import centre_and_normalise
-    from pipeline.storage import write_table
 
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))
     rows = []
     ray_executor.init_ray(None)
     with tempfile.TemporaryDirectory() as folder:
-        kernels = Path(folder) / "kernels.parquet"
-        write_table(_chunk(rng, templates, N_KERNELS, 7), kernels, schemas.KERNELS)
+        kernels = write_synthetic_kernels(Path(folder) / "kernels.parquet", rng, templates,
+                                          N_KERNELS, 7)
         for workers in WORKER_COUNTS:
             out = Path(folder) / f"ae{workers}"
             start = time.perf_counter()
