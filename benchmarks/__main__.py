@@ -14,10 +14,10 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import assign, end_to_end, hub, scale, train
+from benchmarks import assign, end_to_end, extract, hub, scale, train, train_memory
 
-BENCHMARKS = {"assign": assign.run, "scale": scale.run, "train": train.run, "hub": hub.run,
-              "end_to_end": end_to_end.run}
+BENCHMARKS = {"extract": extract.run, "assign": assign.run, "scale": scale.run, "train": train.run,
+              "train_memory": train_memory.run, "hub": hub.run, "end_to_end": end_to_end.run}
 
 
 def machine() -> str:

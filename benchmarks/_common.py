@@ -50,22 +50,31 @@ def write_synthetic_kernels(path: Path, rng: np.random.Generator, templates: np.
 @dataclass(frozen=True)
 class ChildRun:
     seconds: float  # of the timed code alone
-    peak_rss: int  # bytes: the child's max RSS over its whole life
-    setup_rss: int  # bytes: its max RSS before the timed code (interpreter and imports)
+    peak_rss: int  # bytes: the child's peak RSS over its whole life
+    setup_rss: int  # bytes: its peak RSS before the timed code (interpreter and imports)
+    printed: list[str]  # what the child printed before its result line
+
+
+# The child's own peak RSS in KiB. Not getrusage's ru_maxrss: Linux carries the parent's RSS at
+# fork over exec into it, so a child of a 2 GiB parent reports >= 2 GiB. VmHWM belongs to the
+# memory map that exec made fresh.
+_PEAK_RSS_KIB = ("int(next(line.split()[1] for line in open('/proc/self/status') "
+                 "if line.startswith('VmHWM:')))")
 
 
 def timed_in_child(setup: str, timed: str, *args: str | Path) -> ChildRun:
     """Run `setup` then `timed` (Python source; `sys.argv[1:]` holds `args`) in a fresh
-    interpreter: the time of `timed`, and the child's peak RSS, which only what it ran can raise."""
-    code = (f"import resource, sys, time\n{setup}\n"
-            "setup_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    interpreter: the time of `timed`, and the child's peak RSS, which only what it ran can raise.
+    What the code prints comes back in `printed`."""
+    code = (f"import sys, time\n{setup}\n"
+            f"setup_rss = {_PEAK_RSS_KIB}\n"
             f"start = time.perf_counter()\n{timed}\n"
-            "print(time.perf_counter() - start, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, setup_rss)\n")
+            f"print(time.perf_counter() - start, {_PEAK_RSS_KIB}, setup_rss)\n")
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)],
                           capture_output=True, text=True, check=True)
-    seconds, peak_kib, setup_kib = done.stdout.strip().splitlines()[-1].split()
-    return ChildRun(float(seconds), int(peak_kib) * 1024, int(setup_kib) * 1024)
+    *printed, result = done.stdout.strip().splitlines()
+    seconds, peak_kib, setup_kib = result.split()
+    return ChildRun(float(seconds), int(peak_kib) * 1024, int(setup_kib) * 1024, printed)
 
 
 def times(call: Callable[[], object], repeats: int) -> list[float]:
