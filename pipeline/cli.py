@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.accuracy import DEMO_ACCURACY_CSV
+from pipeline.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL
 from pipeline.assign import DEFAULT_THRESHOLD
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.report import format_clusterability, format_text_table
+from pipeline.statistics import format_correlations
 from pipeline.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
 
 
@@ -57,9 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sign-invariant", action="store_true",
                      help="count a kernel and its negative as one pattern (default, as the "
                           "paper: on- and off-centre are different patterns)")
-    run.add_argument("--accuracy-csv", type=Path, default=DEMO_ACCURACY_CSV,
-                     help="timm results table (model,top1,...) to join ImageNet top-1 from "
-                          "(default: the demo zoo's three rows of timm's results-imagenet.csv)")
+    _add_accuracy_sources(run)
+    report = commands.add_parser(
+        "report", help="rebuild OUT/reports/ (tables, statistics, plots, index.html)",
+        description="Stage 6 alone, from what OUT already holds (models, templates, "
+                    "assignments): per-model, per-layer and per-label tables joined to timm's "
+                    "accuracy and pre-training tables, correlations, plots and index.html.")
+    report.add_argument("--out", type=Path, default=Path("dwscan-out"),
+                        help="output folder of an earlier run (default: ./dwscan-out)")
+    _add_accuracy_sources(report)
+    query = commands.add_parser(
+        "query", help="run SQL (DuckDB) over the outputs",
+        description="Run a DuckDB query over views named after every table: "
+                    + ", ".join(schemas_names()) + " (columns: schemas/README.md).",
+        epilog='example: dwscan query "SELECT model_id, clustered_fraction, top1 FROM '
+               'clusterability WHERE kernel_size IS NULL ORDER BY top1"')
+    query.add_argument("sql", help="the query")
+    query.add_argument("--out", type=Path, default=Path("dwscan-out"),
+                       help="output folder to query (default: ./dwscan-out)")
+    query.add_argument("--format", choices=["table", "csv", "parquet"], default="table",
+                       help="print an aligned table (default) or CSV; parquet needs --output")
+    query.add_argument("--output", type=Path, default=None,
+                       help="write the result to this file instead of printing it")
+    query.add_argument("--max-rows", type=int, default=100,
+                       help="rows printed with --format table (default: 100)")
     scan = commands.add_parser(
         "scan", help="extract depthwise kernels only (local checkpoints or the hub)",
         description="Stage 1 alone: read the depthwise kernels of each model into "
@@ -83,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of pure Gaussian kernels in each layer")
     synth.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def schemas_names() -> list[str]:
+    import schemas
+
+    return list(schemas.ALL)
+
+
+def _add_accuracy_sources(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--accuracy-csv", default=TIMM_RESULTS_URL, metavar="PATH|URL",
+                         help="timm's results-imagenet.csv (top-1, top-5, params per model and "
+                              "image size); a URL is cached after its first read (default: the "
+                              "file in timm's repository; offline, the demo zoo's rows)")
+    command.add_argument("--pretrain-csv", default=TIMM_PRETRAIN_URL, metavar="PATH|URL",
+                         help="timm's model_metadata-in1k.csv (pre-training data per model; "
+                              "default: the file in timm's repository)")
 
 
 def _add_model_selection(command: argparse.ArgumentParser) -> None:
@@ -141,7 +179,7 @@ def command_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         out=args.out, threshold=args.threshold, train_workers=args.train_workers,
         max_in_flight=args.concurrency,
-        use_gpu=args.gpu, accuracy_csv=args.accuracy_csv,
+        use_gpu=args.gpu, accuracy_csv=args.accuracy_csv, pretrain_csv=args.pretrain_csv,
         autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed),
         templates=TemplateConfig(sign_invariant=args.sign_invariant, method=args.templates,
                                  n_clusters=args.n_clusters))
@@ -155,6 +193,9 @@ def command_run(args: argparse.Namespace) -> int:
     if summary.clusterability.num_rows:
         print(f"Clusterability (cosine >= {args.threshold}; chance = random Gaussian kernels):")
         print(format_clusterability(summary.clusterability))
+        print()
+        print("Clustered fraction vs top-1 over models (bootstrap 95% intervals):")
+        print(format_correlations(summary.correlation))
         print()
         for k in sorted(set(summary.templates.column("kernel_size").to_pylist())):
             rows = sorted((r for r in summary.templates.to_pylist() if r["kernel_size"] == k),
@@ -170,10 +211,77 @@ def command_run(args: argparse.Namespace) -> int:
                                                for stage, seconds in summary.timings.items()))
     ok = summary.models.num_rows - len(summary.failed)
     print(f"\n{ok} of {summary.models.num_rows} models scanned; outputs in {args.out}/ "
-          f"(plots in {args.out}/reports/)")
+          f"(report page: {args.out}/reports/index.html; SQL: dwscan query --out {args.out} ...)")
     for model_id, error in summary.failed:
         print(f"FAILED {model_id}: {error}", file=sys.stderr)
     return 1 if summary.failed or not ok else 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from pipeline.run import RunOptions, write_reports
+    from pipeline.storage import OutputLayout
+
+    layout = OutputLayout(args.out.resolve())
+    if not layout.models_path.exists() or not layout.templates_path.exists():
+        raise SystemExit(f"dwscan: error: {args.out} holds no finished run (no models.parquet "
+                         f"or templates.parquet); run `dwscan run --out {args.out}` first")
+    reports = write_reports(layout, RunOptions(out=args.out, accuracy_csv=args.accuracy_csv,
+                                               pretrain_csv=args.pretrain_csv))
+    print(format_clusterability(reports.clusterability))
+    print()
+    print(format_correlations(reports.correlation))
+    print(f"\nwrote {reports.index_html}")
+    return 0
+
+
+def command_query(args: argparse.Namespace) -> int:
+    import pyarrow.csv
+
+    from pipeline.query import QueryError, query_table, query_to_parquet
+
+    try:
+        if args.format == "parquet":
+            if args.output is None:
+                raise SystemExit("dwscan: error: --format parquet needs --output FILE")
+            rows = query_to_parquet(args.out, args.sql, args.output)
+            print(f"wrote {rows} rows to {args.output}")
+            return 0
+        table = query_table(args.out, args.sql)
+    except (QueryError, FileNotFoundError) as error:
+        print(f"dwscan query: {error}", file=sys.stderr)
+        return 2
+    if args.format == "csv":
+        sink = str(args.output) if args.output else sys.stdout.buffer
+        pyarrow.csv.write_csv(table, sink)
+        return 0
+    text = format_arrow_table(table, args.max_rows)
+    if args.output:
+        args.output.write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def format_arrow_table(table, max_rows: int) -> str:
+    """A query result as aligned text: numbers to the right, at most 4 decimals, nulls as NULL."""
+    import pyarrow as pa
+
+    def cell(value) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, float):
+            text = f"{value:.4f}".rstrip("0")
+            return text + "0" if text.endswith(".") else text
+        return str(value)
+
+    numeric = {i for i, f in enumerate(table.schema)
+               if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+               or pa.types.is_decimal(f.type)}
+    lines = [table.column_names] + [[cell(v) for v in row.values()]
+                                    for row in table.slice(0, max_rows).to_pylist()]
+    more = f"\n({table.num_rows} rows, {max_rows} shown)" if table.num_rows > max_rows else ""
+    left = set(range(len(table.column_names))) - numeric
+    return format_text_table(lines, left_aligned=left) + more
 
 
 def command_scan(args: argparse.Namespace) -> int:
@@ -219,8 +327,8 @@ def command_synth(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": command_run, "scan": command_scan,
-            "synth": command_synth}[args.command](args)
+    return {"run": command_run, "scan": command_scan, "report": command_report,
+            "query": command_query, "synth": command_synth}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage 6: clusterability per (model, kernel size) and per model, joined to ImageNet top-1."""
+"""Stage 6: the analyst tables, from the assignments: clusterability per model (and size), per
+layer, and per template label, each carrying the model's accuracy, family and pre-training."""
 
 from __future__ import annotations
 
@@ -11,44 +12,111 @@ import schemas
 
 def clusterability_table(assignments: pa.Table, threshold: float,
                          chance: dict[int, float] | None = None,
-                         accuracy_keys: dict[str, str | None] | None = None,
-                         top1: dict[str, float] | None = None,
+                         metadata: pa.Table | None = None,
                          sign_invariant: bool = False) -> pa.Table:
     """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
 
     `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
     random Gaussian kernels against the same templates (a per-size figure, averaged with the
-    model's valid counts as weights on the all-sizes row).
+    model's valid counts as weights on the all-sizes row). `metadata` (MODEL_METADATA rows) adds
+    accuracy, family and pre-training.
     """
-    chance, accuracy_keys, top1 = chance or {}, accuracy_keys or {}, top1 or {}
-    flags = pa.table({
-        "model_id": assignments.column("model_id"),
-        "kernel_size": assignments.column("kernel_size"),
-        "invalid": pc.is_valid(assignments.column("invalid_reason")),
-        "clustered": pc.is_valid(assignments.column("template_id")),
-    })
-    grouped = flags.group_by(["model_id", "kernel_size"]).aggregate(
-        [("invalid", "count"), ("invalid", "sum"), ("clustered", "sum")])
+    chance = chance or {}
+    grouped = _counts(assignments, ["model_id", "kernel_size"])
     rows = []
     per_model: dict[str, list[dict]] = {}
     for g in grouped.sort_by([("model_id", "ascending"), ("kernel_size", "ascending")]).to_pylist():
-        row = _row(g["model_id"], g["kernel_size"], g["invalid_count"], g["invalid_sum"],
-                   g["clustered_sum"], chance.get(g["kernel_size"]))
-        per_model.setdefault(g["model_id"], []).append(row)
+        g["chance_fraction"] = chance.get(g["kernel_size"])
+        per_model.setdefault(g["model_id"], []).append(g)
     for model_id, size_rows in per_model.items():
-        total = _row(model_id, None, sum(r["n_filters"] for r in size_rows),
-                     sum(r["n_invalid"] for r in size_rows),
-                     sum(r["n_clustered"] for r in size_rows), None)
+        total = _with_fraction({"model_id": model_id, "kernel_size": None, "chance_fraction": None,
+                                **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS}})
         weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
         if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
             total["chance_fraction"] = float(np.average(
                 [r["chance_fraction"] for r in size_rows], weights=weights))
         for row in (total, *size_rows):
-            key = accuracy_keys.get(model_id, model_id)
-            row.update(threshold=threshold, sign_invariant=sign_invariant, accuracy_key=key,
-                       top1=top1.get(key) if key else None)
+            row.update(threshold=threshold, sign_invariant=sign_invariant)
             rows.append(row)
-    return pa.Table.from_pylist(rows, schema=schemas.CLUSTERABILITY)
+    return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
+
+
+def layer_clusterability_table(assignments: pa.Table, metadata: pa.Table | None = None) -> pa.Table:
+    """LAYERS rows: clusterability of every depthwise layer, for the fraction-vs-depth view."""
+    keys = ["model_id", "layer_index", "layer", "depth", "kernel_size"]
+    grouped = _counts(assignments, keys).sort_by([("model_id", "ascending"),
+                                                   ("layer_index", "ascending")])
+    return with_model_metadata(grouped.to_pylist(), metadata, schemas.LAYERS)
+
+
+UNCLUSTERED = "unclustered"
+
+
+def label_shares_table(assignments: pa.Table, templates: pa.Table,
+                       metadata: pa.Table | None = None) -> pa.Table:
+    """LABEL_SHARES rows: each template label's share of a model's valid kernels, per size and
+    over all sizes; kernels under the threshold count as 'unclustered'."""
+    labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
+    valid = assignments.filter(pc.is_null(assignments.column("invalid_reason")))
+    counts = pa.table({"model_id": valid.column("model_id"),
+                       "kernel_size": valid.column("kernel_size"),
+                       "template_id": valid.column("template_id")}).group_by(
+        ["model_id", "kernel_size", "template_id"], use_threads=False).aggregate(
+        [([], "count_all")])
+    tally: dict[tuple[str, int | None, str], int] = {}
+    for g in counts.to_pylist():
+        label = UNCLUSTERED if g["template_id"] is None else labels.get(
+            (g["kernel_size"], g["template_id"]), f"template {g['template_id']}")
+        for k in (g["kernel_size"], None):
+            key = (g["model_id"], k, label)
+            tally[key] = tally.get(key, 0) + g["count_all"]
+    totals: dict[tuple[str, int | None], int] = {}
+    for (model_id, k, _), n in tally.items():
+        totals[model_id, k] = totals.get((model_id, k), 0) + n
+    order = sorted(tally, key=lambda t: (t[0], -1 if t[1] is None else t[1], t[2]))
+    rows = [{"model_id": m, "kernel_size": k, "label": label, "n_kernels": tally[m, k, label],
+             "share": tally[m, k, label] / totals[m, k]} for m, k, label in order]
+    return with_model_metadata(rows, metadata, schemas.LABEL_SHARES)
+
+
+def with_model_metadata(rows: list[dict], metadata: pa.Table | None,
+                        schema: pa.Schema) -> pa.Table:
+    """`rows` as a `schema` table, with the MODEL_METADATA columns `schema` names filled in."""
+    if metadata is not None and metadata.num_rows:
+        columns = [c for c in schema.names if c in metadata.column_names and c != "model_id"]
+        by_model = {r["model_id"]: r for r in metadata.to_pylist()}
+        for row in rows:
+            info = by_model.get(row["model_id"], {})
+            for c in columns:
+                row.setdefault(c, info.get(c))
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_COUNT_COLUMNS = ("n_filters", "n_invalid", "n_clustered")
+
+
+def _counts(assignments: pa.Table, keys: list[str]) -> pa.Table:
+    """Filters, invalid and clustered kernels per group of `keys`, with the clustered fraction."""
+    flags = pa.table({
+        **{k: assignments.column(k) for k in keys},
+        "invalid": pc.is_valid(assignments.column("invalid_reason")),
+        "clustered": pc.is_valid(assignments.column("template_id")),
+    })
+    grouped = flags.group_by(keys, use_threads=False).aggregate(
+        [("invalid", "count"), ("invalid", "sum"), ("clustered", "sum")])
+    rows = [_with_fraction({**{k: g[k] for k in keys}, "n_filters": g["invalid_count"],
+                            "n_invalid": g["invalid_sum"], "n_clustered": g["clustered_sum"]})
+            for g in grouped.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=pa.schema(
+        [grouped.schema.field(k) for k in keys]
+        + [pa.field(c, pa.int64()) for c in _COUNT_COLUMNS]
+        + [pa.field("clustered_fraction", pa.float64())]))
+
+
+def _with_fraction(row: dict) -> dict:
+    n_valid = row["n_filters"] - row["n_invalid"]
+    row["clustered_fraction"] = row["n_clustered"] / n_valid if n_valid else None
+    return row
 
 
 # Cosine thresholds of the sweep: 0.50, 0.55, ..., 0.95.
@@ -79,15 +147,6 @@ def threshold_sweep_table(assignments: pa.Table,
     return pa.Table.from_pylist(rows, schema=schemas.THRESHOLD_SWEEP)
 
 
-def _row(model_id: str, kernel_size: int | None, n_filters: int, n_invalid: int,
-         n_clustered: int, chance: float | None) -> dict:
-    n_valid = n_filters - n_invalid
-    return {"model_id": model_id, "kernel_size": kernel_size, "n_filters": n_filters,
-            "n_invalid": n_invalid, "n_clustered": n_clustered,
-            "clustered_fraction": n_clustered / n_valid if n_valid else None,
-            "chance_fraction": chance}
-
-
 def format_clusterability(table: pa.Table) -> str:
     """The table as text, models in rows; the all-sizes row first for each model."""
     header = ["model", "k", "filters", "invalid", "clustered", "chance", "top1"]
@@ -101,10 +160,12 @@ def format_clusterability(table: pa.Table) -> str:
     return format_text_table(lines)
 
 
-def format_text_table(lines: list[list[str]], left_aligned: int = 1) -> str:
-    """Rows of cells as aligned text: the first `left_aligned` columns to the left, the rest right."""
+def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) -> str:
+    """Rows of cells as aligned text: the first `left_aligned` columns (or those whose indices
+    it holds) to the left, the rest right."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i < left_aligned else c.rjust(w)
+    left = set(range(left_aligned)) if isinstance(left_aligned, int) else left_aligned
+    return "\n".join("  ".join(c.ljust(w) if i in left else c.rjust(w)
                                for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 

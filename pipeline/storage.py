@@ -67,6 +67,10 @@ class OutputLayout:
     def threshold_sweep_path(self) -> Path:
         return self.reports_dir / "threshold_sweep.parquet"
 
+    def table_path(self, schema: pa.Schema) -> Path:
+        """Where a one-file table (not a per-model one) lives: its schema says."""
+        return self.root / schemas.table_path(schema)
+
     def layer_shares_plot_path(self, model_id: str) -> Path:
         return self.reports_dir / f"layer_shares_{model_stem(model_id)}.png"
 

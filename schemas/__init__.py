@@ -1,116 +1,240 @@
-"""Arrow schemas of every table dwscan writes.
+"""Arrow schemas of every table dwscan writes, with the meaning and unit of every column.
 
 Writers cast to these schemas (an inferred schema drifts) and stamp the version into the Parquet
-metadata, so a reader can tell which contract a file was written under. Bump `SCHEMA_VERSION`
-on any change: minor for added columns, major for renamed/removed/retyped ones.
+metadata, so a reader can tell which contract a file was written under. Each column carries its
+description in the field metadata (`description`), which Parquet keeps and `schemas/README.md`
+is generated from (`python -m schemas`). Bump `SCHEMA_VERSION` on any change: minor for added
+columns or tables, major for renamed/removed/retyped ones.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
+PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
+DESCRIPTION_KEY = b"description"
 
 _SKIPPED_LAYER = pa.struct([("layer", pa.string()), ("shape", pa.string()), ("reason", pa.string())])
 
 
-def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
-    metadata = {VERSION_KEY: SCHEMA_VERSION.encode(), TABLE_KEY: name.encode()}
+def _col(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable,
+                    metadata={DESCRIPTION_KEY: description.encode()})
+
+
+def _schema(name: str, path: str, about: str, fields: list[pa.Field]) -> pa.Schema:
+    metadata = {VERSION_KEY: SCHEMA_VERSION.encode(), TABLE_KEY: name.encode(),
+                PATH_KEY: path.encode(), DESCRIPTION_KEY: about.encode()}
     return pa.schema(fields, metadata=metadata)
 
 
-# OUT/kernels/<model>.parquet: one row per depthwise filter, raw weights.
-KERNELS = _schema("kernels", [
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("layer", pa.string(), nullable=False),  # state-dict key of the weight
-    pa.field("layer_index", pa.int32(), nullable=False),  # position among depthwise layers
-    pa.field("depth", pa.float32(), nullable=False),  # layer_index / (n_layers - 1), 0..1
-    pa.field("channel", pa.int32(), nullable=False),  # output channel within the layer
-    pa.field("kernel_size", pa.int32(), nullable=False),
-    pa.field("weights", pa.list_(pa.float32()), nullable=False),  # k*k raw values, row-major
+def description(item: pa.Field | pa.Schema) -> str:
+    return (item.metadata or {}).get(DESCRIPTION_KEY, b"").decode()
+
+
+def _model_id() -> pa.Field:
+    return _col("model_id", pa.string(), "model name: hub repo id, or the local file's name",
+                nullable=False)
+
+
+def _kernel_size(all_sizes_row: bool = False) -> pa.Field:
+    if all_sizes_row:
+        return _col("kernel_size", pa.int32(), "k of the k x k kernels; null on the all-sizes row")
+    return _col("kernel_size", pa.int32(), "k of the k x k kernel", nullable=False)
+
+
+def _layer_position() -> list[pa.Field]:
+    return [
+        _col("layer", pa.string(), "state-dict key of the depthwise weight", nullable=False),
+        _col("layer_index", pa.int32(), "position among the model's depthwise layers, from 0",
+             nullable=False),
+        _col("depth", pa.float32(), "relative depth: layer_index / (n_layers - 1), 0 to 1",
+             nullable=False),
+    ]
+
+
+def _model_metadata(full: bool = False) -> list[pa.Field]:
+    """Columns every analyst table carries, so each can be read without a join."""
+    fields = [
+        _col("family", pa.string(), "architecture family, e.g. convnext, efficientnet, mobilenetv3"),
+        _col("pretrain", pa.string(),
+             "pre-training data: in1k, in22k, in12k, ... (timm model_metadata-in1k.csv or the tag)"),
+        _col("top1", pa.float64(), "ImageNet-1k validation top-1 (%) from timm's results table"),
+    ]
+    if full:
+        fields += [
+            _col("top5", pa.float64(), "ImageNet-1k validation top-5 (%)"),
+            _col("param_count_m", pa.float64(), "parameters, millions (timm results table)"),
+            _col("img_size", pa.int32(), "evaluation image size (px) of the top-1 row joined"),
+        ]
+    return fields
+
+
+_COUNTS = [
+    _col("n_filters", pa.int64(), "depthwise filters (kernels)", nullable=False),
+    _col("n_invalid", pa.int64(), "zero, constant or non-finite kernels (never clustered)",
+         nullable=False),
+    _col("n_clustered", pa.int64(), "valid kernels at cosine >= threshold to a template",
+         nullable=False),
+    _col("clustered_fraction", pa.float64(),
+         "n_clustered / (n_filters - n_invalid), 0 to 1; null when no valid kernel"),
+]
+
+KERNELS = _schema("kernels", "kernels/<model>.parquet", "one row per depthwise filter, raw weights", [
+    _model_id(), *_layer_position(),
+    _col("channel", pa.int32(), "output channel within the layer", nullable=False),
+    _kernel_size(),
+    _col("weights", pa.list_(pa.float32()), "k*k raw weights, row-major", nullable=False),
 ])
 
-# OUT/models.parquet: one row per scanned checkpoint, failures included.
-MODELS = _schema("models", [
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("revision", pa.string()),  # hub commit sha; null for local files
-    pa.field("source", pa.string(), nullable=False),  # path or URI the weights came from
-    pa.field("accuracy_key", pa.string()),  # key into the accuracy table (timm `arch.tag`)
-    pa.field("architecture", pa.string()),  # timm config.json `architecture`
-    pa.field("pretrained_tag", pa.string()),  # timm config.json `pretrained_cfg.tag`
-    pa.field("input_size", pa.string()),  # timm `pretrained_cfg.input_size`, e.g. '3x224x224'
-    pa.field("status", pa.string(), nullable=False),  # 'ok' | 'skipped' | 'failed'
-    pa.field("error", pa.string()),  # one-line reason when failed or skipped
-    pa.field("n_layers", pa.int32(), nullable=False),  # depthwise layers extracted
-    pa.field("n_filters", pa.int64(), nullable=False),  # depthwise filters extracted
-    pa.field("bytes_fetched", pa.int64()),  # bytes downloaded from the hub; null for local files
-    # depthwise-like weights that were not kept (non-square), with the reason
-    pa.field("skipped_layers", pa.list_(_SKIPPED_LAYER), nullable=False),
+MODELS = _schema("models", "models.parquet", "one row per scanned checkpoint, failures included", [
+    _model_id(),
+    _col("revision", pa.string(), "hub commit sha the weights were read at; null for local files"),
+    _col("source", pa.string(), "path or hf:// URI the weights came from", nullable=False),
+    _col("accuracy_key", pa.string(), "key into timm's results tables (`arch.tag`)"),
+    _col("architecture", pa.string(), "timm config.json `architecture`"),
+    _col("pretrained_tag", pa.string(), "timm config.json `pretrained_cfg.tag`"),
+    _col("input_size", pa.string(), "timm `pretrained_cfg.input_size`, e.g. 3x224x224"),
+    _col("status", pa.string(), "ok | skipped (no depthwise layer) | failed", nullable=False),
+    _col("error", pa.string(), "one-line reason when failed or skipped"),
+    _col("n_layers", pa.int32(), "depthwise layers extracted", nullable=False),
+    _col("n_filters", pa.int64(), "depthwise filters extracted", nullable=False),
+    _col("bytes_fetched", pa.int64(), "bytes downloaded from the hub; null for local files"),
+    _col("skipped_layers", pa.list_(_SKIPPED_LAYER),
+         "depthwise-like weights not kept (non-square), with the reason", nullable=False),
 ])
 
-# OUT/templates.parquet: the cluster templates, one set per kernel size.
-TEMPLATES = _schema("templates", [
-    pa.field("kernel_size", pa.int32(), nullable=False),
-    pa.field("template_id", pa.int32(), nullable=False),  # 0.. within a kernel size
-    pa.field("label", pa.string(), nullable=False),  # nearest named template, or 'unlabelled'
-    pa.field("label_cosine", pa.float32(), nullable=False),  # cosine to that named template
-    pa.field("code", pa.float32()),  # autoencoder code that decodes to it, 0..1; null for k-means
-    pa.field("weights", pa.list_(pa.float32()), nullable=False),  # centred, unit L2 norm
-    pa.field("n_kernels", pa.int64(), nullable=False),  # kernels nearest to it (any cosine)
-    pa.field("share", pa.float64(), nullable=False),  # n_kernels / valid kernels of this size
+TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, one set per kernel size", [
+    _kernel_size(),
+    _col("template_id", pa.int32(), "0.. within a kernel size", nullable=False),
+    _col("label", pa.string(), "nearest named template (DoG family), or 'unlabelled'",
+         nullable=False),
+    _col("label_cosine", pa.float32(), "cosine to that named template", nullable=False),
+    _col("code", pa.float32(), "autoencoder code (0 to 1) that decodes to it; null for k-means"),
+    _col("weights", pa.list_(pa.float32()), "k*k template, centred, unit L2 norm", nullable=False),
+    _col("n_kernels", pa.int64(), "kernels nearest to it (any cosine)", nullable=False),
+    _col("share", pa.float64(), "n_kernels / valid kernels of this size", nullable=False),
 ])
 
-# OUT/assignments/<model>.parquet: nearest template of every filter.
-ASSIGNMENTS = _schema("assignments", [
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("layer_index", pa.int32(), nullable=False),
-    pa.field("depth", pa.float32(), nullable=False),
-    pa.field("channel", pa.int32(), nullable=False),
-    pa.field("kernel_size", pa.int32(), nullable=False),
-    pa.field("template_id", pa.int32()),  # null when unclustered or invalid
-    pa.field("nearest_template_id", pa.int32()),  # null only when invalid
-    pa.field("cosine", pa.float32()),  # cosine to the nearest template; null when invalid
-    pa.field("sign", pa.int8()),  # kernel ~ sign * template; -1 only with --sign-invariant
-    pa.field("invalid_reason", pa.string()),  # 'non_finite' | 'zero' | 'constant' | null
+ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest template of every filter", [
+    _model_id(), *_layer_position(),
+    _col("channel", pa.int32(), "output channel within the layer", nullable=False),
+    _kernel_size(),
+    _col("template_id", pa.int32(), "template at cosine >= threshold; null when unclustered or invalid"),
+    _col("nearest_template_id", pa.int32(), "nearest template at any cosine; null only when invalid"),
+    _col("cosine", pa.float32(), "cosine to the nearest template, -1 to 1; null when invalid"),
+    _col("sign", pa.int8(), "kernel ~ sign * template; -1 only with --sign-invariant"),
+    _col("invalid_reason", pa.string(), "non_finite | zero | constant; null for valid kernels"),
 ])
 
-# OUT/reports/clusterability.parquet: per (model, kernel size) and per model (kernel_size null).
-CLUSTERABILITY = _schema("clusterability", [
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("kernel_size", pa.int32()),  # null on the all-sizes row
-    pa.field("n_filters", pa.int64(), nullable=False),
-    pa.field("n_invalid", pa.int64(), nullable=False),  # zero/constant/non-finite, not clustered
-    pa.field("n_clustered", pa.int64(), nullable=False),
-    pa.field("clustered_fraction", pa.float64()),  # n_clustered / (n_filters - n_invalid)
-    pa.field("chance_fraction", pa.float64()),  # same, for random Gaussian kernels (baseline)
-    pa.field("threshold", pa.float64(), nullable=False),  # cosine threshold used
-    pa.field("sign_invariant", pa.bool_(), nullable=False),  # kernel and negative folded together
-    pa.field("accuracy_key", pa.string()),
-    pa.field("top1", pa.float64()),  # ImageNet-1k top-1 (%), null when unknown
+CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
+                         "per (model, kernel size) and per model (kernel_size null)", [
+    _model_id(), _kernel_size(all_sizes_row=True), *_COUNTS,
+    _col("chance_fraction", pa.float64(),
+         "clustered fraction of random Gaussian kernels against the same templates (baseline)"),
+    _col("threshold", pa.float64(), "cosine threshold used", nullable=False),
+    _col("sign_invariant", pa.bool_(), "kernel and its negative counted as one pattern",
+         nullable=False),
+    _col("accuracy_key", pa.string(), "key into timm's results tables (`arch.tag`)"),
+    *_model_metadata(full=True),
 ])
 
-# OUT/reports/threshold_sweep.parquet: clustered fraction at each cosine threshold.
-THRESHOLD_SWEEP = _schema("threshold_sweep", [
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("kernel_size", pa.int32()),  # null on the all-sizes row
-    pa.field("threshold", pa.float64(), nullable=False),
-    pa.field("n_valid", pa.int64(), nullable=False),
-    pa.field("n_clustered", pa.int64(), nullable=False),
-    pa.field("clustered_fraction", pa.float64()),  # null when no valid kernel
+LAYERS = _schema("layers", "reports/layers.parquet", "clusterability per model and depthwise layer", [
+    _model_id(), *_layer_position(), _kernel_size(), *_COUNTS, *_model_metadata(),
 ])
 
-# OUT/reports/missed_patterns.parquet: recurring patterns that no template reaches.
-MISSED_PATTERNS = _schema("missed_patterns", [
-    pa.field("kernel_size", pa.int32(), nullable=False),
-    pa.field("share", pa.float64(), nullable=False),  # of the valid kernels of this size
-    pa.field("label", pa.string(), nullable=False),  # nearest named template, or 'unlabelled'
-    pa.field("label_cosine", pa.float32(), nullable=False),
-    pa.field("weights", pa.list_(pa.float32()), nullable=False),  # centred, unit norm
+LABEL_SHARES = _schema("label_shares", "reports/label_shares.parquet",
+                       "share of each template label per model (and kernel size)", [
+    _model_id(), _kernel_size(all_sizes_row=True),
+    _col("label", pa.string(), "template label of clustered kernels, or 'unclustered'",
+         nullable=False),
+    _col("n_kernels", pa.int64(), "valid kernels with this label", nullable=False),
+    _col("share", pa.float64(), "n_kernels / valid kernels of the model (and size)",
+         nullable=False),
+    *_model_metadata(),
 ])
 
-ALL = {s.metadata[TABLE_KEY].decode(): s for s in (KERNELS, MODELS, TEMPLATES, ASSIGNMENTS,
-                                                   CLUSTERABILITY, THRESHOLD_SWEEP,
-                                                   MISSED_PATTERNS)}
+MODEL_METADATA = _schema("model_metadata", "reports/model_metadata.parquet",
+                         "what is known of each scanned model: family, pre-training, accuracy", [
+    _model_id(),
+    _col("accuracy_key", pa.string(), "key into timm's results tables (`arch.tag`)"),
+    _col("architecture", pa.string(), "timm architecture name (the key's part before the dot)"),
+    *_model_metadata(full=True),
+    _col("pretrain_source", pa.string(), "where pretrain came from: metadata | tag | null"),
+    _col("accuracy_rows", pa.int32(), "rows timm lists for this key (one per image size)",
+         nullable=False),
+])
+
+ACCURACY = _schema("accuracy", "reports/accuracy.parquet",
+                   "timm's results rows of the scanned models, every image size apart", [
+    _model_id(),
+    _col("accuracy_key", pa.string(), "timm `arch.tag`", nullable=False),
+    _col("img_size", pa.int32(), "evaluation image size (px)"),
+    _col("top1", pa.float64(), "ImageNet-1k validation top-1 (%)"),
+    _col("top5", pa.float64(), "ImageNet-1k validation top-5 (%)"),
+    _col("param_count_m", pa.float64(), "parameters, millions"),
+    _col("crop_pct", pa.float64(), "centre-crop fraction of the evaluation"),
+    _col("interpolation", pa.string(), "resize interpolation of the evaluation"),
+])
+
+CORRELATION = _schema("correlation", "reports/correlation.parquet",
+                      "clustered fraction against top-1, and pre-training comparisons", [
+    _col("statistic", pa.string(),
+         "spearman | pearson (of clustered_fraction with top1) | mean_difference (of "
+         "clustered_fraction, group minus in1k)", nullable=False),
+    _col("scope", pa.string(), "'all' models, or the family or pre-training group compared",
+         nullable=False),
+    _kernel_size(all_sizes_row=True),
+    _col("n", pa.int32(), "models in the estimate (in the group, for mean_difference)",
+         nullable=False),
+    _col("n_reference", pa.int32(), "in1k models compared against (mean_difference only)"),
+    _col("estimate", pa.float64(), "the correlation coefficient, or the difference of means"),
+    _col("ci_low", pa.float64(), "bootstrap 95% interval, lower end (percentile, models resampled)"),
+    _col("ci_high", pa.float64(), "bootstrap 95% interval, upper end"),
+    _col("note", pa.string(), "caveats, e.g. fewer than 5 models"),
+])
+
+THRESHOLD_SWEEP = _schema("threshold_sweep", "reports/threshold_sweep.parquet",
+                          "clustered fraction at each cosine threshold", [
+    _model_id(), _kernel_size(all_sizes_row=True),
+    _col("threshold", pa.float64(), "cosine threshold", nullable=False),
+    _col("n_valid", pa.int64(), "valid kernels", nullable=False),
+    _col("n_clustered", pa.int64(), "valid kernels at cosine >= threshold", nullable=False),
+    _col("clustered_fraction", pa.float64(), "n_clustered / n_valid; null when no valid kernel"),
+])
+
+MISSED_PATTERNS = _schema("missed_patterns", "reports/missed_patterns.parquet",
+                          "recurring patterns that no template reaches", [
+    _kernel_size(),
+    _col("share", pa.float64(), "of the valid kernels of this size", nullable=False),
+    _col("label", pa.string(), "nearest named template, or 'unlabelled'", nullable=False),
+    _col("label_cosine", pa.float32(), "cosine to that named template", nullable=False),
+    _col("weights", pa.list_(pa.float32()), "k*k pattern, centred, unit norm", nullable=False),
+])
+
+ALL = {s.metadata[TABLE_KEY].decode(): s for s in (
+    KERNELS, MODELS, TEMPLATES, ASSIGNMENTS, CLUSTERABILITY, LAYERS, LABEL_SHARES, MODEL_METADATA,
+    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS)}
+
+
+def table_path(schema: pa.Schema) -> str:
+    return schema.metadata[PATH_KEY].decode()
+
+
+def markdown() -> str:
+    """Every table and column as Markdown: the text of schemas/README.md."""
+    out = [f"# dwscan output tables (schema version {SCHEMA_VERSION})", "",
+           "Generated by `python -m schemas` from the Arrow schemas in `schemas/__init__.py`; "
+           "every Parquet file carries its table name and version in its metadata "
+           f"(`{VERSION_KEY.decode()}`, `{TABLE_KEY.decode()}`) and each column's description "
+           "in the field metadata. `dwscan query` names a view after each table.", ""]
+    for name, schema in ALL.items():
+        out += [f"## {name}", "", f"`OUT/{table_path(schema)}`: {description(schema)}.", "",
+                "| column | type | null | meaning |", "| --- | --- | --- | --- |"]
+        out += [f"| `{f.name}` | {f.type} | {'yes' if f.nullable else 'no'} | {description(f)} |"
+                for f in schema]
+        out.append("")
+    return "\n".join(out)

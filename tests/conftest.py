@@ -3,6 +3,9 @@ huggingface_hub (see tests/helpers.py:shared_hub)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -10,6 +13,8 @@ from safetensors.numpy import save_file
 from tests.helpers import shared_hub, tiny_state_dict
 
 shared_hub()
+# URLs read by the report stage (timm's tables) are cached here, not in the user's ~/.cache
+os.environ.setdefault("DWSCAN_CACHE", tempfile.mkdtemp(prefix="dwscan-test-cache-"))
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from pipeline.accuracy import read_top1
+from pipeline.accuracy import SourceError, read_top1
 from pipeline.report import clusterability_table, format_clusterability, threshold_sweep_table
 
 
@@ -26,9 +26,12 @@ def test_counts_fractions_chance_and_top1():
     rows = ([("a", 3, 0, None)] * 3 + [("a", 3, None, None)] + [("a", 3, None, "zero")]
             + [("a", 5, 1, None)] * 1 + [("a", 5, None, None)] * 3
             + [("b", 5, 2, None)] * 2)
+    metadata = pa.Table.from_pylist([
+        {"model_id": "a", "accuracy_key": "arch_a.in1k", "top1": 75.5, "family": "arch",
+         "accuracy_rows": 1}, {"model_id": "b", "accuracy_rows": 0}],
+        schema=schemas.MODEL_METADATA)
     table = clusterability_table(_assignments(rows), 0.8, chance={3: 0.1, 5: 0.0},
-                                 accuracy_keys={"a": "arch_a.in1k", "b": None},
-                                 top1={"arch_a.in1k": 75.5})
+                                 metadata=metadata)
     assert table.schema.equals(schemas.CLUSTERABILITY, check_metadata=False)
     got = {(r["model_id"], r["kernel_size"]): r for r in table.to_pylist()}
     assert set(got) == {("a", None), ("a", 3), ("a", 5), ("b", None), ("b", 5)}
@@ -40,6 +43,7 @@ def test_counts_fractions_chance_and_top1():
     assert a["clustered_fraction"] == pytest.approx(4 / 8)
     assert a["chance_fraction"] == pytest.approx((4 * 0.1 + 4 * 0.0) / 8)
     assert a["top1"] == 75.5 and a3["top1"] == 75.5 and got["b", None]["top1"] is None
+    assert a3["family"] == "arch" and a3["accuracy_key"] == "arch_a.in1k"
     assert got["b", 5]["clustered_fraction"] == 1.0
     text = format_clusterability(table)
     assert "50.0%" in text and "75.500" in text
@@ -60,7 +64,7 @@ def test_timm_table_with_two_image_sizes_and_quoted_counts(tmp_path):
     assert read_top1(path) == {"big.in1k": 88.1}
     bad = tmp_path / "bad.csv"
     bad.write_text("name,acc\nx,1\n")
-    with pytest.raises(ValueError, match="not a timm results table"):
+    with pytest.raises(SourceError, match="not a timm table"):
         read_top1(bad)
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -27,11 +29,21 @@ def test_model_ids_become_safe_file_names(tmp_path):
     assert layout.kernels_path("timm/a").parent == tmp_path / "kernels"
 
 
-def test_every_schema_is_versioned():
+def test_every_schema_is_versioned_and_documented():
     assert set(schemas.ALL) == {"kernels", "models", "templates", "assignments", "clusterability",
-                                "threshold_sweep", "missed_patterns"}
-    for schema in schemas.ALL.values():
+                                "layers", "label_shares", "model_metadata", "accuracy",
+                                "correlation", "threshold_sweep", "missed_patterns"}
+    for name, schema in schemas.ALL.items():
         assert schema.metadata[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
+        assert schemas.description(schema), name
+        undocumented = [f.name for f in schema if not schemas.description(f)]
+        assert not undocumented, (name, undocumented)
+
+
+def test_schemas_readme_is_generated_from_the_schemas():
+    """schemas/README.md is `python -m schemas`' output: regenerate it after a schema change."""
+    readme = Path(schemas.__file__).with_name("README.md").read_text()
+    assert readme == schemas.markdown()
 
 
 def test_a_table_from_an_older_schema_reads_as_the_current_one(tmp_path):

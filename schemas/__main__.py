@@ -1,0 +1,10 @@
+"""`python -m schemas`: write schemas/README.md, the column reference of every table."""
+
+from pathlib import Path
+
+import schemas
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("README.md")
+    path.write_text(schemas.markdown())
+    print(f"wrote {path}")
