@@ -326,9 +326,18 @@ def command_synth(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.accuracy import SourceError
+
     args = build_parser().parse_args(argv)
-    return {"run": command_run, "scan": command_scan, "report": command_report,
-            "query": command_query, "synth": command_synth}[args.command](args)
+    try:
+        return _COMMANDS[args.command](args)
+    except SourceError as error:
+        print(f"dwscan {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+_COMMANDS = {"run": command_run, "scan": command_scan, "report": command_report,
+             "query": command_query, "synth": command_synth}
 
 
 if __name__ == "__main__":

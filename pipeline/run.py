@@ -20,6 +20,7 @@ from pipeline import ray_executor
 from pipeline.accuracy import (
     TIMM_PRETRAIN_URL,
     TIMM_RESULTS_URL,
+    AccuracyTables,
     accuracy_rows_table,
     model_metadata_table,
     read_accuracy_tables,
@@ -84,6 +85,8 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
                  address: str | None = None) -> RunSummary:
     layout = OutputLayout(Path(options.out).resolve())  # Ray workers run in other folders
     timings: dict[str, float] = {}
+    # read first: a wrong path or an unreachable URL fails now, not after training
+    accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
     with _timed(timings, "ray start"):
         ray_executor.init_ray(address)
 
@@ -122,7 +125,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
                 raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
 
     with _timed(timings, "report"):
-        report = write_reports(layout, options, models, templates, missed)
+        report = write_reports(layout, options, models, templates, missed, accuracy)
     return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
                       missed)
 
@@ -135,7 +138,8 @@ class Reports:
 
 
 def write_reports(layout: OutputLayout, options: RunOptions, models: pa.Table | None = None,
-                  templates: pa.Table | None = None, missed: pa.Table | None = None) -> Reports:
+                  templates: pa.Table | None = None, missed: pa.Table | None = None,
+                  accuracy: AccuracyTables | None = None) -> Reports:
     """Stage 6: every table, plot and the index page under OUT/reports/, from what OUT holds."""
     models = read_table_as(layout.models_path, schemas.MODELS) if models is None else models
     templates = read_table_as(layout.templates_path, schemas.TEMPLATES) if templates is None \
@@ -144,7 +148,8 @@ def write_reports(layout: OutputLayout, options: RunOptions, models: pa.Table | 
         missed = read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
     ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
     assignments = read_tables([layout.assignments_path(m) for m in ok], schemas.ASSIGNMENTS)
-    accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
+    if accuracy is None:
+        accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
     scanned = models.filter(pc.is_in(models.column("model_id"), pa.array(ok, pa.string())))
     metadata = model_metadata_table(scanned, accuracy)
     tables = {

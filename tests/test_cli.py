@@ -3,15 +3,16 @@ import sys
 
 import pytest
 
-from pipeline.cli import build_parser, specs_from_args
+from pipeline.cli import build_parser, main, specs_from_args
 
 
 @pytest.mark.parametrize("argv", [["dwscan", "--help"], ["dwscan", "run", "--help"],
+                                  ["dwscan", "report", "--help"], ["dwscan", "query", "--help"],
                                   [sys.executable, "-m", "jobs.run", "--help"]])
 def test_every_command_has_help(argv):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "--checkpoint" in out.stdout or "run" in out.stdout
+    assert "usage:" in out.stdout and ("--out" in out.stdout or "query" in out.stdout)
 
 
 def test_model_id_names_the_checkpoint_just_before_it(tmp_path):
@@ -41,3 +42,10 @@ def test_repeated_model_ids_are_refused():
     args = build_parser().parse_args(["run", "--checkpoint", "x/m.pth", "--checkpoint", "y/m.pth"])
     with pytest.raises(SystemExit, match="must be unique"):
         specs_from_args(args)
+
+
+def test_an_unreadable_accuracy_table_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), "--accuracy-csv", str(tmp_path / "nope.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not out.exists()  # nothing scanned, no Ray started

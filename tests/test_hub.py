@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
+import schemas
+from pipeline.accuracy import DEMO_PRETRAIN_CSV
 from pipeline.checkpoints import COALESCE_GAP
 from pipeline.extract import extract_depthwise_kernels, extract_from_reader, extract_model_to_parquet
 from pipeline.storage import OutputLayout, read_table
@@ -248,10 +250,20 @@ def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
     _, local = zoo
     chosen = ["convnext_atto", "mobilenetv3_small_050", "efficientnet_b0"]
     repo_ids = [f"timm/{arch}.{ARCHS[arch]}" for arch in chosen]
-    from_hub = _dwscan(["run", "--out", str(tmp_path / "hub"),
+    # timm's published top-1 of these keys (results-imagenet.csv, commit aa4b5850); the weights
+    # here are random, so only the join is under test
+    accuracy = tmp_path / "results.csv"
+    accuracy.write_text(
+        "model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation\n"
+        "convnext_atto.d2_in1k,288,77.016,22.984,93.704,6.296,3.70,0.950,bicubic\n"
+        "convnext_atto.d2_in1k,224,75.672,24.328,92.914,7.086,3.70,0.875,bicubic\n"
+        "mobilenetv3_small_050.lamb_in1k,224,57.918,42.082,80.144,19.856,1.59,0.875,bicubic\n"
+        "efficientnet_b0.ra_in1k,224,77.698,22.302,93.538,6.462,5.29,0.875,bicubic\n")
+    sources = ["--accuracy-csv", str(accuracy), "--pretrain-csv", str(DEMO_PRETRAIN_CSV)]
+    from_hub = _dwscan(["run", "--out", str(tmp_path / "hub"), *sources,
                         *[a for r in repo_ids for a in ("--model", r)]], tmp_path)
     assert from_hub.returncode == 0, from_hub.stderr[-3000:]
-    from_disk = _dwscan(["run", "--out", str(tmp_path / "disk"),
+    from_disk = _dwscan(["run", "--out", str(tmp_path / "disk"), *sources,
                          *[a for arch, r in zip(chosen, repo_ids)
                            for a in ("--checkpoint", str(local / arch), "--model-id", r)]],
                         tmp_path)
@@ -265,3 +277,11 @@ def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
     assert read_table(a.clusterability_path).equals(read_table(b.clusterability_path))
     keys = ["model_id", "accuracy_key", "architecture", "n_layers", "n_filters", "status"]
     assert read_table(a.models_path).select(keys).equals(read_table(b.models_path).select(keys))
+    overall = {r["model_id"]: r for r in read_table(a.clusterability_path).to_pylist()
+               if r["kernel_size"] is None}
+    assert {m: (r["family"], r["pretrain"], r["top1"], r["img_size"]) for m, r in overall.items()} == {
+        "timm/convnext_atto.d2_in1k": ("convnext", "in1k", 75.672, 224),  # its config says 224
+        "timm/mobilenetv3_small_050.lamb_in1k": ("mobilenetv3", "in1k", 57.918, 224),
+        "timm/efficientnet_b0.ra_in1k": ("efficientnet", "in1k", 77.698, 224)}
+    assert (a.reports_dir / "index.html").exists()
+    assert read_table(a.table_path(schemas.CORRELATION)).num_rows > 0

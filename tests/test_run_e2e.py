@@ -1,6 +1,8 @@
 """`dwscan run` end to end, as a user runs it: a subprocess that starts its own local Ray."""
 
 import os
+import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from pipeline.zoo import demo_zoo
 from tests.test_checkpoints import _Payload
 
 pytestmark = pytest.mark.slow
+README = Path(__file__).parents[1] / "README.md"
 
 
 def run_dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -71,6 +74,38 @@ def test_demo_zoo_end_to_end(tmp_path):
         assert model_id in result.stdout
     for path in [layout.models_path, layout.templates_path, layout.clusterability_path]:
         assert schema_version_of(path) == schemas.SCHEMA_VERSION
+    for name in ("index.html", "correlation.parquet", "layers.parquet", "label_shares.parquet",
+                 "clusterability_vs_top1.png", "label_shares.png", "clusterability_vs_depth.png"):
+        assert (layout.reports_dir / name).exists(), name
+    assert "spearman" in result.stdout and "fewer than 5 models (3)" in result.stdout
+    _readme_queries_answer_as_shown(tmp_path / "dwscan-out")
+
+
+def _readme_queries_answer_as_shown(out: Path) -> None:
+    """Each `dwscan query` in README.md, run on this demo output, gives the rows README shows:
+    the same text cells, numbers within 3 points (training is seeded, but floating-point sums in
+    DDP may differ by machine)."""
+    blocks = re.findall(r"```bash\n(dwscan query .*?)\n```\n\n```text\n(.*?)```",
+                        README.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    for command, shown in blocks:
+        sql = shlex.split(command)[2]
+        got = subprocess.run(["dwscan", "query", "--out", str(out), sql], capture_output=True,
+                             text=True, timeout=120)
+        assert got.returncode == 0, got.stderr
+        assert _rows(got.stdout).keys() == _rows(shown).keys(), (sql, got.stdout)
+        for key, numbers in _rows(shown).items():
+            assert np.allclose(_rows(got.stdout)[key], numbers, atol=3.0), (sql, key, got.stdout)
+
+
+def _rows(text: str) -> dict[tuple[str, ...], list[float]]:
+    """Printed rows keyed by their text cells, valued by their numbers."""
+    rows = {}
+    for line in text.strip().splitlines():
+        cells = line.split()
+        numbers = [float(c) for c in cells if re.fullmatch(r"-?[0-9.]+", c)]
+        rows[tuple(c for c in cells if not re.fullmatch(r"-?[0-9.]+", c))] = numbers
+    return rows
 
 
 def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
