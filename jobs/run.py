@@ -1,13 +1,6 @@
-"""The whole scan as a Ray job; the same flags as `dwscan run`.
+"""Ray job: `dwscan run`, same flags (`python -m jobs.run --help`)."""
 
-    ray job submit --working-dir . -- python -m jobs.run --out /shared/dwscan-out
-
-Inside a job RAY_ADDRESS is set, so the run joins the cluster the job was submitted to.
-"""
-
-import sys
-
-from pipeline.cli import main
+from jobs._entry import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    run_command("run")

@@ -60,6 +60,24 @@ def list_hub_models(author: str | None = None, filter: str | None = None,
         author=author, filter=filter, search=search, limit=limit)], options, "list models")
 
 
+def list_hub_revisions(author: str | None = None, filter: str | None = None,
+                       search: str | None = None, limit: int | None = None,
+                       options: HubOptions | None = None) -> dict[str, str | None]:
+    """Repo id -> current commit sha of the matching models, from one listing call: what a
+    re-scan compares with models.parquet without touching any repo."""
+    options = options or HubOptions()
+    return with_retries(lambda: {m.id: m.sha for m in HfApi().list_models(
+        author=author, filter=filter, search=search, limit=limit, expand=["sha"])},
+        options, "list models")
+
+
+def hub_revision(repo_id: str, options: HubOptions | None = None) -> str | None:
+    """The current commit sha of one repo (a metadata call, no file is read)."""
+    options = options or HubOptions()
+    return with_retries(lambda: HfApi().model_info(repo_id, timeout=options.timeout).sha,
+                        options, f"model info of {repo_id}")
+
+
 @contextmanager
 def open_hub_checkpoint(repo_id: str, revision: str | None = None,
                         options: HubOptions | None = None) -> Iterator[HubCheckpoint]:

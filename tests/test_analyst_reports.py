@@ -12,7 +12,7 @@ import pytest
 import schemas
 from pipeline.cli import main
 from pipeline.query import QueryError, query_table
-from pipeline.run import RunOptions, write_reports
+from pipeline.report_stage import write_reports
 from pipeline.storage import OutputLayout, read_table, schema_version_of
 from tests.helpers import (
     SCANNED_CHANNELS,
@@ -33,8 +33,7 @@ def _expected_fraction(fraction: float) -> float:
 def reported(tmp_path_factory):
     root = tmp_path_factory.mktemp("scanned")
     results, pretrain = write_scanned_zoo(root)
-    reports = write_reports(OutputLayout(root), RunOptions(out=root, accuracy_csv=results,
-                                                           pretrain_csv=pretrain))
+    reports = write_reports(OutputLayout(root), accuracy_csv=results, pretrain_csv=pretrain)
     return root, reports
 
 

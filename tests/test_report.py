@@ -19,6 +19,7 @@ def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Tabl
         "cosine": pa.array([None if r[3] else 0.9 for r in rows], pa.float32()),
         "sign": pa.array([None if r[3] else 1 for r in rows], pa.int8()),
         "invalid_reason": pa.array([r[3] for r in rows], pa.string()),
+        "template_set": pa.array(["ts1"] * n, pa.string()),
     }, schema=schemas.ASSIGNMENTS)
 
 
