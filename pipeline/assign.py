@@ -12,12 +12,11 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import schemas
 from pipeline.arrays import list_column_to_matrix
 from pipeline.preprocess import INVALID_REASONS, VALID, centre_and_normalise
-from pipeline.storage import iter_tables, write_tables
+from pipeline.storage import file_metadata, iter_tables, write_tables
 
 # Default cosine threshold for "clustered"; METHOD notes in README explain the choice.
 DEFAULT_THRESHOLD = 0.8
@@ -156,7 +155,7 @@ def assignment_template_set(path: Path) -> str | None:
     """The template set an assignment file was made with (from its Parquet metadata, not its
     rows); None when the file is missing or unreadable, so it is redone."""
     try:
-        value = (pq.read_schema(path).metadata or {}).get(TEMPLATE_SET_KEY)
+        value = file_metadata(path).get(TEMPLATE_SET_KEY)
     except (OSError, pa.ArrowException):
         return None
     return value.decode() if value else None

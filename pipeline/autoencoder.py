@@ -140,27 +140,30 @@ def decode_sweep(model: KernelAutoencoder, n_points: int) -> tuple[np.ndarray, n
 
 
 def save_autoencoder(model: KernelAutoencoder, path: Path, extra: dict | None = None) -> Path:
-    """Weights as safetensors (never a pickle) plus a JSON file with what rebuilds the model."""
-    from safetensors.torch import save_file
+    """Weights as safetensors (never a pickle) plus a JSON file with what rebuilds the model;
+    `path` may be local or on an object store (pipeline.storage)."""
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from pipeline.storage import as_location, write_bytes_atomic
+
+    path = as_location(path)
     meta = {"dim": model.dim, "hidden": list(model.hidden), "code_dim": model.code_dim,
             **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=_jsonable))
+    write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    write_bytes_atomic(path.with_suffix(".json"),
+                       json.dumps(meta, indent=2, default=_jsonable).encode())
     return path
 
 
 def load_autoencoder(path: Path) -> tuple[KernelAutoencoder, dict]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
-    path = Path(path)
+    from pipeline.storage import as_location
+
+    path = as_location(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     model = KernelAutoencoder(meta["dim"], tuple(meta["hidden"]), meta["code_dim"])
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load(path.read_bytes()))
     return model.eval(), meta
 
 

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stage 6 alone, from what OUT already holds (models, templates, "
                     "assignments): per-model, per-layer and per-label tables joined to timm's "
                     "accuracy and pre-training tables, correlations, plots and index.html.")
-    report.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    report.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
     _add_accuracy_sources(report)
     query = commands.add_parser(
         "query", help="run SQL (DuckDB) over the outputs",
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: dwscan query "SELECT model_id, clustered_fraction, top1 FROM '
                'clusterability WHERE kernel_size IS NULL ORDER BY top1"')
     query.add_argument("sql", help="the query")
-    query.add_argument("--out", type=Path, default=Path("dwscan-out"),
+    query.add_argument("--out", default="dwscan-out", metavar="DIR|URI",
                        help="output folder to query (default: ./dwscan-out)")
     query.add_argument("--format", choices=["table", "csv", "parquet"], default="table",
                        help="print an aligned table (default) or CSV; parquet needs --output")
@@ -84,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the autoencoders (or k-means) on the kernels of every ok model in "
                     "OUT and write a new template set (templates.parquet, template_set.json). "
                     "Assignments made with the old set are stale: run `dwscan assign` next.")
-    train.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    train.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
     train.add_argument("--address", default=None, help=_ADDRESS_HELP)
     _add_method_options(train)
     assign = commands.add_parser(
         "assign", help="stage 5 alone: assign the kernels that have no current assignment",
         description="Assign, with the current template set, every ok model of OUT whose "
                     "assignment file is missing or was made with another set.")
-    assign.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    assign.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
     assign.add_argument("--address", default=None, help=_ADDRESS_HELP)
     assign.add_argument("--concurrency", type=int, default=None,
                         help="models assigned at once (default: the CPU count)")
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_OUT_HELP = "output folder (default: ./dwscan-out)"
+_OUT_HELP = ("output folder, or a URI every node can reach, e.g. s3://bucket/dwscan-out "
+             "(default: ./dwscan-out)")
 _ADDRESS_HELP = "Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
 
 
@@ -205,7 +206,7 @@ def _add_model_selection(command: argparse.ArgumentParser, hub_only: bool = Fals
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
                          help="models read at once (default: the CPU count)")
-    command.add_argument("--out", type=Path, default=Path("dwscan-out"), help=_OUT_HELP)
+    command.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
     command.add_argument("--address", default=None, help=_ADDRESS_HELP)
 
 
@@ -351,11 +352,11 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_layout(out: Path, needs_templates: bool = True):
+def _finished_layout(out: str, needs_templates: bool = True):
     """The layout of `out`, which must hold a scan (and templates): else exit with what to run."""
     from pipeline.storage import OutputLayout
 
-    layout = OutputLayout(out.resolve())
+    layout = OutputLayout(out)
     missing = [p.name for p in (layout.models_path, layout.templates_path)[:1 + needs_templates]
                if not p.exists()]
     if missing:
@@ -432,7 +433,7 @@ def command_scan(args: argparse.Namespace) -> int:
     from pipeline.storage import OutputLayout
 
     specs = specs_from_args(args)
-    layout = OutputLayout(args.out.resolve())
+    layout = OutputLayout(args.out)
     with output_lock(layout.root, "scan"), _ray_session():
         ray_executor.init_ray(args.address)
         run_models, _ = scan_models(specs, layout, args.concurrency)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime
 import html
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 import schemas
+from pipeline.storage import write_bytes_atomic
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -69,7 +69,6 @@ def label_shares_html(label_shares: pa.Table) -> str:
 def write_index_html(reports_dir: Path, sections: list[tuple[str, str, list[str], str]],
                      about: str) -> Path:
     """`sections`: (title, text, image paths, table HTML). Images are linked relative to the page."""
-    reports_dir = Path(reports_dir)
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
              f"<title>dwscan report</title><style>{_STYLE}</style></head><body>",
              "<h1>dwscan: clusterability of depthwise kernels</h1>",
@@ -81,12 +80,10 @@ def write_index_html(reports_dir: Path, sections: list[tuple[str, str, list[str]
         if text:
             parts.append(f"<p>{html.escape(text)}</p>")
         for image in images:
-            src = os.path.relpath(image, reports_dir)
-            parts.append(f'<img src="{html.escape(src)}" alt="{html.escape(Path(image).stem)}">')
+            name = Path(str(image)).name  # every image sits beside the page
+            parts.append(f'<img src="{html.escape(name)}" alt="{html.escape(Path(name).stem)}">')
         parts.append(table)
     parts.append("</body></html>")
     path = reports_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "\n".join(parts).encode())
     return path

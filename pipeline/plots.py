@@ -3,6 +3,7 @@ shares."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -184,8 +185,12 @@ def plot_layer_shares(assignments: pa.Table, templates: pa.Table, model_id: str,
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    """PNG bytes written whole, to a local folder or an object store."""
+    from pipeline.storage import as_location, write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    path = as_location(path)
+    write_bytes_atomic(path, buffer.getvalue())
     return path

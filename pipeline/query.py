@@ -7,33 +7,42 @@ folder does not hold yet gets no view, and a query naming it fails with DuckDB's
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 import schemas
+from pipeline.storage import as_location, is_remote
 
 
 def connect(out: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB whose views read the Parquet files under `out`."""
-    out = Path(out)
-    if not out.is_dir():
+    """An in-memory DuckDB whose views read the Parquet files under `out` (a folder, or a URI:
+    then through Arrow datasets on the fsspec filesystem, so DuckDB needs no extension)."""
+    out = as_location(out)
+    if not (out / "models.parquet").exists():
         raise FileNotFoundError(f"{out} is not a dwscan output folder (run `dwscan run` first)")
     connection = duckdb.connect()
     for name, schema in schemas.ALL.items():
         pattern = schemas.table_path(schema).replace("<model>", "*")
-        if not list(out.glob(pattern)):
+        files = sorted(out.glob(pattern))
+        if not files:
             continue
-        files = str(out / pattern).replace("'", "''")
-        connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{files}', "
+        if is_remote(out):
+            dataset = pads.dataset([f.path for f in files], filesystem=out.fs, format="parquet")
+            connection.register(f"_{name}_files", dataset)
+            connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM \"_{name}_files\"")
+            continue
+        glob = str(out / pattern).replace("'", "''")
+        connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', "
                            f"union_by_name = true)")
     return connection
 
 
 def views(connection: duckdb.DuckDBPyConnection) -> list[str]:
     return sorted(r[0] for r in connection.execute(
-        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall())
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        if not r[0].startswith("_"))
 
 
 class QueryError(ValueError):

@@ -104,6 +104,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import torch
     from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
+    from pipeline.storage import as_location
     from pipeline.train import train_autoencoders
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-report INFO lines
@@ -124,7 +125,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             bars[k].close()
 
     losses = train_autoencoders(
-        [Path(p) for p in loop_config["kernel_paths"]], Path(loop_config["out_dir"]),
+        [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
         AutoencoderConfig.from_dict(loop_config["config"]), rank=rank, world_size=world_size,
         wrap_model=ray.train.torch.prepare_model, device=str(device), on_epoch=on_epoch)
     ray.train.report({"final_loss": {str(k): v[-1] for k, v in losses.items()}})

@@ -35,7 +35,7 @@ from pipeline.autoencoder import AutoencoderConfig
 from pipeline.extract import extract_model_to_parquet, model_row
 from pipeline.lock import output_lock
 from pipeline.report_stage import ok_model_ids, write_reports
-from pipeline.storage import OutputLayout, read_table_as, write_table
+from pipeline.storage import OutputLayout, is_remote, read_table_as, write_table
 from pipeline.templates import (
     TemplateConfig,
     TemplateSetRecord,
@@ -48,7 +48,7 @@ from pipeline.zoo import ModelSpec
 
 @dataclass
 class RunOptions:
-    out: Path = Path("dwscan-out")  # the output folder (a zoo; see module docstring)
+    out: str | Path = "dwscan-out"  # folder or URI (pipeline.storage); a zoo, see above
     threshold: float = DEFAULT_THRESHOLD  # cosine at or above which a kernel is clustered
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
@@ -89,7 +89,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
                  command: str = "run") -> RunSummary:
     """Scan `specs`, then (re)train templates when `retrain` or none exist, assign what is
     stale, report, and log the run. `dwscan run` retrains; a re-scan keeps the template set."""
-    layout = OutputLayout(Path(options.out).resolve())  # Ray workers run in other folders
+    layout = OutputLayout(options.out)  # absolute, or a URI: Ray workers run elsewhere
     timings: dict[str, float] = {}
     started = now_utc()
     # read first: a wrong path or an unreachable URL fails now, not after training
@@ -171,7 +171,10 @@ def assign_stale(layout: OutputLayout, ok: list[str], templates: pa.Table,
 
 
 def remove_partial_writes(layout: OutputLayout) -> None:
-    """Temp files that a killed run left behind (never read: their names start with '.')."""
+    """Temp files that a killed run left behind (never read: their names start with '.').
+    An object store has none: an interrupted upload never becomes an object."""
+    if is_remote(layout.root):
+        return
     for pattern in ("**/.*.tmp", "*.json.tmp"):
         for path in layout.root.glob(pattern):
             path.unlink(missing_ok=True)

@@ -1,4 +1,11 @@
-"""The output folder: where each table lives, and atomic Parquet writes with explicit schemas."""
+"""The output folder: where each table lives, and atomic Parquet writes with explicit schemas.
+
+`--out` is a local folder or a URI of any fsspec filesystem (`s3://bucket/prefix`, `gs://...`),
+since on a cluster every node must see it. Locally a file is written beside its target and
+renamed over it; on an object store a file is one object that appears whole when its upload
+completes (and is discarded if the write fails), so readers never see half a file either way.
+Remote paths are `UPath`s, which answer the same pathlib calls (`/`, exists, unlink, glob, ...).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,53 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 import schemas
+
+Location = Path | UPath  # a local path, or a path on an fsspec filesystem
+
+
+def as_location(out: str | os.PathLike) -> Location:
+    """`s3://bucket/x` (any URI with a scheme) as a UPath; anything else as an absolute Path
+    (Ray workers run in other folders)."""
+    if isinstance(out, UPath):
+        return out
+    text = os.fspath(out)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return Path(text.removeprefix("file://")).resolve()
+
+
+def is_remote(path: Location) -> bool:
+    return isinstance(path, UPath)
+
+
+def write_bytes_atomic(path: Location, data: bytes) -> None:
+    """Whole or not at all (see module docstring)."""
+    if is_remote(path):
+        path.write_bytes(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _source(path: str | os.PathLike | Location) -> Any:
+    """What pyarrow opens: the local path, or an open file of a remote one."""
+    if isinstance(path, UPath):
+        return path.fs.open(path.path, "rb")
+    return path
 
 
 def model_stem(model_id: str) -> str:
@@ -28,8 +77,8 @@ def model_file_name(model_id: str) -> str:
 class OutputLayout:
     """Paths of every output under one run folder; one file per model so a model is replaced whole."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | Location):
+        self.root = as_location(root)
 
     @property
     def kernels_dir(self) -> Path:
@@ -89,10 +138,11 @@ class OutputLayout:
         return self.assignments_dir / model_file_name(model_id)
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> Path:
+def write_table(table: pa.Table, path: str | os.PathLike | Location,
+                schema: pa.Schema) -> Location:
     """Cast to `schema` and write atomically: a reader sees the old file or the new, never half."""
     write_tables([table], path, schema)
-    return Path(path)
+    return as_location(path)
 
 
 def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa.Schema,
@@ -105,20 +155,31 @@ def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa
     if metadata:
         schema = schema.with_metadata({**schema.metadata, **{k: v.encode() for k, v in
                                                              metadata.items()}})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    path = as_location(path)
+    if is_remote(path):
+        sink = path.fs.open(path.path, "wb")  # the object appears when the upload completes
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        sink = tmp
     rows = 0
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd",
+        with pq.ParquetWriter(sink, schema, compression="zstd",
                               use_byte_stream_split=_float_columns(schema)) as writer:
             for table in tables:
                 writer.write_table(table.select(schema.names).cast(schema))
                 rows += table.num_rows
-        os.replace(tmp, path)
+        if is_remote(path):
+            sink.close()
+        else:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if is_remote(path):
+            sink.discard()  # abort the upload: nothing appears
+            sink.closed = True  # and nothing is flushed when the file object is collected
+        else:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return rows
 
@@ -138,19 +199,19 @@ def _float_columns(schema: pa.Schema) -> list[str]:
 def iter_tables(path: str | os.PathLike, batch_size: int = 262_144) -> Iterator[pa.Table]:
     """A Parquet file as tables of at most `batch_size` rows, read one at a time."""
     # pre_buffer would coalesce the reads of every row group up front: memory as large as the file
-    reader = pq.ParquetFile(path, pre_buffer=False)
+    reader = pq.ParquetFile(_source(path), pre_buffer=False)
     for batch in reader.iter_batches(batch_size=batch_size):
         yield pa.Table.from_batches([batch])
 
 
 def read_table(path: str | os.PathLike, columns: list[str] | None = None, filters=None) -> pa.Table:
-    return pq.read_table(path, columns=columns, filters=filters)
+    return pq.read_table(_source(path), columns=columns, filters=filters)
 
 
 def read_table_as(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     """A table written under an older schema version, as the current one: columns added since
     come back null, so outputs of an earlier dwscan stay usable."""
-    table = pq.read_table(path)
+    table = pq.read_table(_source(path))
     for f in schema:
         if f.name not in table.column_names:
             filler = ([[]] * table.num_rows if pa.types.is_list(f.type) and not f.nullable
@@ -162,14 +223,18 @@ def read_table_as(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
 def read_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,
                 filters=None) -> pa.Table:
     """Concatenate per-model files; an empty list gives an empty table of the schema."""
-    tables = [pq.read_table(p, columns=columns, filters=filters) for p in paths]
+    tables = [read_table(p, columns=columns, filters=filters) for p in paths]
     if not tables:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     return pa.concat_tables(tables)
 
 
+def file_metadata(path: str | os.PathLike | Location) -> dict[bytes, bytes]:
+    """A Parquet file's key-value metadata, from its footer alone."""
+    return pq.read_schema(_source(path)).metadata or {}
+
+
 def schema_version_of(path: str | os.PathLike) -> str | None:
-    meta = pq.read_schema(path).metadata or {}
-    value = meta.get(schemas.VERSION_KEY)
+    value = file_metadata(path).get(schemas.VERSION_KEY)
     return value.decode() if value else None

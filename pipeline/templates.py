@@ -25,6 +25,7 @@ from pipeline.assign import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
 from pipeline.autoencoder import KernelAutoencoder, decode_sweep, load_autoencoder
 from pipeline.families import label_templates
 from pipeline.preprocess import VALID, centre_and_normalise
+from pipeline.storage import as_location, write_bytes_atomic
 from pipeline.train import autoencoder_path, kernel_sizes_of, load_normalised_kernels
 
 
@@ -247,15 +248,12 @@ class TemplateSetRecord:
 
 
 def write_template_set_record(path: str | os.PathLike, record: TemplateSetRecord) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=1))
-    os.replace(tmp, path)
+    write_bytes_atomic(as_location(path), json.dumps(asdict(record), indent=1).encode())
 
 
 def read_template_set_record(path: str | os.PathLike) -> TemplateSetRecord:
     """The record, or defaults for an output folder written before records existed."""
     try:
-        return TemplateSetRecord(**json.loads(Path(path).read_text()))
+        return TemplateSetRecord(**json.loads(as_location(path).read_text()))
     except FileNotFoundError:
         return TemplateSetRecord()

@@ -14,7 +14,7 @@ import schemas
 from pipeline.arrays import list_column_to_matrix
 from pipeline.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
 from pipeline.preprocess import VALID, centre_and_normalise
-from pipeline.storage import iter_tables, read_tables
+from pipeline.storage import as_location, iter_tables, read_tables
 
 # Above this many kernels of one size, train (and pick templates) on a seeded uniform sample.
 MAX_KERNELS_PER_SIZE = 2_000_000
@@ -115,7 +115,7 @@ def _stack_consuming(blocks: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def autoencoder_path(out_dir: Path, kernel_size: int) -> Path:
-    return Path(out_dir) / f"k{kernel_size}.safetensors"
+    return as_location(out_dir) / f"k{kernel_size}.safetensors"
 
 
 def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,

@@ -79,7 +79,7 @@ def test_node_types(config):
 
 def test_setup_installs_dwscan_with_the_clients_ray(config):
     installs = [c for c in config["setup_commands"] if "pip install" in c]
-    assert any("~/dwscan" in c or "dwscan @" in c for c in installs)
+    assert any("~/dwscan" in c or "$HOME/dwscan" in c or "dwscan @" in c for c in installs)
     pins = {m for c in installs for m in re.findall(r'"ray\[([^\]]*)\]==([^"]+)"', c)}
     assert pins, "setup_commands must pin ray[default,...] to one version"
     for extras, version in pins:
