@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stage 6 alone, from what OUT already holds (models, templates, "
                     "assignments): per-model, per-layer and per-label tables joined to timm's "
                     "accuracy and pre-training tables, correlations, plots and index.html.")
-    report.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
+    _add_out(report)
     _add_accuracy_sources(report)
     query = commands.add_parser(
         "query", help="run SQL (DuckDB) over the outputs",
@@ -84,15 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the autoencoders (or k-means) on the kernels of every ok model in "
                     "OUT and write a new template set (templates.parquet, template_set.json). "
                     "Assignments made with the old set are stale: run `dwscan assign` next.")
-    train.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
-    train.add_argument("--address", default=None, help=_ADDRESS_HELP)
+    _add_out(train, address=True)
     _add_method_options(train)
     assign = commands.add_parser(
         "assign", help="stage 5 alone: assign the kernels that have no current assignment",
         description="Assign, with the current template set, every ok model of OUT whose "
                     "assignment file is missing or was made with another set.")
-    assign.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
-    assign.add_argument("--address", default=None, help=_ADDRESS_HELP)
+    _add_out(assign, address=True)
     assign.add_argument("--concurrency", type=int, default=None,
                         help="models assigned at once (default: the CPU count)")
     scan = commands.add_parser(
@@ -123,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 _OUT_HELP = ("output folder, or a URI every node can reach, e.g. s3://bucket/dwscan-out "
              "(default: ./dwscan-out)")
 _ADDRESS_HELP = "Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+
+
+def _add_out(command: argparse.ArgumentParser, address: bool = False) -> None:
+    """Where a command writes, and (for commands that run on Ray) which cluster runs it."""
+    command.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
+    if address:
+        command.add_argument("--address", default=None, help=_ADDRESS_HELP)
 
 
 def _add_method_options(command: argparse.ArgumentParser) -> None:
@@ -206,8 +211,7 @@ def _add_model_selection(command: argparse.ArgumentParser, hub_only: bool = Fals
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
                          help="models read at once (default: the CPU count)")
-    command.add_argument("--out", default="dwscan-out", metavar="DIR|URI", help=_OUT_HELP)
-    command.add_argument("--address", default=None, help=_ADDRESS_HELP)
+    _add_out(command, address=True)
 
 
 def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
