@@ -198,8 +198,9 @@ def _float_columns(schema: pa.Schema) -> list[str]:
 
 def iter_tables(path: str | os.PathLike, batch_size: int = 262_144) -> Iterator[pa.Table]:
     """A Parquet file as tables of at most `batch_size` rows, read one at a time."""
-    # pre_buffer would coalesce the reads of every row group up front: memory as large as the file
-    reader = pq.ParquetFile(_source(path), pre_buffer=False)
+    # pre_buffer would coalesce the reads of every row group up front: memory as large as the
+    # file; a read buffer keeps even one column chunk (a 1M-row row group) from being read whole
+    reader = pq.ParquetFile(_source(path), pre_buffer=False, buffer_size=1 << 20)
     for batch in reader.iter_batches(batch_size=batch_size):
         yield pa.Table.from_batches([batch])
 
