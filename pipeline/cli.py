@@ -141,8 +141,10 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
                               f"default: {defaults.epochs})")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
-    command.add_argument("--train-workers", type=int, default=2,
-                         help="Ray Train workers, one DDP rank each (default: 2)")
+    command.add_argument("--train-workers", type=int, default=1,
+                         help="Ray Train workers, one DDP rank each (default: 1: on a small "
+                              "CPU machine a second rank costs more in all-reduce than it "
+                              "gains, see BENCHMARKS.md; use one per GPU or node)")
     command.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
     command.add_argument("--templates", choices=["autoencoder", "kmeans"], default="autoencoder",
                          help="how templates are found: the paper's 1-D autoencoder (default) "
@@ -279,7 +281,7 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
 
 
 def command_rescan(args: argparse.Namespace) -> int:
-    from pipeline._hub import hub_revision, list_hub_revisions
+    from pipeline._hub import HubError, hub_revision, list_hub_revisions
     from pipeline.rescan import rescan
 
     if args.hub:
@@ -288,7 +290,10 @@ def command_rescan(args: argparse.Namespace) -> int:
     else:
         listed = {}
     for repo_id in args.hub_models or []:
-        listed[repo_id] = listed.get(repo_id) or hub_revision(repo_id)
+        try:
+            listed[repo_id] = listed.get(repo_id) or hub_revision(repo_id)
+        except HubError:  # not found, gated, ...: the scan records the reason for this one
+            listed[repo_id] = None
     if not listed:
         raise SystemExit("dwscan: error: rescan needs --hub (with filters) or --model")
     with _ray_session():

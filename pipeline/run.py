@@ -52,7 +52,7 @@ class RunOptions:
     threshold: float = DEFAULT_THRESHOLD  # cosine at or above which a kernel is clustered
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
-    train_workers: int = 2  # Ray Train workers (DDP ranks)
+    train_workers: int = 1  # Ray Train workers (DDP ranks); BENCHMARKS.md says why 1
     use_gpu: bool = False  # train on CUDA
     accuracy_csv: str = TIMM_RESULTS_URL  # timm results-imagenet.csv, path or URL
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL

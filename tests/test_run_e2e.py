@@ -122,7 +122,9 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"conv_dw.weight": torch.zeros(4, 1, 3, 3), "x": _Payload(marker)}, evil)
     out = tmp_path / "out"
-    result = run_dwscan(["--out", str(out), "--checkpoint", str(synthetic), "--model-id", "synth",
+    # two Ray Train workers: the DDP path (gloo all-reduce, sharded epochs) is covered here
+    result = run_dwscan(["--out", str(out), "--train-workers", "2",
+                         "--checkpoint", str(synthetic), "--model-id", "synth",
                          "--checkpoint", str(truncated), "--checkpoint", str(evil),
                          "--checkpoint", str(tmp_path / "missing.pth")], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
