@@ -83,8 +83,9 @@ def test_demo_zoo_end_to_end(tmp_path):
 
 def _readme_queries_answer_as_shown(out: Path) -> None:
     """Each `dwscan query` in README.md, run on this demo output, gives the rows README shows:
-    the same text cells, numbers within 3 points (training is seeded, but floating-point sums in
-    DDP may differ by machine)."""
+    the same text cells, numbers within 3 points (training is seeded, but floating-point sums
+    may differ by machine); a row README lacks may only be a small one (every number < 3), such
+    as a template label just over or under the 1% needed to be kept."""
     blocks = re.findall(r"```bash\n(dwscan query .*?)\n```\n\n```text\n(.*?)```",
                         README.read_text(), flags=re.S)
     assert len(blocks) == 3
@@ -93,9 +94,14 @@ def _readme_queries_answer_as_shown(out: Path) -> None:
         got = subprocess.run(["dwscan", "query", "--out", str(out), sql], capture_output=True,
                              text=True, timeout=120)
         assert got.returncode == 0, got.stderr
-        assert _rows(got.stdout).keys() == _rows(shown).keys(), (sql, got.stdout)
-        for key, numbers in _rows(shown).items():
-            assert np.allclose(_rows(got.stdout)[key], numbers, atol=3.0), (sql, key, got.stdout)
+        expected, answered = _rows(shown), _rows(got.stdout)
+        for key, numbers in expected.items():
+            if key not in answered:
+                assert numbers and max(numbers) < 3.0, (sql, key, got.stdout)
+                continue
+            assert np.allclose(answered[key], numbers, atol=3.0), (sql, key, got.stdout)
+        for key in answered.keys() - expected.keys():
+            assert answered[key] and max(answered[key]) < 3.0, (sql, key, got.stdout)
 
 
 def _rows(text: str) -> dict[tuple[str, ...], list[float]]:
