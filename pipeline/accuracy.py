@@ -130,13 +130,6 @@ def read_accuracy_tables(results: str | os.PathLike = TIMM_RESULTS_URL,
     return AccuracyTables(by_key, pretrain_of, (results_from, pretrain_from))
 
 
-def read_top1(path: str | os.PathLike = DEMO_ACCURACY_CSV) -> dict[str, float]:
-    """`arch.tag` -> best top-1 (%) over the image sizes timm lists."""
-    tables = read_accuracy_tables(path, DEMO_PRETRAIN_CSV)
-    return {key: rows[0]["top1"] for key, rows in tables.results.items()
-            if rows[0]["top1"] is not None}
-
-
 # Data sets named in timm's pretrained tags, e.g. `fb_in22k_ft_in1k`, `ns_jft_in1k`.
 _DATA_TOKEN = re.compile(r"^(in\d+k|jft\d*m?|ig\d+b|yfcc\d+m|laion\d+[bm]|m\d+m|openai|cc12m|"
                          r"dfn\d+b|merged\d+m|lvd\d+m|webli)$")

@@ -119,3 +119,27 @@ def test_pretrain_prefers_an_exact_metadata_row_then_the_tag_then_the_architectu
     assert pretrain_of("vit_x.augreg_in12k", tables) == ("in12k", "tag")
     assert pretrain_of("vit_x.other", tables) == ("in1k", "metadata")
     assert pretrain_of("unknown_net.x", tables) == (None, None)
+
+
+def test_demo_excerpt_holds_timms_published_figures():
+    tables = read_accuracy_tables(accuracy.DEMO_ACCURACY_CSV, accuracy.DEMO_PRETRAIN_CSV)
+    assert {key: rows[0]["top1"] for key, rows in tables.results.items()} == {
+        "tf_efficientnet_lite0.in1k": 74.846, "tf_efficientnet_lite1.in1k": 76.674,
+        "tf_efficientnet_lite2.in1k": 77.470}
+    assert tables.pretrain == {f"tf_efficientnet_lite{i}": "in1k" for i in range(3)}
+
+
+def test_two_image_sizes_kept_apart_and_quoted_counts_parsed(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation\n"
+                    "big.in1k,224,86.0,14.0,97.0,3.0,\"1,014.45\",1.0,bicubic\n"
+                    'big.in1k,448,88.1,11.9,98.0,2.0,"1,014.45",1.0,bicubic\n'
+                    "small.in1k,224,n/a,,,,1.0,0.9,bicubic\n")
+    tables = read_accuracy_tables(path, accuracy.DEMO_PRETRAIN_CSV)
+    assert [(r["img_size"], r["top1"], r["param_count_m"]) for r in tables.results["big.in1k"]] == [
+        (448, 88.1, 1014.45), (224, 86.0, 1014.45)]  # best top-1 first
+    assert tables.results["small.in1k"][0]["top1"] is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,acc\nx,1\n")
+    with pytest.raises(SourceError, match="not a timm table"):
+        read_accuracy_tables(bad, accuracy.DEMO_PRETRAIN_CSV)

@@ -2,7 +2,6 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from pipeline.accuracy import SourceError, read_top1
 from pipeline.report import clusterability_table, format_clusterability, threshold_sweep_table
 
 
@@ -48,25 +47,6 @@ def test_counts_fractions_chance_and_top1():
     assert got["b", 5]["clustered_fraction"] == 1.0
     text = format_clusterability(table)
     assert "50.0%" in text and "75.500" in text
-
-
-def test_demo_accuracy_table_holds_timms_published_top1():
-    top1 = read_top1()
-    assert top1 == {"tf_efficientnet_lite0.in1k": 74.846, "tf_efficientnet_lite1.in1k": 76.674,
-                    "tf_efficientnet_lite2.in1k": 77.470}
-
-
-def test_timm_table_with_two_image_sizes_and_quoted_counts(tmp_path):
-    path = tmp_path / "results.csv"
-    path.write_text("model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation\n"
-                    'big.in1k,448,88.1,11.9,98.0,2.0,"1,014.45",1.0,bicubic\n'
-                    "big.in1k,224,86.0,14.0,97.0,3.0,\"1,014.45\",1.0,bicubic\n"
-                    "small.in1k,224,n/a,,,,1.0,0.9,bicubic\n")
-    assert read_top1(path) == {"big.in1k": 88.1}
-    bad = tmp_path / "bad.csv"
-    bad.write_text("name,acc\nx,1\n")
-    with pytest.raises(SourceError, match="not a timm table"):
-        read_top1(bad)
 
 
 def test_threshold_sweep_counts_by_hand():
