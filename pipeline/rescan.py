@@ -64,8 +64,7 @@ def rescan(listed: dict[str, str | None], options: RunOptions, address: str | No
     """Scan what the plan says at the listed revisions, assign the new kernels with the current
     template set (a new set with `retrain`), and rebuild the reports. Nothing to do: no run."""
     layout = OutputLayout(options.out)
-    models = (read_table_as(layout.models_path, schemas.MODELS) if layout.models_path.exists()
-              else schemas.MODELS.empty_table())
+    models = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
     plan = plan_rescan(listed, models, max_attempts)
     if not plan.to_scan and not retrain:
         started = now_utc()

@@ -123,8 +123,8 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
 
 def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCounts:
     """For `dwscan run`, which scans every model it is given: new, or known before (changed)."""
-    known = (set(read_table_as(layout.models_path, schemas.MODELS).column("model_id").to_pylist())
-             if layout.models_path.exists() else set())
+    known = set(read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
+                .column("model_id").to_pylist())
     new = sum(spec.model_id not in known for spec in specs)
     return ScanCounts(new=new, changed=len(specs) - new)
 
@@ -175,9 +175,8 @@ def remove_partial_writes(layout: OutputLayout) -> None:
     An object store has none: an interrupted upload never becomes an object."""
     if is_remote(layout.root):
         return
-    for pattern in ("**/.*.tmp", "*.json.tmp"):
-        for path in layout.root.glob(pattern):
-            path.unlink(missing_ok=True)
+    for path in layout.root.glob("**/.*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -216,8 +215,7 @@ def _scan_progress(results: list) -> str:
 def _merge_models(layout: OutputLayout, run_models: pa.Table) -> tuple[pa.Table, pa.Table]:
     """models.parquet = this run's rows (attempts counted per revision, time stamped) + earlier
     rows of models this run did not touch. Returns (this run's rows, the merged table)."""
-    earlier = (read_table_as(layout.models_path, schemas.MODELS) if layout.models_path.exists()
-               else schemas.MODELS.empty_table())
+    earlier = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
     before = {r["model_id"]: r for r in earlier.to_pylist()}
     now = now_utc()
     rows = run_models.to_pylist()
@@ -241,8 +239,7 @@ def log_run(layout: OutputLayout, command: str, started: datetime.datetime, coun
            "n_unchanged": counts.unchanged, "n_retried": counts.retried,
            "n_failed": sum(s == "failed" for s in run_models.column("status").to_pylist()),
            "retrained": retrained, "template_set": template_set}
-    earlier = (read_table_as(layout.runs_path, schemas.RUNS) if layout.runs_path.exists()
-               else schemas.RUNS.empty_table())
+    earlier = read_table_as(layout.runs_path, schemas.RUNS, missing_ok=True)
     write_table(pa.concat_tables([earlier, pa.Table.from_pylist([row], schema=schemas.RUNS)]),
                 layout.runs_path, schemas.RUNS)
 

@@ -209,9 +209,13 @@ def read_table(path: str | os.PathLike, columns: list[str] | None = None, filter
     return pq.read_table(_source(path), columns=columns, filters=filters)
 
 
-def read_table_as(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+def read_table_as(path: str | os.PathLike | Location, schema: pa.Schema,
+                  missing_ok: bool = False) -> pa.Table:
     """A table written under an older schema version, as the current one: columns added since
-    come back null, so outputs of an earlier dwscan stay usable."""
+    come back null, so outputs of an earlier dwscan stay usable. With `missing_ok`, a file not
+    written yet reads as an empty table."""
+    if missing_ok and not as_location(path).exists():
+        return schema.empty_table()
     table = pq.read_table(_source(path))
     for f in schema:
         if f.name not in table.column_names:
