@@ -56,21 +56,40 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--write", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args(argv)
-    sections = [f"# Benchmarks\n\nMeasured by `python -m benchmarks` on: {machine()}.\n"]
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
+    sections = read_sections(args.write) if args.names else {}  # a subset keeps the others' rows
     for name in args.names or list(BENCHMARKS):
         run = BENCHMARKS[name]
         text = as_markdown(run())
         print(f"\n## {name}\n{text}", flush=True)
         about = (sys.modules[run.__module__].__doc__ or "").strip()
-        sections.append(f"## {name}\n\n{about}\n\n{text}\n")
+        sections[name] = f"## {name}\n\n{about}\n\nRun on: {machine()}.\n\n{text}\n"
+    order = [n for n in BENCHMARKS if n in sections] + [n for n in sections if n not in BENCHMARKS]
+    parts = ["# Benchmarks\n\nMeasured by `python -m benchmarks` (each section says where and when).\n"]
+    parts += [sections[n] for n in order]
     analysis = Path(__file__).with_name("analysis.md")  # what the numbers mean, by hand
     if analysis.exists():
-        sections.append(analysis.read_text())
-    args.write.write_text("\n".join(sections))
+        parts.append(analysis.read_text())
+    args.write.write_text("\n".join(parts))
     return 0
+
+
+def read_sections(path: Path) -> dict[str, str]:
+    """The `## name` sections of an earlier BENCHMARKS.md (up to the hand-written analysis)."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.exists():
+        heading = analysis.read_text().splitlines()[0]
+        text = text.split(heading, 1)[0]
+    sections = {}
+    for chunk in text.split("\n## ")[1:]:
+        name = chunk.split("\n", 1)[0].strip()
+        sections[name] = f"## {chunk.rstrip()}\n"
+    return sections
 
 
 if __name__ == "__main__":
