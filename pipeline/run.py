@@ -60,6 +60,10 @@ from pipeline.templates import (
 )
 from pipeline.zoo import ModelSpec
 
+# `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
+# 5 minutes), short enough that a stuck mount or a FIFO does not hold a nightly run for a day.
+DEFAULT_MODEL_TIMEOUT = 3600.0
+
 
 @dataclass
 class RunOptions:
@@ -73,11 +77,7 @@ class RunOptions:
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL
     max_in_flight: int | None = None  # extraction/assignment tasks at once (default: CPUs)
     limits: ReadLimits = field(default_factory=ReadLimits)  # what one model may cost
-    model_timeout: float | None = None  # seconds one model's scan may take (None: no limit)
-
-# `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
-# 5 minutes), short enough that a stuck mount or a FIFO does not hold a nightly run for a day.
-DEFAULT_MODEL_TIMEOUT = 3600.0
+    model_timeout: float | None = DEFAULT_MODEL_TIMEOUT  # seconds one model may take; None: no limit
 
 
 @dataclass
