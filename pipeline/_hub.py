@@ -24,7 +24,15 @@ import httpx2
 from huggingface_hub import HfApi, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.utils import HfHubHTTPError, build_hf_headers, get_session
 
-from pipeline.checkpoints import CheckpointError, RemoteSafetensorsCheckpoint, TorchCheckpoint
+from pipeline.checkpoints import (
+    DEFAULT_LIMITS,
+    CheckpointError,
+    ReadLimits,
+    RemoteSafetensorsCheckpoint,
+    TorchCheckpoint,
+    shard_names,
+)
+from pipeline.zoo import read_config
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 T = TypeVar("T")
@@ -47,7 +55,8 @@ class HubCheckpoint:
     repo_id: str
     revision: str  # the commit sha every file was read at
     reader: Any  # RemoteSafetensorsCheckpoint or TorchCheckpoint
-    config: dict = field(default_factory=dict)  # config.json, {} when absent
+    config: dict = field(default_factory=dict)  # config.json, {} when absent or unusable
+    config_warnings: list[str] = field(default_factory=list)  # why config.json was unusable
     bytes_fetched: int = 0  # payload bytes received from the hub for this model
 
 
@@ -80,8 +89,10 @@ def hub_revision(repo_id: str, options: HubOptions | None = None) -> str | None:
 
 @contextmanager
 def open_hub_checkpoint(repo_id: str, revision: str | None = None,
-                        options: HubOptions | None = None) -> Iterator[HubCheckpoint]:
-    """The repo's weights at one commit, read with as few bytes as the format allows."""
+                        options: HubOptions | None = None,
+                        limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[HubCheckpoint]:
+    """The repo's weights at one commit, read with as few bytes as the format allows. Its
+    config.json is returned as parsed; `pipeline.zoo.timm_metadata` type-checks the fields."""
     options = options or HubOptions()
     info = with_retries(lambda: HfApi().model_info(repo_id, revision=revision,
                                                    timeout=options.timeout),
@@ -93,20 +104,18 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
     try:
         if "config.json" in files:
             config_path = _download(repo_id, "config.json", sha, None, options, opened)
-            opened.config = _read_json(config_path)
+            opened.config, opened.config_warnings = read_config(config_path)
         fetch = _range_fetcher(repo_id, sha, options, opened)
         if "model.safetensors" in files:
             opened.reader = RemoteSafetensorsCheckpoint(fetch, ["model.safetensors"])
         elif "model.safetensors.index.json" in files:
             index = _read_json(_download(repo_id, "model.safetensors.index.json", sha, None,
                                          options, opened))
-            shards = sorted(set((index.get("weight_map") or {}).values()))
-            if not shards:
-                raise HubError("model.safetensors.index.json lists no shards")
+            shards = shard_names(index, "model.safetensors.index.json")
             opened.reader = RemoteSafetensorsCheckpoint(fetch, shards)
         elif "pytorch_model.bin" in files:
             opened.reader = TorchCheckpoint(
-                _download(repo_id, "pytorch_model.bin", sha, scratch, options, opened))
+                _download(repo_id, "pytorch_model.bin", sha, scratch, options, opened), limits)
         else:
             raise HubError("no weights file (model.safetensors, model.safetensors.index.json "
                            "or pytorch_model.bin)")
@@ -207,6 +216,7 @@ def _download(repo_id: str, filename: str, sha: str, folder: Path | None, option
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise HubError(f"bad JSON in {Path(path).name}: {exc}") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
+        raise HubError(f"bad JSON in {Path(path).name}: {' '.join(str(exc).split())[:200]}") \
+            from exc
     return value if isinstance(value, dict) else {}

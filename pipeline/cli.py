@@ -13,6 +13,7 @@ from pipeline.assign import DEFAULT_THRESHOLD
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.report import format_clusterability, format_text_table
 from pipeline.statistics import format_correlations
+from pipeline.storage import ModelIdError, OutputWriteError, check_model_ids
 from pipeline.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
 
 
@@ -164,6 +165,9 @@ def run_options(args: argparse.Namespace):
     from pipeline.templates import TemplateConfig
 
     options = RunOptions(out=args.out, max_in_flight=getattr(args, "concurrency", None))
+    if hasattr(args, "max_kernels"):
+        options.limits = read_limits(args)
+        options.model_timeout = args.model_timeout or None
     if hasattr(args, "threshold"):
         options.threshold, options.train_workers, options.use_gpu = (
             args.threshold, args.train_workers, args.gpu)
@@ -173,6 +177,12 @@ def run_options(args: argparse.Namespace):
     if hasattr(args, "accuracy_csv"):
         options.accuracy_csv, options.pretrain_csv = args.accuracy_csv, args.pretrain_csv
     return options
+
+
+def read_limits(args: argparse.Namespace):
+    from pipeline.checkpoints import ReadLimits
+
+    return ReadLimits(max_kernels=args.max_kernels, max_torch_bytes=args.max_torch_mb << 20)
 
 
 def schemas_names() -> list[str]:
@@ -213,7 +223,28 @@ def _add_model_selection(command: argparse.ArgumentParser, hub_only: bool = Fals
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
                          help="models read at once (default: the CPU count)")
+    _add_read_limits(command)
     _add_out(command, address=True)
+
+
+def _add_read_limits(command: argparse.ArgumentParser) -> None:
+    """What one model may cost; over it, that model fails with the reason (README: Safety)."""
+    from pipeline.checkpoints import ReadLimits
+    from pipeline.run import DEFAULT_MODEL_TIMEOUT
+
+    limits = ReadLimits()
+    command.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT,
+                         metavar="SECONDS",
+                         help="cancel a model still being read after this long and record it "
+                              f"as failed; 0: no limit (default: {DEFAULT_MODEL_TIMEOUT:g})")
+    command.add_argument("--max-kernels", type=int, default=limits.max_kernels, metavar="N",
+                         help=f"depthwise kernels one model may have (default: "
+                              f"{limits.max_kernels})")
+    command.add_argument("--max-torch-mb", type=int, default=limits.max_torch_bytes >> 20,
+                         metavar="MB",
+                         help="memory a torch file may take when loaded: its pickle and "
+                              "compressed storages, or all of a legacy non-zip file (default: "
+                              f"{limits.max_torch_bytes >> 20})")
 
 
 def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
@@ -236,6 +267,7 @@ def specs_from_args(args: argparse.Namespace) -> list[ModelSpec]:
     if duplicates:
         raise SystemExit(f"dwscan: error: model ids must be unique, repeated: "
                          f"{', '.join(duplicates)} (name them with --model-id)")
+    check_model_ids(ids)  # ModelIdError: main prints it
     return specs
 
 
@@ -438,14 +470,16 @@ def format_arrow_table(table, max_rows: int) -> str:
 def command_scan(args: argparse.Namespace) -> int:
     from pipeline import ray_executor
     from pipeline.lock import output_lock
-    from pipeline.run import scan_models
+    from pipeline.run import check_scan_ids, scan_models
     from pipeline.storage import OutputLayout
 
     specs = specs_from_args(args)
     layout = OutputLayout(args.out)
     with output_lock(layout.root, "scan"), _ray_session():
+        check_scan_ids(layout, specs)
         ray_executor.init_ray(args.address)
-        run_models, _ = scan_models(specs, layout, args.concurrency)
+        run_models, _ = scan_models(specs, layout, args.concurrency, read_limits(args),
+                                    args.model_timeout or None)
     rows = run_models.to_pylist()
     print(format_models(rows))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -477,11 +511,14 @@ def command_synth(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.accuracy import SourceError
     from pipeline.lock import OutputLocked
+    from pipeline.storage import as_location, check_writable
 
     args = build_parser().parse_args(argv)
     try:
+        if args.command in _WRITERS:
+            check_writable(as_location(args.out))
         return _COMMANDS[args.command](args)
-    except SourceError as error:
+    except (SourceError, ModelIdError, OutputWriteError) as error:
         print(f"dwscan {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OutputLocked as error:
@@ -492,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
 _COMMANDS = {"run": command_run, "scan": command_scan, "rescan": command_rescan,
              "train": command_train, "assign": command_assign, "report": command_report,
              "query": command_query, "synth": command_synth}
+# Commands that write under --out: refused at once, with one line, when it cannot be written.
+_WRITERS = {"run", "scan", "rescan", "train", "assign", "report"}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +11,15 @@ import pyarrow as pa
 
 import schemas
 from pipeline.arrays import matrices_to_list_array
-from pipeline.checkpoints import FLOAT_DTYPES, CheckpointError, TensorInfo, open_checkpoint
-from pipeline.storage import OutputLayout, write_table
+from pipeline.checkpoints import (
+    DEFAULT_LIMITS,
+    FLOAT_DTYPES,
+    CheckpointError,
+    ReadLimits,
+    TensorInfo,
+    open_checkpoint,
+)
+from pipeline.storage import OutputLayout, OutputWriteError, pending_path, write_table
 from pipeline.zoo import HUB_PREFIX, ModelSpec, config_beside, timm_metadata
 
 
@@ -44,15 +52,17 @@ def depthwise_verdict(info: TensorInfo) -> str | None:
     return "keep"
 
 
-def extract_depthwise_kernels(checkpoint: str | Path, model_id: str) -> Extraction:
+def extract_depthwise_kernels(checkpoint: str | Path, model_id: str,
+                              limits: ReadLimits = DEFAULT_LIMITS) -> Extraction:
     """Read the depthwise kernels of one local checkpoint, in network order, as a KERNELS table."""
-    with open_checkpoint(checkpoint) as ckpt:
-        return extract_from_reader(ckpt, model_id)
+    with open_checkpoint(checkpoint, limits) as ckpt:
+        return extract_from_reader(ckpt, model_id, limits)
 
 
-def extract_from_reader(ckpt, model_id: str) -> Extraction:
+def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS) -> Extraction:
     """Depthwise kernels from any reader with `tensor_infos()` and `read(name)` (and, if it has
-    one, `prefetch(names)`, called once with every tensor it will be asked for)."""
+    one, `prefetch(names)`, called once with every tensor it will be asked for). The kernel caps
+    are checked on the declared shapes, before anything is read."""
     kept: list[TensorInfo] = []
     skipped: list[dict] = []
     for info in ckpt.tensor_infos():
@@ -62,6 +72,7 @@ def extract_from_reader(ckpt, model_id: str) -> Extraction:
         elif verdict is not None:
             skipped.append({"layer": info.name, "shape": "x".join(map(str, info.shape)),
                             "reason": verdict})
+    _check_kernel_caps(kept, limits)
     if hasattr(ckpt, "prefetch"):
         ckpt.prefetch([info.name for info in kept])
     columns: dict[str, list] = {name: [] for name in schemas.KERNELS.names}
@@ -79,6 +90,17 @@ def extract_from_reader(ckpt, model_id: str) -> Extraction:
     return Extraction(kernels=_kernels_table(columns), n_layers=n_layers, skipped_layers=skipped)
 
 
+def _check_kernel_caps(kept: list[TensorInfo], limits: ReadLimits) -> None:
+    kernels = sum(info.shape[0] for info in kept)
+    values = sum(info.shape[0] * info.shape[2] * info.shape[3] for info in kept)
+    if kernels > limits.max_kernels:
+        raise CheckpointError(f"{kernels} depthwise kernels, over the cap of {limits.max_kernels} "
+                              f"per model (--max-kernels)")
+    if values > limits.max_kernel_values:
+        raise CheckpointError(f"{values} depthwise weights, over the cap of "
+                              f"{limits.max_kernel_values} per model")
+
+
 def _kernels_table(columns: dict[str, list]) -> pa.Table:
     if not columns["weights"]:
         return schemas.KERNELS.empty_table()
@@ -92,51 +114,90 @@ def _kernels_table(columns: dict[str, list]) -> pa.Table:
 
 
 def model_row(spec: ModelSpec, error: str | None = None, status: str | None = None) -> dict:
-    """A MODELS row for `spec`: 'failed' with `error` (squashed to one line) when one is given."""
-    local = not spec.source.startswith(HUB_PREFIX)
-    metadata = timm_metadata(config_beside(spec.source) if local else {})
+    """A MODELS row for `spec`: 'failed' with `error` (squashed to one line) when one is given.
+    Nothing is read here: the config.json fields are filled in by the task that scans it."""
     return {"model_id": spec.model_id, "revision": spec.revision, "source": spec.source,
-            "accuracy_key": spec.accuracy_key, "architecture": metadata["architecture"],
-            "pretrained_tag": metadata["pretrained_tag"], "input_size": metadata["input_size"],
-            "status": status or ("failed" if error else "ok"),
-            "error": " ".join(error.split())[:500] if error else None,
+            "accuracy_key": spec.accuracy_key, "architecture": None, "pretrained_tag": None,
+            "input_size": None, "status": status or ("failed" if error else "ok"),
+            "error": one_line(error) if error else None, "warnings": None,
             "n_layers": 0, "n_filters": 0, "bytes_fetched": None, "skipped_layers": [],
+            "peak_memory_bytes": None,
             "attempts": None, "scanned_at": None}  # set when merged into models.parquet
 
 
-def extract_model_to_parquet(spec: ModelSpec, out: str | Path) -> dict:
+def one_line(text: str, limit: int = 500) -> str:
+    """A reason as recorded: one line, no terminal colour codes, at most `limit` characters."""
+    return " ".join(_ANSI.sub("", text).split())[:limit]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimits = DEFAULT_LIMITS,
+                             token: str | None = None) -> dict:
     """Extract one model into OUT/kernels/<model>.parquet; its MODELS row, failed or not.
 
-    Any failure is this model's alone: it is recorded with a one-line reason and its stale
-    kernel file (from an earlier run) is removed, so no table mixes old and new weights. A model
-    with no depthwise convolution is 'skipped'.
+    With a `token` the kernels go to the model's pending file (`storage.pending_path`), which
+    the run moves into place only once models.parquet records this scan (`run.scan_models`),
+    so nothing stored earlier is touched here. Any failure to read the model is this model's
+    alone: it is recorded with a one-line reason. A failure to write OUT raises
+    OutputWriteError: the run then commits nothing. A model with no depthwise convolution is
+    'skipped'. The row carries the worker's peak memory while reading it (VmHWM).
     """
+    _reset_peak_memory()
     layout = OutputLayout(out)
     row = model_row(spec)
     try:
         if spec.source.startswith(HUB_PREFIX):
             from pipeline._hub import open_hub_checkpoint
 
-            with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision) as hub:
-                extraction = extract_from_reader(hub.reader, spec.model_id)
-                metadata = timm_metadata(hub.config)
-                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched,
-                           architecture=metadata["architecture"],
-                           pretrained_tag=metadata["pretrained_tag"],
-                           input_size=metadata["input_size"],
-                           accuracy_key=spec.accuracy_key or metadata["accuracy_key"])
+            with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision,
+                                     limits=limits) as hub:
+                extraction = extract_from_reader(hub.reader, spec.model_id, limits)
+                config, warnings = hub.config, hub.config_warnings
+                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched)
         else:
-            extraction = extract_depthwise_kernels(spec.source, spec.model_id)
-        if extraction.n_layers:
-            write_table(extraction.kernels, layout.kernels_path(spec.model_id), schemas.KERNELS)
-        else:
-            layout.kernels_path(spec.model_id).unlink(missing_ok=True)
+            config, warnings = config_beside(spec.source)
+            extraction = extract_depthwise_kernels(spec.source, spec.model_id, limits)
     except Exception as exc:  # noqa: BLE001 - one model's failure must not end the run
-        layout.kernels_path(spec.model_id).unlink(missing_ok=True)
         reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
-        return {**row, "status": "failed", "error": " ".join(reason.split())[:500]}
-    row.update(n_layers=extraction.n_layers, n_filters=extraction.n_filters,
+        return {**row, "status": "failed", "error": one_line(reason),
+                "peak_memory_bytes": peak_memory_bytes()}
+    metadata = timm_metadata(config)
+    warnings = warnings + metadata["warnings"]
+    row.update(architecture=metadata["architecture"], pretrained_tag=metadata["pretrained_tag"],
+               input_size=metadata["input_size"], warnings=one_line("; ".join(warnings)) or None,
+               accuracy_key=spec.accuracy_key or metadata["accuracy_key"] or spec.model_id,
+               n_layers=extraction.n_layers, n_filters=extraction.n_filters,
                skipped_layers=extraction.skipped_layers)
-    if not extraction.n_layers:
+    if extraction.n_layers:
+        target = layout.kernels_path(spec.model_id)
+        try:
+            write_table(extraction.kernels, pending_path(target, token) if token else target,
+                        schemas.KERNELS)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write the kernels of {spec.model_id} to "
+                                   f"{layout.root}: {one_line(str(exc), 200)}") from None
+    else:
         row.update(status="skipped", error="no depthwise convs")
-    return row
+    return {**row, "peak_memory_bytes": peak_memory_bytes()}
+
+
+def _reset_peak_memory() -> None:
+    """Start this model's peak from the current size (Linux: clear_refs 5); a worker that cannot
+    keeps its lifetime peak, still an upper bound."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident memory (VmHWM) in bytes; None where /proc has none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -2,6 +2,8 @@
 
 Per-model tables (kernels, assignments) are one view over all their files; a table the output
 folder does not hold yet gets no view, and a query naming it fails with DuckDB's own message.
+Every failure (empty SQL, a table that cannot be read, a query DuckDB rejects) is a QueryError
+with one message, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ import schemas
 from pipeline.storage import as_location, is_remote
 
 
-def connect(out: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+class QueryError(ValueError):
+    """The SQL failed, or the outputs could not be read; the message says which and why."""
+
+
+def connect(out: str | os.PathLike,
+            unreadable: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB whose views read the Parquet files under `out` (a folder, or a URI:
-    then through Arrow datasets on the fsspec filesystem, so DuckDB needs no extension)."""
+    then through Arrow datasets on the fsspec filesystem, so DuckDB needs no extension). A table
+    whose files cannot be read gets no view; `unreadable` collects why (view name -> reason)."""
+    unreadable = {} if unreadable is None else unreadable
     out = as_location(out)
     if not (out / "models.parquet").exists():
         raise FileNotFoundError(f"{out} is not a dwscan output folder (run `dwscan run` first)")
@@ -28,15 +37,37 @@ def connect(out: str | os.PathLike) -> duckdb.DuckDBPyConnection:
         files = sorted(out.glob(pattern))
         if not files:
             continue
-        if is_remote(out):
-            dataset = pads.dataset([f.path for f in files], filesystem=out.fs, format="parquet")
-            connection.register(f"_{name}_files", dataset)
-            connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM \"_{name}_files\"")
-            continue
-        glob = str(out / pattern).replace("'", "''")
-        connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', "
-                           f"union_by_name = true)")
+        try:
+            if is_remote(out):
+                dataset = pads.dataset([f.path for f in files], filesystem=out.fs,
+                                       format="parquet")
+                connection.register(f"_{name}_files", dataset)
+                connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM \"_{name}_files\"")
+                continue
+            glob = str(out / pattern).replace("'", "''")
+            connection.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', "
+                               f"union_by_name = true)")
+        except (duckdb.Error, pa.ArrowException, OSError) as error:
+            unreadable[name] = _one_line(error)
     return connection
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+def _checked_sql(sql: str) -> str:
+    if not sql.strip().rstrip(";").strip():
+        raise QueryError('empty query: give one SQL statement, e.g. "SELECT * FROM models"')
+    return sql
+
+
+def _failed(error: BaseException, out, connection, unreadable: dict[str, str]) -> QueryError:
+    """One line: DuckDB's message, the views there are, and the tables that could not be read."""
+    text = f"{_one_line(error)} (views in {out}: {', '.join(views(connection)) or 'none'})"
+    for name, reason in unreadable.items():
+        text += f"; table {name} cannot be read, so it has no view: {reason}"
+    return QueryError(text)
 
 
 def views(connection: duckdb.DuckDBPyConnection) -> list[str]:
@@ -45,27 +76,28 @@ def views(connection: duckdb.DuckDBPyConnection) -> list[str]:
         if not r[0].startswith("_"))
 
 
-class QueryError(ValueError):
-    """The SQL failed; the message names the views there are."""
-
-
 def query_table(out: str | os.PathLike, sql: str) -> pa.Table:
     """The result of `sql` as an Arrow table."""
-    connection = connect(out)
+    sql = _checked_sql(sql)
+    unreadable: dict[str, str] = {}
+    connection = connect(out, unreadable)
     try:
-        return connection.sql(sql).to_arrow_table()
-    except duckdb.Error as error:
-        raise QueryError(f"{error}\n(views in {out}: {', '.join(views(connection)) or 'none'})") \
-            from error
+        relation = connection.sql(sql)
+        if relation is None:
+            raise QueryError("the statement returned no rows to show (use SELECT)")
+        return relation.to_arrow_table()
+    except (duckdb.Error, pa.ArrowException) as error:
+        raise _failed(error, out, connection, unreadable) from None
 
 
 def query_to_parquet(out: str | os.PathLike, sql: str, path: str | os.PathLike) -> int:
     """Write the result of `sql` to a Parquet file, streamed by DuckDB; returns the row count."""
-    connection = connect(out)
+    sql = _checked_sql(sql)
+    unreadable: dict[str, str] = {}
+    connection = connect(out, unreadable)
     target = str(path).replace("'", "''")
     try:
         connection.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
         return connection.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0]
-    except duckdb.Error as error:
-        raise QueryError(f"{error}\n(views in {out}: {', '.join(views(connection)) or 'none'})") \
-            from error
+    except (duckdb.Error, pa.ArrowException) as error:
+        raise _failed(error, out, connection, unreadable) from None

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,15 +37,23 @@ def init_ray(address: str | None = None) -> None:
     ray.init(address=address, log_to_driver=True)
 
 
+class TaskTimeout(Exception):
+    """A task that ran past its `timeout` and was cancelled (its worker killed)."""
+
+
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
               max_in_flight: int | None = None,
-              summarise: Callable[[list[Any]], str] | None = None) -> list[Any]:
+              summarise: Callable[[list[Any]], str] | None = None,
+              timeout: float | None = None) -> list[Any]:
     """Run fn(*args) as one Ray task per call, at most `max_in_flight` at once, with a progress bar
     (its postfix is `summarise(results so far)`).
 
     Returns results in call order; a task that raised (or whose worker died) gives its exception
-    object in its place, so one bad input never stops the others. Above the CPU count, tasks ask
-    for a fraction of a CPU each, so I/O-bound work (hub reads) can have more in flight.
+    object in its place (the task's own exception, not Ray's wrapper with the remote traceback),
+    so one bad input never stops the others. A task still running `timeout` seconds after it
+    was submitted is cancelled (its worker killed: a read stuck in the kernel cannot be
+    interrupted otherwise) and gives TaskTimeout. Above the CPU count, tasks ask for a fraction
+    of a CPU each, so I/O-bound work (hub reads) can have more in flight.
     """
     import ray
 
@@ -53,18 +62,30 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     remote = ray.remote(max_retries=0, num_cpus=min(1.0, cpus / limit))(fn)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
+    deadline: dict[Any, float] = {}
     queue = list(enumerate(calls))
     with tqdm(total=len(calls), desc=desc, unit="model") as bar:
         while queue or pending:
             while queue and len(pending) < limit:
                 i, args = queue.pop(0)
-                pending[remote.remote(*args)] = i
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            try:
-                results[i] = ray.get(done[0])
-            except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
-                results[i] = exc
+                ref = remote.remote(*args)
+                pending[ref] = i
+                deadline[ref] = time.monotonic() + timeout if timeout else float("inf")
+            wait_s = min(deadline[r] for r in pending) - time.monotonic()
+            done, _ = ray.wait(list(pending), num_returns=1,
+                               timeout=None if wait_s == float("inf") else max(0.0, wait_s))
+            if not done:  # the oldest task ran out of time
+                ref = min(pending, key=deadline.__getitem__)
+                ray.cancel(ref, force=True)
+                results[pending.pop(ref)] = TaskTimeout(f"timed out after {timeout:g} s")
+            else:
+                i = pending.pop(done[0])
+                try:
+                    results[i] = ray.get(done[0])
+                except ray.exceptions.RayTaskError as exc:  # the task raised: keep its own error
+                    results[i] = exc.cause if isinstance(exc.cause, BaseException) else exc
+                except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
+                    results[i] = exc
             bar.update(1)
             if summarise:
                 bar.set_postfix_str(summarise([r for r in results if r is not None]))

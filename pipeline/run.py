@@ -4,8 +4,10 @@ An output folder is a zoo: models scanned by earlier runs into the same `--out` 
 templates, assignments and reports cover every model there whose status is 'ok'. Every file is
 written whole (temp file, then rename), and each stage redoes only what is missing or stale, so
 a run killed at any point and started again ends with the outputs of a run never killed:
-- a model being re-scanned loses its assignment file first, and models.parquet changes only once
-  every model of the stage is done (a killed scan is simply scanned again);
+- a scan writes each model's new kernels beside the old ones (a pending file); only once
+  models.parquet records the scan are they moved into place and the model's old assignment
+  removed (a killed scan is simply scanned again; a commit cut short is finished by the next
+  run). A failure to write OUT (a full disk) commits nothing: OUT stays as it was;
 - an assignment file records its template set; files of another set (or none) are redone.
 """
 
@@ -32,10 +34,23 @@ from pipeline.assign import (
     template_set_of,
 )
 from pipeline.autoencoder import AutoencoderConfig
-from pipeline.extract import extract_model_to_parquet, model_row
+from pipeline.checkpoints import DEFAULT_LIMITS, ReadLimits
+from pipeline.extract import extract_model_to_parquet, model_row, one_line
 from pipeline.lock import output_lock
 from pipeline.report_stage import ok_model_ids, write_reports
-from pipeline.storage import OutputLayout, is_remote, read_table_as, write_table
+from pipeline.storage import (
+    ModelIdError,
+    OutputLayout,
+    OutputWriteError,
+    check_model_ids,
+    is_remote,
+    model_stem,
+    parse_pending_name,
+    pending_path,
+    read_table_as,
+    replace_file,
+    write_table,
+)
 from pipeline.templates import (
     TemplateConfig,
     TemplateSetRecord,
@@ -44,6 +59,10 @@ from pipeline.templates import (
     write_template_set_record,
 )
 from pipeline.zoo import ModelSpec
+
+# `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
+# 5 minutes), short enough that a stuck mount or a FIFO does not hold a nightly run for a day.
+DEFAULT_MODEL_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -57,6 +76,8 @@ class RunOptions:
     accuracy_csv: str = TIMM_RESULTS_URL  # timm results-imagenet.csv, path or URL
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL
     max_in_flight: int | None = None  # extraction/assignment tasks at once (default: CPUs)
+    limits: ReadLimits = field(default_factory=ReadLimits)  # what one model may cost
+    model_timeout: float | None = DEFAULT_MODEL_TIMEOUT  # seconds one model may take; None: no limit
 
 
 @dataclass
@@ -96,11 +117,13 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
     accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
     with output_lock(layout.root, command):
         remove_partial_writes(layout)
+        check_scan_ids(layout, specs)  # before Ray starts
         with _timed(timings, "ray start"):
             ray_executor.init_ray(address)
         counts = counts or _counts_before_scan(layout, specs)
         with _timed(timings, "extract"):
-            run_models, models = scan_models(specs, layout, options.max_in_flight)
+            run_models, models = scan_models(specs, layout, options.max_in_flight,
+                                             options.limits, options.model_timeout)
         ok = ok_model_ids(models)
         if not ok:
             log_run(layout, command, started, counts, run_models, False, None)
@@ -188,19 +211,87 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = time.perf_counter() - start
 
 
-def scan_models(specs: list[ModelSpec], layout: OutputLayout,
-                max_in_flight: int | None = None) -> tuple[pa.Table, pa.Table]:
-    """Stage 1 over Ray, one task per model: (this run's MODELS rows, the whole models.parquet)."""
-    for spec in specs:  # whatever the scan gives, the old assignment no longer matches it
-        layout.assignments_path(spec.model_id).unlink(missing_ok=True)
+def check_scan_ids(layout: OutputLayout, specs: list[ModelSpec]) -> None:
+    """Refuse (ModelIdError) ids that cannot name a file or would share one with another id of
+    this run or of OUT: one model's kernels would silently replace another's."""
+    known = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
+    check_model_ids([s.model_id for s in specs], known.column("model_id").to_pylist())
+
+
+def scan_models(specs: list[ModelSpec], layout: OutputLayout, max_in_flight: int | None = None,
+                limits: ReadLimits | None = None, model_timeout: float | None = None
+                ) -> tuple[pa.Table, pa.Table]:
+    """Stage 1 over Ray, one task per model: (this run's MODELS rows, the whole models.parquet).
+
+    Replace, never delete-then-write: tasks write pending files; models.parquet is written, and
+    only then are the pending files moved into place (`commit_pending_kernels`). A failure to
+    write OUT raises OutputWriteError with OUT as it was. A model over `model_timeout` seconds is
+    cancelled and recorded as failed."""
+    check_scan_ids(layout, specs)
+    commit_pending_kernels(layout)  # a commit an earlier run did not finish
+    scanned_at = now_utc()
+    token = scan_token(scanned_at)
     results = ray_executor.run_tasks(extract_model_to_parquet,
-                                     [(spec, str(layout.root)) for spec in specs],
+                                     [(spec, str(layout.root), limits or DEFAULT_LIMITS, token)
+                                      for spec in specs],
                                      desc="extract", max_in_flight=max_in_flight,
-                                     summarise=_scan_progress)
-    rows = [model_row(spec, f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+                                     summarise=_scan_progress, timeout=model_timeout)
+    write_errors = [r for r in results if isinstance(r, OutputWriteError)]
+    rows = [model_row(spec, error_line(r)) if isinstance(r, BaseException) else r
             for spec, r in zip(specs, results)]
     run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
-    return _merge_models(layout, run_models)
+    try:
+        if write_errors:
+            raise write_errors[0]
+        run_models, merged = _merge_models(layout, run_models, scanned_at)
+    except OSError as exc:  # the disk filled, OUT turned read-only, ...: commit nothing
+        for spec in specs:
+            pending_path(layout.kernels_path(spec.model_id), token).unlink(missing_ok=True)
+        raise OutputWriteError(f"{one_line(str(exc), 300)}; nothing of this scan was committed, "
+                               f"{layout.root} is as it was before it") from None
+    commit_pending_kernels(layout, merged)
+    return run_models, merged
+
+
+def scan_token(scanned_at: datetime.datetime) -> str:
+    """The name a scan gives its pending files: its models.parquet `scanned_at`, compact."""
+    return scanned_at.strftime("%Y%m%dT%H%M%SZ")
+
+
+def commit_pending_kernels(layout: OutputLayout, models: pa.Table | None = None) -> None:
+    """Finish the commit of every scan that models.parquet records: move each pending kernels
+    file whose model's row is 'ok' with that scan's `scanned_at` into place (removing the
+    assignment made from the old kernels first), and delete pending files of scans never
+    committed. Kernels and assignments of models that are not 'ok' are removed (no query
+    should see them)."""
+    if models is None:
+        models = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
+    rows = {}
+    for row in models.to_pylist():
+        try:
+            rows[model_stem(row["model_id"])] = row
+        except ModelIdError:
+            continue
+    for pending in layout.kernels_dir.glob(".*.pending"):
+        parsed = parse_pending_name(pending.name)
+        row = rows.get(parsed[0].removesuffix(".parquet")) if parsed else None
+        if (row is not None and row["status"] == "ok" and row["scanned_at"] is not None
+                and scan_token(row["scanned_at"]) == parsed[1]):
+            layout.assignments_path(row["model_id"]).unlink(missing_ok=True)
+            replace_file(pending, layout.kernels_path(row["model_id"]))
+        else:
+            pending.unlink(missing_ok=True)
+    for row in rows.values():
+        if row["status"] != "ok":
+            layout.assignments_path(row["model_id"]).unlink(missing_ok=True)
+            layout.kernels_path(row["model_id"]).unlink(missing_ok=True)
+
+
+def error_line(error: BaseException) -> str:
+    """A task's exception as the one line recorded for its model (a timeout is its message)."""
+    if isinstance(error, ray_executor.TaskTimeout):
+        return str(error)
+    return one_line(f"{type(error).__name__}: {error}", 300)
 
 
 def _scan_progress(results: list) -> str:
@@ -212,12 +303,12 @@ def _scan_progress(results: list) -> str:
             f"fetched {fetched / 1e6:.1f} MB")
 
 
-def _merge_models(layout: OutputLayout, run_models: pa.Table) -> tuple[pa.Table, pa.Table]:
+def _merge_models(layout: OutputLayout, run_models: pa.Table,
+                  now: datetime.datetime) -> tuple[pa.Table, pa.Table]:
     """models.parquet = this run's rows (attempts counted per revision, time stamped) + earlier
     rows of models this run did not touch. Returns (this run's rows, the merged table)."""
     earlier = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
     before = {r["model_id"]: r for r in earlier.to_pylist()}
-    now = now_utc()
     rows = run_models.to_pylist()
     for row in rows:
         previous = before.get(row["model_id"])

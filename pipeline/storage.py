@@ -62,16 +62,113 @@ def _source(path: str | os.PathLike | Location) -> Any:
     return path
 
 
+# Longest file stem a model id may give: room for '.parquet', a temp or pending file's prefix
+# and suffix, and 'layer_shares_...png', within the 255 bytes most file systems allow a name.
+MAX_STEM_BYTES = 200
+
+
+class ModelIdError(ValueError):
+    """Model ids that cannot name a file, or that would share one; refused before any work."""
+
+
+class OutputWriteError(OSError):
+    """OUT could not be written (full, read-only, not a folder): nothing of the run is committed."""
+
+
 def model_stem(model_id: str) -> str:
     """A file stem for a model id; hub ids carry '/', which becomes '--' (as in the HF cache)."""
     safe = model_id.replace("/", "--")
+    shown = model_id if len(model_id) <= 60 else f"{model_id[:40]}...({len(model_id)} characters)"
     if not safe or safe.startswith(".") or any(c in safe for c in "\\\0"):
-        raise ValueError(f"model id {model_id!r} cannot name a file")
+        raise ModelIdError(f"model id {shown!r} cannot name a file (empty, starts with '.', or "
+                           f"holds a backslash or NUL)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in safe):
+        raise ModelIdError(f"model id {shown!r} cannot name a file (control characters)")
+    if len(safe.encode()) > MAX_STEM_BYTES:
+        raise ModelIdError(f"model id {shown!r} cannot name a file (longer than "
+                           f"{MAX_STEM_BYTES} bytes)")
     return safe
 
 
 def model_file_name(model_id: str) -> str:
     return f"{model_stem(model_id)}.parquet"
+
+
+def check_model_ids(model_ids: Iterable[str], known: Iterable[str] = ()) -> None:
+    """Refuse (ModelIdError, naming them all) ids that cannot name a file, and ids whose files
+    would be one: two of `model_ids`, or one of them and a different id already in OUT (`known`).
+    Names are compared case-folded, as a case-insensitive file system would."""
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for model_id in known:
+        try:
+            owner.setdefault(model_stem(model_id).casefold(), model_id)
+        except ModelIdError:
+            continue
+    claimed: dict[str, str] = {}
+    for model_id in dict.fromkeys(model_ids):
+        try:
+            stem = model_stem(model_id)
+        except ModelIdError as exc:
+            problems.append(str(exc))
+            continue
+        key = stem.casefold()
+        other = claimed.get(key) or owner.get(key)
+        if other is not None and other != model_id:
+            problems.append(f"model ids {other!r} and {model_id!r} map to the same file "
+                            f"{stem}.parquet")
+        claimed.setdefault(key, model_id)
+    if problems:
+        raise ModelIdError("; ".join(problems) + " (rename with --model-id)")
+
+
+def pending_path(path: Location, token: str) -> Location:
+    """Where a new version of `path` waits until the run that wrote it commits it (a name the
+    readers' globs never match; `token` names the scan)."""
+    return path.with_name(f".{path.name}.{token}.pending")
+
+
+def parse_pending_name(name: str) -> tuple[str, str] | None:
+    """(target file name, token) of a pending file's name; None for any other name."""
+    if not (name.startswith(".") and name.endswith(".pending")):
+        return None
+    target, _, token = name[1:-len(".pending")].rpartition(".")
+    return (target, token) if target and token else None
+
+
+def replace_file(source: Location, target: Location) -> None:
+    """Move `source` over `target`: an atomic rename locally; on an object store a server-side
+    copy, after which `target` is the new object whole."""
+    if is_remote(source):
+        source.fs.mv(source.path, target.path)
+    else:
+        os.replace(source, target)
+
+
+def check_writable(root: Location) -> None:
+    """Fail now (OutputWriteError, one line) when OUT cannot be written: a file, a read-only
+    mount, no permission. Creates nothing. An object store is checked when the run writes its
+    lock."""
+    if is_remote(root):
+        return
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "--out" if existing == root else f"its parent {existing}"
+        raise OutputWriteError(f"cannot write to --out {root}: {what} is a file, not a folder")
+    if existing == root:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=root)
+            os.close(fd)
+            os.unlink(probe)
+            return
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write to --out {root}: "
+                                   f"{exc.strerror or exc}") from None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputWriteError(f"cannot write to --out {root}: {existing} is not writable "
+                               f"(read-only or no permission)")
 
 
 class OutputLayout:

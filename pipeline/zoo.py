@@ -43,12 +43,11 @@ def demo_zoo() -> list[ModelSpec]:
 
 
 def local_checkpoint_spec(path: str | Path, model_id: str | None = None) -> ModelSpec:
-    """A spec for a local file or folder; a timm `config.json` beside it gives the accuracy key."""
+    """A spec for a local file or folder. Its accuracy key comes from a timm `config.json` beside
+    it (else the model id), read by the task that scans it: a bad config fails no other model."""
     path = Path(path)
     default_id = path.name if path.is_dir() else path.stem
-    key = timm_metadata(config_beside(path))["accuracy_key"]
-    return ModelSpec(model_id=model_id or default_id, source=str(path),
-                     accuracy_key=key or model_id or default_id)
+    return ModelSpec(model_id=model_id or default_id, source=str(path))
 
 
 def hub_spec(repo_id: str, revision: str | None = None) -> ModelSpec:
@@ -56,27 +55,65 @@ def hub_spec(repo_id: str, revision: str | None = None) -> ModelSpec:
     return ModelSpec(model_id=repo_id, source=HUB_PREFIX + repo_id, revision=revision)
 
 
-def config_beside(path: str | Path) -> dict:
-    """The config.json in a checkpoint folder, or beside a checkpoint file; {} when none."""
+def config_beside(path: str | Path) -> tuple[dict, list[str]]:
+    """The config.json in a checkpoint folder, or beside a checkpoint file (see read_config)."""
     path = Path(path)
     return read_config((path if path.is_dir() else path.parent) / "config.json")
 
 
-def read_config(path: Path) -> dict:
+# A config.json larger than this is not a model card.
+MAX_CONFIG_BYTES = 10_000_000
+
+
+def read_config(path: Path) -> tuple[dict, list[str]]:
+    """config.json as a dict and the warnings about it: ({}, []) when there is none, ({}, [why])
+    when it is unreadable, too large, not JSON (deep nesting included) or not an object."""
     try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+            return {}, [f"config.json over {MAX_CONFIG_BYTES} bytes: ignored"]
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return {}, []
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, [f"config.json unreadable ({_squash(exc)}): ignored"]
+    try:
+        config = json.loads(text)
+    except RecursionError:
+        return {}, ["config.json nested too deeply: ignored"]
+    except ValueError as exc:
+        return {}, [f"config.json is not JSON ({_squash(exc)}): ignored"]
+    if not isinstance(config, dict):
+        return {}, [f"config.json is a JSON {type(config).__name__}, not an object: ignored"]
+    return config, []
 
 
 def timm_metadata(config: dict) -> dict:
-    """What a timm config.json says: architecture, pretrained tag, input size, and the key
-    `arch.tag` that joins to timm's results tables."""
-    arch = config.get("architecture")
-    pretrained = config.get("pretrained_cfg") or {}
-    tag = pretrained.get("tag")
-    size = pretrained.get("input_size")
+    """What a timm config.json says: architecture, pretrained tag, input size, the key
+    `arch.tag` that joins to timm's results tables, and warnings for fields of the wrong type
+    (each such field is ignored)."""
+    warnings: list[str] = []
+
+    def field(parent: dict, name: str, kind: type, where: str):
+        value = parent.get(name)
+        if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+            return value
+        warnings.append(f"config.json {where}{name} is a {type(value).__name__}, "
+                        f"not a {kind.__name__}: ignored")
+        return None
+
+    arch = field(config, "architecture", str, "")
+    pretrained = field(config, "pretrained_cfg", dict, "") or {}
+    tag = field(pretrained, "tag", str, "pretrained_cfg.")
+    size = field(pretrained, "input_size", list, "pretrained_cfg.")
+    if size is not None and not (0 < len(size) <= 4 and all(
+            type(v) is int and 0 < v < 1_000_000 for v in size)):
+        warnings.append("config.json pretrained_cfg.input_size is not a list of up to 4 "
+                        "positive ints: ignored")
+        size = None
     return {"architecture": arch, "pretrained_tag": tag,
-            "input_size": "x".join(map(str, size)) if isinstance(size, list) else None,
-            "accuracy_key": f"{arch}.{tag}" if arch and tag else arch}
+            "input_size": "x".join(map(str, size)) if size else None,
+            "accuracy_key": f"{arch}.{tag}" if arch and tag else arch, "warnings": warnings}
+
+
+def _squash(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "1.5.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -100,12 +100,20 @@ MODELS = _schema("models", "models.parquet", "one row per scanned checkpoint, fa
     _col("input_size", pa.string(), "timm `pretrained_cfg.input_size`, e.g. 3x224x224"),
     _col("status", pa.string(), "ok | skipped (no depthwise layer) | failed", nullable=False),
     _col("error", pa.string(), "one-line reason when failed or skipped"),
+    _col("warnings", pa.string(),
+         "one line: what was ignored in the model's config.json (unreadable, or a field of the "
+         "wrong type), '; '-separated; null when nothing was"),
     _col("n_layers", pa.int32(), "depthwise layers extracted", nullable=False),
     _col("n_filters", pa.int64(), "depthwise filters extracted", nullable=False),
     _col("bytes_fetched", pa.int64(), "bytes downloaded from the hub; null for local files"),
     _col("attempts", pa.int32(),
          "scans of this revision so far (a failed model is retried up to --max-attempts)"),
-    _col("scanned_at", pa.timestamp("ms", tz="UTC"), "when this row's scan finished"),
+    _col("scanned_at", pa.timestamp("ms", tz="UTC"),
+         "when this row's scan started (UTC, whole seconds); it also names the scan's pending "
+         "kernels files until they are committed"),
+    _col("peak_memory_bytes", pa.int64(),
+         "peak resident memory (VmHWM) of the worker process while it read this model, bytes; "
+         "null where /proc is not available"),
     _col("skipped_layers", pa.list_(_SKIPPED_LAYER),
          "depthwise-like weights not kept (non-square), with the reason", nullable=False),
 ])

@@ -116,3 +116,26 @@ def test_a_torch_file_without_a_state_dict_is_rejected(tmp_path):
     torch.save([torch.zeros(3)], path)
     with pytest.raises(CheckpointError, match="not a state dict"):
         _read_all(path)
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/etc/passwd", "a/../../x.safetensors",
+                                   "a\\..\\x.safetensors", ""])
+def test_a_shard_index_names_only_files_inside_its_folder(tmp_path, tiny_state, shard):
+    save_file(tiny_state, str(tmp_path.parent / "x.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        __import__("json").dumps({"weight_map": {"w": shard}}))
+    with pytest.raises(CheckpointError, match="not a file name inside the checkpoint"):
+        _read_all(tmp_path)
+
+
+def test_views_that_share_elements_are_refused_before_they_are_read(tmp_path):
+    path = tmp_path / "views.pth"
+    storage = torch.arange(9000, dtype=torch.float32)
+    torch.save({"ok": storage[:900].reshape(100, 1, 3, 3),
+                "transposed": storage[:900].reshape(1, 1, 30, 30).transpose(2, 3),
+                "overlap": storage.as_strided((1000, 1, 3, 3), (1, 1, 3, 1))}, path)
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.read("ok").shape == (100, 1, 3, 3)
+        assert ckpt.read("transposed").shape == (1, 1, 30, 30)  # permuted, not overlapping
+        with pytest.raises(CheckpointError, match="strides \\(1, 1, 3, 1\\): refused"):
+            ckpt.read("overlap")

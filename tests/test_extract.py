@@ -68,13 +68,24 @@ def test_demo_zoo_lite0_has_the_published_layout():
     assert ((sizes == 3).sum(), (sizes == 5).sum()) == (2624, 6336)
 
 
-def test_a_failed_model_is_recorded_and_its_stale_file_removed(tmp_path, tiny_safetensors):
+def test_a_failed_model_is_recorded_and_its_stale_file_removed_at_commit(tmp_path,
+                                                                         tiny_safetensors):
+    import pyarrow as pa
+
+    import schemas
+    from pipeline.run import commit_pending_kernels, now_utc, scan_token
+
     layout = OutputLayout(tmp_path / "out")
     spec = local_checkpoint_spec(tiny_safetensors, model_id="m")
     ok = extract_model_to_parquet(spec, layout.root)
     assert ok["status"] == "ok" and ok["n_filters"] == 24 and ok["n_layers"] == 2
     assert read_table(layout.kernels_path("m")).num_rows == 24
     tiny_safetensors.write_bytes(tiny_safetensors.read_bytes()[:100])
-    failed = extract_model_to_parquet(spec, layout.root)
+    when = now_utc()
+    failed = extract_model_to_parquet(spec, layout.root, token=scan_token(when))
     assert failed["status"] == "failed" and "corrupt safetensors" in failed["error"]
+    assert read_table(layout.kernels_path("m")).num_rows == 24  # a scan touches no stored file
+    # once models.parquet records the failure, the commit removes the stale kernels
+    commit_pending_kernels(layout, pa.Table.from_pylist([{**failed, "scanned_at": when}],
+                                                        schema=schemas.MODELS))
     assert not layout.kernels_path("m").exists()

@@ -126,7 +126,7 @@ def _checkpoints(tmp_path: Path) -> list[str]:
 
 def _outputs(out: Path) -> dict[str, object]:
     """Every Parquet table under `out`, less the bookkeeping of when and how often it ran."""
-    bookkeeping = {"scanned_at", "attempts", "run_id", "started", "ended"}
+    bookkeeping = {"scanned_at", "attempts", "peak_memory_bytes", "run_id", "started", "ended"}
     tables = {}
     for path in sorted(out.rglob("*.parquet")):
         if path.name == "runs.parquet":

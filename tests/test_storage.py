@@ -59,3 +59,26 @@ def test_a_table_from_an_older_schema_reads_as_the_current_one(tmp_path):
     row = table.to_pylist()[0]
     assert (row["model_id"], row["n_filters"], row["revision"], row["bytes_fetched"]) == (
         "a", 9, None, None)
+
+
+def test_ids_that_would_share_a_file_or_cannot_name_one_are_refused_together():
+    from pipeline.storage import ModelIdError, check_model_ids
+
+    check_model_ids(["org/a", "org/b"], known=["org/a", "other"])  # a re-scan of a known id
+    with pytest.raises(ModelIdError) as info:
+        check_model_ids(["org/a", "org--a", "..", "x" * 201, "new/B"], known=["new--b"])
+    message = str(info.value)
+    assert "'org/a' and 'org--a' map to the same file org--a.parquet" in message
+    assert "model id '..' cannot name a file" in message
+    assert "(201 characters)' cannot name a file (longer than 200 bytes)" in message
+    assert "'new--b' and 'new/B' map to the same file" in message  # case-insensitive disks
+    assert "\n" not in message
+
+
+def test_pending_files_name_their_target_and_scan(tmp_path):
+    from pipeline.storage import parse_pending_name, pending_path
+
+    pending = pending_path(tmp_path / "kernels" / "org--m.v1.parquet", "20260101T000000Z")
+    assert pending.parent == tmp_path / "kernels" and pending.name.startswith(".")
+    assert parse_pending_name(pending.name) == ("org--m.v1.parquet", "20260101T000000Z")
+    assert parse_pending_name("org--m.parquet") is None
