@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,3 +61,26 @@ def test_a_table_from_an_older_schema_reads_as_the_current_one(tmp_path):
     row = table.to_pylist()[0]
     assert (row["model_id"], row["n_filters"], row["revision"], row["bytes_fetched"]) == (
         "a", 9, None, None)
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])
+def test_outputs_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, file_mode, dir_mode):
+    """Not mkstemp's 0600: a colleague (or the group) the umask lets read must read the outputs."""
+    from pipeline.storage import write_bytes_atomic
+
+    previous = os.umask(umask)
+    try:
+        layout = OutputLayout(tmp_path / "out")
+        row = {**model_row(ModelSpec(model_id="a", source="x.pth")), "n_layers": 1, "n_filters": 2}
+        write_table(pa.Table.from_pylist([row]), layout.models_path, schemas.MODELS)
+        write_table(pa.Table.from_pylist([row]), layout.reports_dir / "deep" / "m.parquet",
+                    schemas.MODELS)
+        write_bytes_atomic(layout.template_set_path, b"{}")
+    finally:
+        os.umask(previous)
+    for path in (layout.models_path, layout.reports_dir / "deep" / "m.parquet",
+                 layout.template_set_path):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for path in (layout.root, layout.reports_dir, layout.reports_dir / "deep"):
+        assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path
