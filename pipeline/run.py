@@ -56,7 +56,7 @@ class RunOptions:
     use_gpu: bool = False  # train on CUDA
     accuracy_csv: str = TIMM_RESULTS_URL  # timm results-imagenet.csv, path or URL
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL
-    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: CPUs)
+    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: 1 per CPU)
 
 
 @dataclass
@@ -97,7 +97,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
     with output_lock(layout.root, command):
         remove_partial_writes(layout)
         with _timed(timings, "ray start"):
-            ray_executor.init_ray(address)
+            ray_executor.init_ray(address, out=layout.root)
         counts = counts or _counts_before_scan(layout, specs)
         with _timed(timings, "extract"):
             run_models, models = scan_models(specs, layout, options.max_in_flight)
