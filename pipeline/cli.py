@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "assignment file is missing or was made with another set.")
     _add_out(assign, address=True)
     assign.add_argument("--concurrency", type=int, default=None,
-                        help="models assigned at once (default: the CPU count)")
+                        help="models assigned at once (default: one per CPU, as the cluster grows)")
     scan = commands.add_parser(
         "scan", help="extract depthwise kernels only (local checkpoints or the hub)",
         description="Stage 1 alone: read the depthwise kernels of each model into "
@@ -222,7 +222,7 @@ def _add_model_selection(command: argparse.ArgumentParser, hub_only: bool = Fals
     command.add_argument("--search", default=None, help="with --hub: repo ids containing this")
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
-                         help="models read at once (default: the CPU count)")
+                         help="models read at once (default: one per CPU, as the cluster grows)")
     _add_read_limits(command)
     _add_out(command, address=True)
 
@@ -350,7 +350,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     layout = _finished_layout(args.out, needs_templates=False)
     with output_lock(layout.root, "train"), _ray_session():
-        ray_executor.init_ray(args.address)
+        ray_executor.init_ray(args.address, out=layout.root)
         ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
         if not ok:
             raise SystemExit(f"dwscan: error: no ok model in {args.out} to train on")
@@ -370,7 +370,7 @@ def command_assign(args: argparse.Namespace) -> int:
 
     layout = _finished_layout(args.out)
     with output_lock(layout.root, "assign"), _ray_session():
-        ray_executor.init_ray(args.address)
+        ray_executor.init_ray(args.address, out=layout.root)
         ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
         done = assign_stale(layout, ok, read_table_as(layout.templates_path, schemas.TEMPLATES),
                             args.concurrency)
@@ -408,9 +408,15 @@ def _finished_layout(out: str, needs_templates: bool = True):
 
 @contextmanager
 def _ray_session() -> Iterator[None]:
-    """Shut Ray down however the command ends (a local Ray would outlive a crashed driver)."""
+    """Shut Ray down however the command ends (a local Ray would outlive a crashed driver); a
+    cluster that cannot run the command (join failed, --out not shared) is one line, exit 2."""
+    from pipeline.ray_executor import ClusterError
+
     try:
         yield
+    except ClusterError as error:
+        print(f"dwscan: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         import ray
 
@@ -477,7 +483,7 @@ def command_scan(args: argparse.Namespace) -> int:
     layout = OutputLayout(args.out)
     with output_lock(layout.root, "scan"), _ray_session():
         check_scan_ids(layout, specs)
-        ray_executor.init_ray(args.address)
+        ray_executor.init_ray(args.address, out=layout.root)
         run_models, _ = scan_models(specs, layout, args.concurrency, read_limits(args),
                                     args.model_timeout or None)
     rows = run_models.to_pylist()

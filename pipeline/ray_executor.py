@@ -9,32 +9,131 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline.autoencoder import AutoencoderConfig
+from pipeline.progress import StageProgress
+from pipeline.storage import as_location, is_remote, sees_share_probe, write_share_probe
 
 
-def init_ray(address: str | None = None) -> None:
+class ClusterError(RuntimeError):
+    """The cluster cannot run this job as asked: joining it failed, or its nodes do not share
+    the output folder. The message says what to do."""
+
+
+JOIN_TIMEOUT_S = 5.0  # a head that takes longer to accept a TCP connection is not there
+SHARE_CHECK_TIMEOUT_S = 120.0  # a node's check task (a worker process start) takes seconds
+_MIN_WINDOW = 256  # tasks submitted ahead even on a cluster with no worker node up yet
+_PENDING_PER_CPU = 4  # beyond that, tasks submitted ahead per CPU the cluster can grow to
+_WAIT_S = 1.0  # the wait loop wakes at least this often
+
+
+def init_ray(address: str | None = None, out: str | os.PathLike | None = None) -> None:
     """Join `address` (or RAY_ADDRESS); with neither, start a fresh local Ray for this process.
+    With `out`, check that every node sees that output folder (`check_output_shared`).
 
     'local' rather than auto-detection: a crashed earlier Ray can leave a marker that makes
-    auto-detection try to join a dead cluster.
+    auto-detection try to join a dead cluster. Raises ClusterError when joining fails.
     """
     # Ray's tqdm patches print() to redraw its bars around every line; our summary stays plain.
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     import ray
 
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        _check_joinable(address)
+        ray.init(address=address, log_to_driver=True)
+    if out is not None:
+        check_output_shared(out)
+
+
+def _check_joinable(address: str) -> None:
+    """Fail within seconds, saying what to do, where ray.init would print 20 s of GCS warnings
+    and a traceback (a cluster with token authentication, a client without the token) or wait
+    for a head that is not there."""
+    if address in ("local", "auto"):
         return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, log_to_driver=True)
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # a form ray.init itself explains
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=JOIN_TIMEOUT_S).close()
+    except OSError as error:
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address}: nothing answers there "
+            f"({error.strerror or error}). Check the address (the head's GCS port, 6379 unless "
+            f"`ray start --head --port` said otherwise; `ray status` on the head prints it) and "
+            f"that the head is running.") from None
+    if address.startswith("ray://"):
+        return
+    import ray._raylet
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray.exceptions import AuthenticationError, RayError
+
+    try:
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+        ray._raylet.GcsClient(address=address)  # one call: the cluster id
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        raise ClusterError(
+            f"cannot join the Ray cluster at {address}: it requires its authentication token, "
+            f"and this client has none or another one (RAY_AUTH_MODE is {mode}). Run with "
+            f"RAY_AUTH_MODE=token and the cluster's token: `ray get-auth-token` on the head "
+            f"prints it; put it in ~/.ray/auth_token or RAY_AUTH_TOKEN (or name its file in "
+            f"RAY_AUTH_TOKEN_PATH).") from None
+    except RayError as error:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: something answers there, "
+                           f"but not a Ray head ({str(error).splitlines()[0]}).") from None
+
+
+def check_output_shared(out: str | os.PathLike) -> None:
+    """On a cluster of more than one alive node, refuse a local `out` that some node does not
+    see: each task writes on its own node, and the driver would find files missing, or a
+    partial zoo. One tiny task per node, pinned to it, reads back a token the driver wrote.
+
+    Nodes that the autoscaler adds later are not checked: mount the folder on every node
+    (cluster.yaml's setup_commands) or use a URI such as s3://.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    root = as_location(out)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if is_remote(root) or len(nodes) < 2:
+        return
+    probe, token = write_share_probe(root)
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(sees_share_probe)
+        refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    n["NodeID"], soft=False)).remote(str(probe), token): n for n in nodes}
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=SHARE_CHECK_TIMEOUT_S)
+        blind = []
+        for ref, node in refs.items():
+            try:
+                seen = ref in ready and ray.get(ref)
+            except Exception:  # noqa: BLE001 - a node that cannot even run the check
+                seen = False
+            if not seen:
+                blind.append(f"{node['NodeManagerAddress']} (node {node['NodeID'][:12]})")
+        for ref in late:
+            ray.cancel(ref, force=True)
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ClusterError(
+            f"--out {root} is not one folder for every node: {len(blind)} of {len(nodes)} nodes "
+            f"do not see what the driver wrote there: {', '.join(blind)}. Use a folder that every "
+            f"node mounts at the same path (NFS, EFS, ...) or a URI such as s3://bucket/prefix.")
 
 
 class TaskTimeout(Exception):
@@ -45,51 +144,121 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
               max_in_flight: int | None = None,
               summarise: Callable[[list[Any]], str] | None = None,
               timeout: float | None = None) -> list[Any]:
-    """Run fn(*args) as one Ray task per call, at most `max_in_flight` at once, with a progress bar
-    (its postfix is `summarise(results so far)`).
+    """Run fn(*args) as one Ray task per call, with progress (`summarise(results so far)` is
+    shown beside the count).
+
+    Tasks are submitted ahead of the free CPUs, each asking for one CPU: a pending task is
+    demand that an autoscaler sees and answers with nodes. The window (at least _MIN_WINDOW,
+    _PENDING_PER_CPU per CPU the cluster can grow to) bounds the driver's memory; arguments
+    shared by every call are put in the object store once. `max_in_flight` caps the window;
+    above the CPUs the cluster can ever have, tasks ask for a share of a CPU so I/O-bound work
+    (hub reads) can have that many running.
 
     Returns results in call order; a task that raised (or whose worker died) gives its exception
     object in its place (the task's own exception, not Ray's wrapper with the remote traceback),
-    so one bad input never stops the others. A task still running `timeout` seconds after it
-    was submitted is cancelled (its worker killed: a read stuck in the kernel cannot be
-    interrupted otherwise) and gives TaskTimeout. Above the CPU count, tasks ask for a fraction
-    of a CPU each, so I/O-bound work (hub reads) can have more in flight.
+    so one bad input never stops the others. A task not finished `timeout` seconds after it
+    started running is cancelled (its worker killed: a read stuck in the kernel cannot be
+    interrupted otherwise) and gives TaskTimeout.
     """
     import ray
 
-    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
-    limit = max_in_flight or cpus
-    remote = ray.remote(max_retries=0, num_cpus=min(1.0, cpus / limit))(fn)
+    max_cpus = cluster_max_cpus()
+    if max_in_flight:
+        window, num_cpus = max_in_flight, min(1.0, max(1, max_cpus) / max_in_flight)
+    else:
+        window, num_cpus = max(_MIN_WINDOW, _PENDING_PER_CPU * max_cpus), 1.0
+    remote = ray.remote(max_retries=0, num_cpus=num_cpus)(fn)
+    calls = _put_shared_arguments(calls)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
-    deadline: dict[Any, float] = {}
-    queue = list(enumerate(calls))
-    with tqdm(total=len(calls), desc=desc, unit="model") as bar:
+    queue = deque(enumerate(calls))
+    clock = _TaskClock(timeout)
+    with StageProgress(len(calls), desc) as progress:
         while queue or pending:
-            while queue and len(pending) < limit:
-                i, args = queue.pop(0)
-                ref = remote.remote(*args)
-                pending[ref] = i
-                deadline[ref] = time.monotonic() + timeout if timeout else float("inf")
-            wait_s = min(deadline[r] for r in pending) - time.monotonic()
-            done, _ = ray.wait(list(pending), num_returns=1,
-                               timeout=None if wait_s == float("inf") else max(0.0, wait_s))
-            if not done:  # the oldest task ran out of time
-                ref = min(pending, key=deadline.__getitem__)
-                ray.cancel(ref, force=True)
-                results[pending.pop(ref)] = TaskTimeout(f"timed out after {timeout:g} s")
-            else:
-                i = pending.pop(done[0])
+            while queue and len(pending) < window:
+                i, args = queue.popleft()
+                pending[remote.remote(*args)] = i
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_S)
+            if done:  # and whatever else finished meanwhile, in one sweep
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            finished: dict[Any, Any] = {}
+            for ref in done:
                 try:
-                    results[i] = ray.get(done[0])
+                    finished[ref] = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the task raised: keep its own error
-                    results[i] = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    finished[ref] = exc.cause if isinstance(exc.cause, BaseException) else exc
                 except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
-                    results[i] = exc
-            bar.update(1)
-            if summarise:
-                bar.set_postfix_str(summarise([r for r in results if r is not None]))
+                    finished[ref] = exc
+            running_now = ([r for r in pending if r not in finished][:_slots_now(num_cpus)]
+                           if timeout else [])
+            for ref in clock.overdue(running_now):
+                ray.cancel(ref, force=True)
+                finished[ref] = TaskTimeout(f"timed out after {timeout:g} s")
+            for ref, result in finished.items():
+                results[pending.pop(ref)] = result
+                clock.forget(ref)
+                progress.update(1, summarise([r for r in results if r is not None])
+                                if summarise else None)
     return results
+
+
+class _TaskClock:
+    """Each task's time limit. Tasks are submitted ahead of the CPUs, and time spent waiting for
+    one is not the model's fault: a task's clock starts when it is among the first tasks (in
+    submission order) that the CPUs up now can run."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        self.started: dict[Any, float] = {}
+
+    def overdue(self, running: list) -> list:
+        """Of the tasks taken to be running, those past their limit."""
+        if not self.timeout:
+            return []
+        now = time.monotonic()
+        for ref in running:
+            self.started.setdefault(ref, now)
+        return [ref for ref in running if now - self.started[ref] > self.timeout]
+
+    def forget(self, ref: Any) -> None:
+        self.started.pop(ref, None)
+
+
+def _slots_now(num_cpus: float) -> int:
+    """Tasks of `num_cpus` each that the nodes up now can run at once."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 0) / num_cpus))
+
+
+def cluster_max_cpus() -> int:
+    """The CPUs the cluster can grow to: its autoscaler's configured maximum where it reports
+    one, else the CPUs of the nodes up now."""
+    import ray
+
+    try:
+        from ray._private.state import state
+
+        configured = (state.get_max_resources_from_cluster_config() or {}).get("CPU")
+    except Exception:  # noqa: BLE001 - private API; the fallback is always right for a fixed cluster
+        configured = None
+    if configured and configured < 1 << 20:
+        return int(configured)
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def _put_shared_arguments(calls: Sequence[tuple]) -> list[tuple]:
+    """Arguments that every call passes as the same object (a template table, say) go to the
+    object store once, not once per pending task."""
+    import ray
+
+    if len(calls) < 2:
+        return list(calls)
+    first = calls[0]
+    shared = {j for j, arg in enumerate(first) if not isinstance(arg, str | int | float | Path)
+              and all(len(c) == len(first) and c[j] is arg for c in calls)}
+    refs = {j: ray.put(first[j]) for j in shared}
+    return [tuple(refs.get(j, arg) for j, arg in enumerate(c)) for c in calls]
 
 
 def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
@@ -107,7 +276,9 @@ def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: Autoen
             _train_loop_per_worker,
             train_loop_config={"kernel_paths": [str(p) for p in kernel_paths],
                                "out_dir": str(out_dir), "config": asdict(config),
-                               "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)},
+                               "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers),
+                               # a bar redrawn into a log is a line per redraw, each forwarded
+                               "live_bars": sys.stderr.isatty()},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
             run_config=RunConfig(name="autoencoders", storage_path=storage),
         )
@@ -137,7 +308,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     bars: dict[int, Any] = {}
 
     def on_epoch(k: int, epoch: int, epochs: int, loss: float) -> None:
-        if rank != 0:
+        if rank != 0 or not loop_config.get("live_bars"):
             return
         if k not in bars:
             bars[k] = ray_tqdm(total=epochs, desc=f"train {k}x{k} autoencoder")

@@ -75,7 +75,7 @@ class RunOptions:
     use_gpu: bool = False  # train on CUDA
     accuracy_csv: str = TIMM_RESULTS_URL  # timm results-imagenet.csv, path or URL
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL
-    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: CPUs)
+    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: 1 per CPU)
     limits: ReadLimits = field(default_factory=ReadLimits)  # what one model may cost
     model_timeout: float | None = DEFAULT_MODEL_TIMEOUT  # seconds one model may take; None: no limit
 
@@ -119,7 +119,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
         remove_partial_writes(layout)
         check_scan_ids(layout, specs)  # before Ray starts
         with _timed(timings, "ray start"):
-            ray_executor.init_ray(address)
+            ray_executor.init_ray(address, out=layout.root)
         counts = counts or _counts_before_scan(layout, specs)
         with _timed(timings, "extract"):
             run_models, models = scan_models(specs, layout, options.max_in_flight,

@@ -10,7 +10,7 @@ Remote paths are `UPath`s, which answer the same pathlib calls (`/`, exists, unl
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,7 @@ def write_bytes_atomic(path: Location, data: bytes) -> None:
     if is_remote(path):
         path.write_bytes(data)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -53,6 +52,40 @@ def write_bytes_atomic(path: Location, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_share_probe(root: Path) -> tuple[Path, str]:
+    """A file with a fresh token in `root`, for every node to read back (the check that a local
+    `--out` is one folder for the whole cluster). Named like a temp file, so one that a killed
+    run leaves behind is cleared with them."""
+    token = secrets.token_hex(16)
+    path = root / f".dwscan-shared-{token}.tmp"
+    write_bytes_atomic(path, token.encode())
+    return path, token
+
+
+def sees_share_probe(path: str, token: str) -> bool:
+    """On a node: does this node see the probe the driver wrote?"""
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+def _temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new hidden temp file next to `path` (its folder made if missing), open for writing.
+
+    Created with mode 0666 and folders with 0777, both less the umask, as any new file: unlike
+    `tempfile.mkstemp`'s 0600, which the rename would carry onto the output and lock out the
+    colleagues (or the group) the user's umask lets read it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _source(path: str | os.PathLike | Location) -> Any:
@@ -159,7 +192,7 @@ def check_writable(root: Location) -> None:
         raise OutputWriteError(f"cannot write to --out {root}: {what} is a file, not a folder")
     if existing == root:
         try:
-            fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=root)
+            fd, probe = _temp_file_beside(root / "write-test")
             os.close(fd)
             os.unlink(probe)
             return
@@ -256,8 +289,7 @@ def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa
     if is_remote(path):
         sink = path.fs.open(path.path, "wb")  # the object appears when the upload completes
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temp_file_beside(path)
         os.close(fd)
         sink = tmp
     rows = 0

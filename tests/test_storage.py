@@ -1,3 +1,5 @@
+import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,3 +84,26 @@ def test_pending_files_name_their_target_and_scan(tmp_path):
     assert pending.parent == tmp_path / "kernels" and pending.name.startswith(".")
     assert parse_pending_name(pending.name) == ("org--m.v1.parquet", "20260101T000000Z")
     assert parse_pending_name("org--m.parquet") is None
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])
+def test_outputs_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, file_mode, dir_mode):
+    """Not mkstemp's 0600: a colleague (or the group) the umask lets read must read the outputs."""
+    from pipeline.storage import write_bytes_atomic
+
+    previous = os.umask(umask)
+    try:
+        layout = OutputLayout(tmp_path / "out")
+        row = {**model_row(ModelSpec(model_id="a", source="x.pth")), "n_layers": 1, "n_filters": 2}
+        write_table(pa.Table.from_pylist([row]), layout.models_path, schemas.MODELS)
+        write_table(pa.Table.from_pylist([row]), layout.reports_dir / "deep" / "m.parquet",
+                    schemas.MODELS)
+        write_bytes_atomic(layout.template_set_path, b"{}")
+    finally:
+        os.umask(previous)
+    for path in (layout.models_path, layout.reports_dir / "deep" / "m.parquet",
+                 layout.template_set_path):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for path in (layout.root, layout.reports_dir, layout.reports_dir / "deep"):
+        assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path
