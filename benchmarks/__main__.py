@@ -14,10 +14,11 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import assign, end_to_end, extract, hub, scale, train, train_memory
+from benchmarks import assign, end_to_end, extract, hub, report, scale, train, train_memory
 
 BENCHMARKS = {"extract": extract.run, "assign": assign.run, "scale": scale.run, "train": train.run,
-              "train_memory": train_memory.run, "hub": hub.run, "end_to_end": end_to_end.run}
+              "train_memory": train_memory.run, "hub": hub.run, "end_to_end": end_to_end.run,
+              "report": report.run}
 
 
 def machine() -> str:

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy and pre-training tables, correlations, plots and index.html.")
     _add_out(report)
     _add_accuracy_sources(report)
+    report.add_argument("--model", action="append", dest="show_models", default=[],
+                        metavar="MODEL_ID",
+                        help="also draw this model's template shares per layer and give it its own "
+                             "section of index.html (a model_id of models.parquet); repeat for "
+                             "several. Every model's tables are in the page's model table anyway")
     query = commands.add_parser(
         "query", help="run SQL (DuckDB) over the outputs",
         description="Run a DuckDB query over views named after every table: "
@@ -385,10 +390,15 @@ def command_report(args: argparse.Namespace) -> int:
     layout = _finished_layout(args.out)
     with output_lock(layout.root, "report"):
         reports = write_reports(layout, accuracy_csv=args.accuracy_csv,
-                                pretrain_csv=args.pretrain_csv)
+                                pretrain_csv=args.pretrain_csv, show_models=args.show_models)
+    for model_id in reports.unknown_models:
+        print(f"dwscan report: --model {model_id}: no model of that id was scanned ok in "
+              f"{args.out} (see models.parquet); not drawn", file=sys.stderr)
     print(format_clusterability(reports.clusterability))
     print()
     print(format_correlations(reports.correlation))
+    for model_id, plot in reports.layer_share_plots.items():
+        print(f"wrote {plot} ({model_id})")
     print(f"\nwrote {reports.index_html}")
     return 0
 

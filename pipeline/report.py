@@ -81,6 +81,34 @@ def label_shares_table(assignments: pa.Table, templates: pa.Table,
     return with_model_metadata(rows, metadata, schemas.LABEL_SHARES)
 
 
+def family_label_shares(label_shares: pa.Table) -> pa.Table:
+    """Each label's mean share over the models of each family and kernel size (a model without
+    the label counts as 0): the label-share view that keeps its size at any zoo. Columns:
+    family ('unknown' when none), kernel_size, n_models, label, share."""
+    per_size = label_shares.filter(pc.is_valid(label_shares.column("kernel_size")))
+    family = pc.fill_null(per_size.column("family"), "unknown")
+    keyed = pa.table({"family": family, "kernel_size": per_size.column("kernel_size"),
+                      "model_id": per_size.column("model_id"), "label": per_size.column("label"),
+                      "share": per_size.column("share")})
+    models = keyed.group_by(["family", "kernel_size"], use_threads=False).aggregate(
+        [("model_id", "count_distinct")])
+    n_models = {(r["family"], r["kernel_size"]): r["model_id_count_distinct"]
+                for r in models.to_pylist()}
+    sums = keyed.group_by(["family", "kernel_size", "label"], use_threads=False).aggregate(
+        [("share", "sum")]).sort_by([("family", "ascending"), ("kernel_size", "ascending"),
+                                     ("label", "ascending")])
+    rows = [{"family": r["family"], "kernel_size": r["kernel_size"],
+             "n_models": n_models[r["family"], r["kernel_size"]], "label": r["label"],
+             "share": r["share_sum"] / n_models[r["family"], r["kernel_size"]]}
+            for r in sums.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=FAMILY_LABEL_SHARES)
+
+
+FAMILY_LABEL_SHARES = pa.schema([("family", pa.string()), ("kernel_size", pa.int32()),
+                                 ("n_models", pa.int64()), ("label", pa.string()),
+                                 ("share", pa.float64())])
+
+
 def with_model_metadata(rows: list[dict], metadata: pa.Table | None,
                         schema: pa.Schema) -> pa.Table:
     """`rows` as a `schema` table, with the MODEL_METADATA columns `schema` names filled in."""
@@ -134,11 +162,13 @@ def threshold_sweep_table(assignments: pa.Table,
     sizes = assignments.column("kernel_size").to_numpy()
     valid = pc.is_null(assignments.column("invalid_reason")).to_numpy(zero_copy_only=False)
     cosine = pc.fill_null(assignments.column("cosine"), -2.0).to_numpy()
+    by_model = np.argsort(model_index, kind="stable")  # each model's rows, one slice apiece
+    starts = np.searchsorted(model_index[by_model], np.arange(len(names) + 1))
     rows = []
     for index in np.argsort(names, kind="stable"):
-        mine = model_index == index
+        mine = by_model[starts[index]:starts[index + 1]]
         for k in [None, *sorted(set(np.unique(sizes[mine]).tolist()))]:
-            rows_of = mine & valid & (True if k is None else sizes == k)
+            rows_of = mine[valid[mine] & (True if k is None else sizes[mine] == k)]
             cos = np.sort(cosine[rows_of])
             n_valid = len(cos)
             for t in thresholds:

@@ -33,7 +33,8 @@ def _expected_fraction(fraction: float) -> float:
 def reported(tmp_path_factory):
     root = tmp_path_factory.mktemp("scanned")
     results, pretrain = write_scanned_zoo(root)
-    reports = write_reports(OutputLayout(root), accuracy_csv=results, pretrain_csv=pretrain)
+    reports = write_reports(OutputLayout(root), accuracy_csv=results, pretrain_csv=pretrain,
+                            show_models=["convnext_b"])
     return root, reports
 
 
@@ -123,7 +124,7 @@ def test_correlations_with_intervals_and_caveats(reported):
 
 def test_report_page_shows_tables_and_plots_in_chromium(reported):
     """Open index.html in headless Chromium (Debian's package): every plot decodes, every
-    scanned model is in the tables."""
+    scanned model is in the tables, and only the model asked for has a layer-share plot."""
     from playwright.sync_api import sync_playwright
 
     root, reports = reported
@@ -143,7 +144,9 @@ def test_report_page_shows_tables_and_plots_in_chromium(reported):
     sources = {src for src, _ in images}
     assert {"clusterability_vs_top1.png", "label_shares.png", "clusterability_vs_depth.png",
             "templates_k5.png"} <= sources
-    assert len(sources) >= 4 + len(SCANNED_ZOO)  # plus one layer-share plot per model
+    assert sources - {"clusterability_vs_top1.png", "label_shares.png",
+                      "clusterability_vs_depth.png", "templates_k5.png"} == {
+        "layer_shares_convnext_b.png"}  # the one model asked for
     assert all(loaded for _, loaded in images), [src for src, ok in images if not ok]
     for model_id, *_ in SCANNED_ZOO:
         assert any(model_id in text for text in tables), model_id
@@ -184,10 +187,15 @@ def test_report_command_rebuilds_from_disk(reported, tmp_path):
     shutil.rmtree(copy / "reports")
     results, pretrain = str(root / "results-imagenet.csv"), str(root / "model_metadata-in1k.csv")
     result = subprocess.run(["dwscan", "report", "--out", str(copy), "--accuracy-csv", results,
-                             "--pretrain-csv", pretrain], capture_output=True, text=True,
-                            timeout=300)
+                             "--pretrain-csv", pretrain, "--model", "convnext_a", "--model",
+                             "no_such_model"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "spearman" in result.stdout and (copy / "reports" / "index.html").exists()
+    assert [p.name for p in (copy / "reports").glob("layer_shares_*.png")] == [
+        "layer_shares_convnext_a.png"]
+    assert "layer_shares_convnext_a.png" in (copy / "reports" / "index.html").read_text()
+    assert ("dwscan report: --model no_such_model: no model of that id was scanned ok in "
+            f"{copy} (see models.parquet); not drawn") in result.stderr.splitlines()
     assert read_table(copy / "reports" / "clusterability.parquet").equals(
         read_table(root / "reports" / "clusterability.parquet"))
 
