@@ -26,9 +26,9 @@ class AutoencoderConfig:
     min_steps: int = 1500  # no convergence stop before this many optimiser steps
     max_steps: int = 20_000  # the step cap of a convergence-stopped run
     check_every: int = 250  # optimiser steps between two convergence checks
-    check_sample: int = 4096  # kernels whose reconstructions are compared check to check
-    template_cosine: float = 0.99  # templates "no longer move": mean cosine to the last check
-    loss_rtol: float = 0.01  # loss "plateaued": it fell by less than this share since the check
+    check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
+    template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
+    loss_tolerance: float = 0.002  # loss "plateaued": under 0.002 below its best earlier check
     patience: int = 2  # consecutive checks that must both hold before stopping
     cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
     batch_size: int = 512  # per worker
@@ -95,17 +95,17 @@ class ConvergenceRule:
 
     def __init__(self, config: AutoencoderConfig):
         self.config = config
-        self._previous_loss: float | None = None
+        self._best_loss: float | None = None
         self._streak = 0
 
     def observe(self, step: int, loss: float, template_cosine: float | None) -> bool:
-        """One check: `loss` is the mean loss since the last check, `template_cosine` the mean
-        cosine of the sample's reconstructions to the last check's (None at the first)."""
+        """One check: `loss` is the mean loss since the last check, `template_cosine` how close
+        the templates are to the last check's (`curve_moved`; None at the first)."""
         c = self.config
-        plateaued = (self._previous_loss is not None
-                     and self._previous_loss - loss < c.loss_rtol * self._previous_loss)
+        # against the best, not the last, check: a noisy check then a lucky one is no progress
+        plateaued = self._best_loss is not None and self._best_loss - loss < c.loss_tolerance
         still = template_cosine is not None and template_cosine >= c.template_cosine
-        self._previous_loss = loss
+        self._best_loss = loss if self._best_loss is None else min(self._best_loss, loss)
         self._streak = self._streak + 1 if plateaued and still else 0
         return step >= c.min_steps and self._streak >= c.patience
 
@@ -120,7 +120,7 @@ class TrainingLog:
     converged_step: int | None  # the check that found convergence (the cool-down follows)
     check_steps: list[int]
     losses: list[float]  # mean training loss since the previous check
-    template_cosines: list[float | None]  # mean cosine of the sample's templates to the last check
+    template_cosines: list[float | None]  # templates' cosine to the last check (curve_moved)
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -137,14 +137,29 @@ def _mean_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
     return values
 
 
+CHECK_SWEEP_POINTS = 1024  # codes decoded at each check
+
+
 @torch.no_grad()
-def _reconstruct(model: KernelAutoencoder, sample: torch.Tensor) -> torch.Tensor:
-    """Unit-norm reconstructions of the fixed check sample: the templates the data sees."""
+def template_curve(model: KernelAutoencoder, sample: torch.Tensor,
+                   n_points: int = CHECK_SWEEP_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded template sweep (unit rows) and the share of `sample` whose code falls
+    nearest each point: where on the curve the data sits. Stays on the model's device."""
     was_training = model.training
     model.eval()
-    out = F.normalize(model(sample), dim=1, eps=1e-8)
+    codes = torch.linspace(0.0, 1.0, n_points, device=sample.device).unsqueeze(1)
+    curve = F.normalize(model.decode(codes), dim=1, eps=1e-8)
+    nearest = (model.encode(sample)[:, 0] * (n_points - 1)).round().long().clamp(0, n_points - 1)
+    weights = torch.bincount(nearest, minlength=n_points).float() / max(1, len(sample))
     model.train(was_training)
-    return out
+    return curve, weights
+
+
+def curve_moved(curve: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """How much the templates moved since `previous`: each point's best cosine to any earlier
+    point (so sliding along the curve is no move), averaged with the data's weights (so the
+    unused ends of the code range, which drift freely, count for nothing)."""
+    return (weights * (curve @ previous.T).max(dim=1).values).sum()
 
 
 def train_autoencoder(
@@ -159,9 +174,10 @@ def train_autoencoder(
 ) -> tuple[KernelAutoencoder, TrainingLog]:
     """Train on centred unit-norm rows; returns the bare model and how training went.
 
-    Every `check_every` steps the model reconstructs a fixed seeded sample of the rows; with
-    `config.epochs` None training stops once those templates stop moving and the loss stops
-    falling (ConvergenceRule), or at `max_steps`. Every rank sees the same seeded permutation per
+    Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
+    seeded sample of the rows sits on it; with `config.epochs` None training stops once those
+    templates stop moving and the loss stops falling (ConvergenceRule, then a cool-down), or at
+    `max_steps`. Every rank sees the same seeded permutation per
     epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
     numbers are averaged over ranks, so they stop together. The loss stays on `device` between
     checks (no host sync per step). `on_check(step, budget, loss, cosine)` reports progress.
@@ -211,8 +227,8 @@ def train_autoencoder(
             step += 1
             if step % config.check_every and step != budget:
                 continue
-            current = _reconstruct(model, sample)
-            moved = (F.cosine_similarity(current, previous, dim=1).mean() if previous is not None
+            current, weights = template_curve(model, sample)
+            moved = (curve_moved(current, weights, previous) if previous is not None
                      else torch.full((), float("nan"), device=device))
             numbers = _mean_over_ranks(torch.stack([window_loss / window_steps, moved]),
                                        world_size).tolist()  # the check's one host sync

@@ -174,13 +174,18 @@ def test_the_rule_stops_after_patience_checks_that_are_still_and_flat():
     assert _replay(config, falling + settled[:1]) is None
     # templates still moving (cosine below 0.99) although the loss is flat: go on
     assert _replay(config, falling + [(0.299, 0.98), (0.299, 0.985), (0.299, 0.97)]) is None
-    # templates still but the loss still falling by more than 1% a check: go on
-    assert _replay(config, falling + [(0.28, 0.999), (0.26, 0.999), (0.24, 0.999)]) is None
+    # templates still but the loss still falling by more than 0.002 a check: go on
+    assert _replay(config, falling + [(0.29, 0.999), (0.28, 0.999), (0.27, 0.999)]) is None
     # a moving check in between restarts the count
     assert _replay(config, falling + [(0.299, 0.995), (0.299, 0.9), (0.299, 0.995),
                                       (0.299, 0.995)]) == 700
     # a loss that rises counts as plateaued
     assert _replay(config, falling + [(0.31, 0.995), (0.32, 0.995)]) == 500
+    # noise: up, then back down to the best, is no progress
+    assert _replay(config, falling + [(0.31, 0.995), (0.3005, 0.995)]) == 500
+    # a new best by more than the tolerance is progress, whatever came between
+    assert _replay(config, falling + [(0.31, 0.995), (0.29, 0.995), (0.2895, 0.995),
+                                      (0.2893, 0.995)]) == 700
 
 
 def test_the_rule_never_stops_before_min_steps():
