@@ -14,11 +14,11 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import assign, end_to_end, extract, hub, report, scale, train, train_memory
+from benchmarks import assign, end_to_end, extract, hub, report, scale, train, train_memory, zoo
 
 BENCHMARKS = {"extract": extract.run, "assign": assign.run, "scale": scale.run, "train": train.run,
               "train_memory": train_memory.run, "hub": hub.run, "end_to_end": end_to_end.run,
-              "report": report.run}
+              "report": report.run, "zoo": zoo.run}
 
 
 def machine() -> str:
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--write", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--models", type=int, nargs="+", default=None, metavar="N",
+                        help=f"zoo sizes of the zoo benchmark (default: {zoo.SIZES})")
     args = parser.parse_args(argv)
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = read_sections(args.write) if args.names else {}  # a subset keeps the others' rows
     for name in args.names or list(BENCHMARKS):
         run = BENCHMARKS[name]
-        text = as_markdown(run())
+        sized = name == "zoo" and args.models
+        text = as_markdown(run(tuple(args.models)) if sized else run())
         print(f"\n## {name}\n{text}", flush=True)
         about = (sys.modules[run.__module__].__doc__ or "").strip()
         sections[name] = f"## {name}\n\n{about}\n\nRun on: {machine()}.\n\n{text}\n"

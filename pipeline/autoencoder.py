@@ -22,10 +22,17 @@ from torch import nn
 class AutoencoderConfig:
     hidden: tuple[int, ...] = (256, 128)  # encoder layer widths; the decoder mirrors them
     code_dim: int = 1  # the paper's 1-D code
-    epochs: int = 40  # passes over the data
-    min_steps: int = 1500  # at least this many optimiser steps, so small zoos train enough
+    epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
+    min_steps: int = 1500  # no convergence stop before this many optimiser steps
+    max_steps: int = 20_000  # the step cap of a convergence-stopped run
+    check_every: int = 250  # optimiser steps between two convergence checks
+    check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
+    template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
+    loss_tolerance: float = 0.002  # loss "plateaued": under 0.002 below its best earlier check
+    patience: int = 2  # consecutive checks that must both hold before stopping
+    cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
     batch_size: int = 512  # per worker
-    lr: float = 3e-3  # Adam, cosine-annealed to lr/20
+    lr: float = 3e-3  # Adam, cosine-annealed to lr/20 over the run (or over max_steps)
     seed: int = 0  # model init and data order; same input + seed = same templates
 
     @classmethod
@@ -72,9 +79,87 @@ def steps_per_epoch(n_rows: int, config: AutoencoderConfig, world_size: int = 1)
     return max(1, (n_rows // world_size) // config.batch_size)
 
 
-def n_epochs(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> int:
-    per_epoch = steps_per_epoch(n_rows, config, world_size)
-    return max(config.epochs, -(-config.min_steps // per_epoch))
+def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> int:
+    """Optimiser steps of a run: exactly `epochs` passes when given, else the cap."""
+    if config.epochs is not None:
+        return config.epochs * steps_per_epoch(n_rows, config, world_size)
+    return config.max_steps
+
+
+STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"
+
+
+class ConvergenceRule:
+    """When to stop: templates no longer move and the loss has plateaued, `patience` checks in a
+    row, and never before `min_steps`. Fed one check at a time; pure, so tests can replay it."""
+
+    def __init__(self, config: AutoencoderConfig):
+        self.config = config
+        self._best_loss: float | None = None
+        self._streak = 0
+
+    def observe(self, step: int, loss: float, template_cosine: float | None) -> bool:
+        """One check: `loss` is the mean loss since the last check, `template_cosine` how close
+        the templates are to the last check's (`curve_moved`; None at the first)."""
+        c = self.config
+        # against the best, not the last, check: a noisy check then a lucky one is no progress
+        plateaued = self._best_loss is not None and self._best_loss - loss < c.loss_tolerance
+        still = template_cosine is not None and template_cosine >= c.template_cosine
+        self._best_loss = loss if self._best_loss is None else min(self._best_loss, loss)
+        self._streak = self._streak + 1 if plateaued and still else 0
+        return step >= c.min_steps and self._streak >= c.patience
+
+
+@dataclass
+class TrainingLog:
+    """How a run went: steps taken, why it stopped, and each check (step, loss, cosine)."""
+
+    steps: int
+    epochs: float  # passes over the data (steps / steps per epoch)
+    stop_reason: str
+    converged_step: int | None  # the check that found convergence (the cool-down follows)
+    check_steps: list[int]
+    losses: list[float]  # mean training loss since the previous check
+    template_cosines: list[float | None]  # templates' cosine to the last check (curve_moved)
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
+
+def _mean_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Average across DDP ranks so every rank sees the same numbers and takes the same stop
+    decision (ranks that disagreed would wait on each other's all-reduce forever)."""
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+        values = values / world_size
+    return values
+
+
+CHECK_SWEEP_POINTS = 1024  # codes decoded at each check
+
+
+@torch.no_grad()
+def template_curve(model: KernelAutoencoder, sample: torch.Tensor,
+                   n_points: int = CHECK_SWEEP_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded template sweep (unit rows) and the share of `sample` whose code falls
+    nearest each point: where on the curve the data sits. Stays on the model's device."""
+    was_training = model.training
+    model.eval()
+    codes = torch.linspace(0.0, 1.0, n_points, device=sample.device).unsqueeze(1)
+    curve = F.normalize(model.decode(codes), dim=1, eps=1e-8)
+    nearest = (model.encode(sample)[:, 0] * (n_points - 1)).round().long().clamp(0, n_points - 1)
+    weights = torch.bincount(nearest, minlength=n_points).float() / max(1, len(sample))
+    model.train(was_training)
+    return curve, weights
+
+
+def curve_moved(curve: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """How much the templates moved since `previous`: each point's best cosine to any earlier
+    point (so sliding along the curve is no move), averaged with the data's weights (so the
+    unused ends of the code range, which drift freely, count for nothing)."""
+    return (weights * (curve @ previous.T).max(dim=1).values).sum()
 
 
 def train_autoencoder(
@@ -85,42 +170,83 @@ def train_autoencoder(
     world_size: int = 1,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     device: str | torch.device = "cpu",
-    on_epoch: Callable[[int, int, float], None] | None = None,
-) -> tuple[KernelAutoencoder, list[float]]:
-    """Train on centred unit-norm rows; returns the bare model and the mean loss of each epoch.
+    on_check: Callable[[int, int, float, float | None], None] | None = None,
+) -> tuple[KernelAutoencoder, TrainingLog]:
+    """Train on centred unit-norm rows; returns the bare model and how training went.
 
-    Every rank sees the same seeded permutation per epoch and takes its own equal-length slice, so
-    DDP ranks step in lockstep and a rerun with the same input reproduces the result.
+    Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
+    seeded sample of the rows sits on it; with `config.epochs` None training stops once those
+    templates stop moving and the loss stops falling (ConvergenceRule, then a cool-down), or at
+    `max_steps`. Every rank sees the same seeded permutation per
+    epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
+    numbers are averaged over ranks, so they stop together. The loss stays on `device` between
+    checks (no host sync per step). `on_check(step, budget, loss, cosine)` reports progress.
     """
     torch.manual_seed(config.seed)
     model = KernelAutoencoder(data.shape[1], config.hidden, config.code_dim).to(device)
     trained = wrap_model(model) if wrap_model else model
     optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr)
-    epochs = n_epochs(len(data), config, world_size)
     per_epoch = steps_per_epoch(len(data), config, world_size)
+    budget = step_budget(len(data), config, world_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimiser, T_max=epochs * per_epoch, eta_min=config.lr / 20)
+        optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
     rng = np.random.default_rng(config.seed)
-    losses: list[float] = []
-    for epoch in range(epochs):
+    check_rows = np.sort(np.random.default_rng(config.seed + 1).permutation(len(data))[
+        :config.check_sample])
+    sample = tensor[torch.from_numpy(check_rows).to(device)]
+    rule = ConvergenceRule(config)
+    log = TrainingLog(0, 0.0, STOP_EPOCHS if config.epochs is not None else STOP_CAP, None,
+                      [], [], [])
+    cooldown_from = 0.0  # the learning rate when the cool-down began
+    previous: torch.Tensor | None = None
+    window_loss = torch.zeros((), device=device)
+    window_steps = 0
+    step = 0
+    while step < budget:
         order = rng.permutation(len(data))
         shard = order[rank::world_size][: per_epoch * config.batch_size]
         if len(shard) < per_epoch * config.batch_size:  # fewer rows than one batch per rank
             shard = np.resize(shard, per_epoch * config.batch_size)
-        total = 0.0
-        for step in range(per_epoch):
-            batch = tensor[shard[step * config.batch_size:(step + 1) * config.batch_size]]
+        for i in range(per_epoch):
+            if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
+                break
+            batch = tensor[shard[i * config.batch_size:(i + 1) * config.batch_size]]
             loss = cosine_loss(batch, trained(batch))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            schedule.step()
-            total += float(loss.detach())
-        losses.append(total / per_epoch)
-        if on_epoch:
-            on_epoch(epoch, epochs, losses[-1])
-    return model.cpu().eval(), losses
+            if log.converged_step is None:
+                schedule.step()
+            else:  # cool-down: linear from the rate at convergence to lr/20 at the new budget
+                done = (step + 1 - log.converged_step) / (budget - log.converged_step)
+                for group in optimiser.param_groups:
+                    group["lr"] = cooldown_from + done * (config.lr / 20 - cooldown_from)
+            window_loss += loss.detach()
+            window_steps += 1
+            step += 1
+            if step % config.check_every and step != budget:
+                continue
+            current, weights = template_curve(model, sample)
+            moved = (curve_moved(current, weights, previous) if previous is not None
+                     else torch.full((), float("nan"), device=device))
+            numbers = _mean_over_ranks(torch.stack([window_loss / window_steps, moved]),
+                                       world_size).tolist()  # the check's one host sync
+            mean_loss, cosine = numbers[0], None if np.isnan(numbers[1]) else numbers[1]
+            log.check_steps.append(step)
+            log.losses.append(mean_loss)
+            log.template_cosines.append(cosine)
+            previous, window_loss, window_steps = current, torch.zeros_like(window_loss), 0
+            if on_check:
+                on_check(step, budget, mean_loss, cosine)
+            if (config.epochs is None and log.converged_step is None
+                    and rule.observe(step, mean_loss, cosine)):
+                # the same numbers on every rank (averaged above), so the same new budget
+                log.stop_reason, log.converged_step = STOP_CONVERGED, step
+                budget = min(budget, step + max(config.check_every, int(config.cooldown * step)))
+                cooldown_from = optimiser.param_groups[0]["lr"]
+    log.steps, log.epochs = step, step / per_epoch
+    return model.cpu().eval(), log
 
 
 @torch.no_grad()

@@ -142,9 +142,11 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
                          help=f"cosine at or above which a kernel is clustered "
                               f"(default: {DEFAULT_THRESHOLD})")
     defaults = AutoencoderConfig()
-    command.add_argument("--epochs", type=int, default=defaults.epochs,
-                         help=f"autoencoder epochs (at least {defaults.min_steps} steps are run; "
-                              f"default: {defaults.epochs})")
+    command.add_argument("--epochs", type=int, default=None,
+                         help=f"train the autoencoders for exactly this many passes over the "
+                              f"kernels (default: until the templates stop moving and the loss "
+                              f"plateaus, checked every {defaults.check_every} steps, between "
+                              f"{defaults.min_steps:,} and {defaults.max_steps:,} steps)")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
     command.add_argument("--train-workers", type=int, default=1,
@@ -307,6 +309,10 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         print(f"WARNING: {k}x{k}: a recurring pattern ({r['label']}, {100 * r['share']:.1f}% of "
               f"kernels) is within cosine {args.threshold} of no template; {remedy} (see "
               f"reports/missed_patterns.parquet)")
+    from pipeline.train import format_training_record
+
+    for k, record in sorted(summary.training.items()):
+        print(format_training_record(k, record))
     print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"
                                                for stage, seconds in summary.timings.items()))
     ok = summary.models.num_rows - len(summary.failed)
@@ -360,6 +366,12 @@ def command_train(args: argparse.Namespace) -> int:
         if not ok:
             raise SystemExit(f"dwscan: error: no ok model in {args.out} to train on")
         templates, _ = train_templates(layout, run_options(args), ok, {})
+    if args.templates == "autoencoder":
+        from pipeline.train import format_training_record, read_training_records
+
+        sizes = sorted(set(templates.column("kernel_size").to_pylist()))
+        for k, record in read_training_records(layout.autoencoders_dir, sizes).items():
+            print(format_training_record(k, record))
     print(f"template set {templates.column('template_set')[0]}: {templates.num_rows} templates "
           f"from {len(ok)} models; assignments are stale until `dwscan assign --out {args.out}`")
     return 0

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -276,9 +275,7 @@ def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: Autoen
             _train_loop_per_worker,
             train_loop_config={"kernel_paths": [str(p) for p in kernel_paths],
                                "out_dir": str(out_dir), "config": asdict(config),
-                               "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers),
-                               # a bar redrawn into a log is a line per redraw, each forwarded
-                               "live_bars": sys.stderr.isatty()},
+                               "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
             run_config=RunConfig(name="autoencoders", storage_path=storage),
         )
@@ -294,7 +291,6 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
     from pipeline.storage import as_location
     from pipeline.train import train_autoencoders
@@ -305,19 +301,16 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(loop_config["cpus_per_worker"])
-    bars: dict[int, Any] = {}
 
-    def on_epoch(k: int, epoch: int, epochs: int, loss: float) -> None:
-        if rank != 0 or not loop_config.get("live_bars"):
-            return
-        if k not in bars:
-            bars[k] = ray_tqdm(total=epochs, desc=f"train {k}x{k} autoencoder")
-        bars[k].update(1)
-        if epoch + 1 == epochs:
-            bars[k].close()
+    def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
+        # one plain line per check reaches the driver's log (no redrawn bar)
+        if rank == 0:
+            moved = "-" if cosine is None else f"{cosine:.4f}"
+            print(f"train {k}x{k}: step {step} of at most {budget}, loss {loss:.4f}, "
+                  f"templates vs last check cosine {moved}", flush=True)
 
-    losses = train_autoencoders(
+    logs = train_autoencoders(
         [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
         AutoencoderConfig.from_dict(loop_config["config"]), rank=rank, world_size=world_size,
-        wrap_model=ray.train.torch.prepare_model, device=str(device), on_epoch=on_epoch)
-    ray.train.report({"final_loss": {str(k): v[-1] for k, v in losses.items()}})
+        wrap_model=ray.train.torch.prepare_model, device=str(device), on_check=on_check)
+    ray.train.report({"final_loss": {str(k): log.losses[-1] for k, log in logs.items()}})

@@ -58,6 +58,7 @@ from pipeline.templates import (
     read_template_set_record,
     write_template_set_record,
 )
+from pipeline.train import read_training_records
 from pipeline.zoo import ModelSpec
 
 # `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
@@ -98,6 +99,7 @@ class RunSummary:
     correlation: pa.Table = field(default_factory=schemas.CORRELATION.empty_table)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     missed_patterns: pa.Table = field(default_factory=schemas.MISSED_PATTERNS.empty_table)
+    training: dict[int, dict] = field(default_factory=dict)  # autoencoders/k*.json, if trained
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -130,8 +132,13 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
             return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
                               schemas.CLUSTERABILITY.empty_table(), timings=timings)
         retrain = retrain or not layout.templates_path.exists()
+        training: dict[int, dict] = {}
         if retrain:
             templates, missed = train_templates(layout, options, ok, timings)
+            if options.templates.method == "autoencoder":
+                training = read_training_records(
+                    layout.autoencoders_dir,
+                    sorted(set(templates.column("kernel_size").to_pylist())))
         else:
             templates = read_table_as(layout.templates_path, schemas.TEMPLATES)
             missed = read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
@@ -141,7 +148,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
             report = write_reports(layout, accuracy, seed=options.autoencoder.seed)
         log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates))
     return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
-                      missed)
+                      missed, training)
 
 
 def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCounts:

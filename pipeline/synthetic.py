@@ -94,3 +94,99 @@ def write_synthetic_checkpoint(out_dir: str | Path, seed: int = 0, **options) ->
         "weights": matrices_to_list_array([np.stack(list(families[k].values())) for k in sizes]),
     }), out / "truth_templates.parquet")
     return path
+
+
+# Depthwise layers (kernel size, channels) of the planted zoo's architectures: channel counts of
+# real networks of each family, so a zoo of 300 models holds about 1.4M kernels.
+PLANTED_ARCHITECTURES: dict[str, list[tuple[int, int]]] = {
+    "convnext": [(7, 96)] * 3 + [(7, 192)] * 3 + [(7, 384)] * 6 + [(7, 768)] * 2,
+    "efficientnet": [(5, 240), (5, 240), (5, 480), (5, 672), (5, 672), (5, 1152), (5, 1152),
+                     (5, 1152)],
+    "mixnet": [(5, 192), (5, 384), (5, 768), (5, 768), (7, 384), (7, 768), (7, 768)],
+    "mobilenetv3": [(5, 72), (5, 120), (5, 240), (5, 480), (5, 480), (5, 672), (5, 960),
+                    (5, 960)],
+}
+
+
+def write_planted_zoo(out_dir: str | Path, n_models: int, seed: int = 0, noise: float = 0.3,
+                      fraction_range: tuple[float, float] = (0.3, 0.9),
+                      top1_noise: float = 2.0) -> dict[str, Path]:
+    """A zoo whose answer is known: `n_models` timm-style repo folders with a planted clustered
+    fraction each, and a timm results table whose top-1 rises with that fraction plus noise.
+
+    Model i is an architecture of PLANTED_ARCHITECTURES (in turn) whose depthwise layers hold
+    noisy copies (`noisy_copies`, `noise`) of the `core_family` templates of their size for a
+    share f_i of the channels (f_i uniform in `fraction_range`), and Gaussian kernels for the
+    rest. Writes under `out_dir`:
+      models/<name>/model.safetensors + config.json (architecture `<family>_<i>`, tag
+        `planted_in1k`, so the accuracy key is `<family>_<i>.planted_in1k`);
+      truth.parquet: per model its key, kernel and structured counts and planted_fraction
+        (structured / all kernels, exactly what was written);
+      results-imagenet.csv: top1 = 60 + 25 f_i + N(0, top1_noise), in timm's format;
+      model_metadata-in1k.csv: every key pre-trained on in1k.
+    Returns those paths by name ('models', 'truth', 'accuracy_csv', 'pretrain_csv').
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    from pipeline.families import core_family
+
+    out = Path(out_dir)
+    models_dir = out / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    families = {k: np.stack(list(core_family(k).values())) for k in (5, 7)}
+    names = list(PLANTED_ARCHITECTURES)
+    truth_rows = []
+    for i in range(n_models):
+        family = names[i % len(names)]
+        arch, tag = f"{family}_{i:04d}", "planted_in1k"
+        fraction = rng.uniform(*fraction_range)
+        state: dict[str, np.ndarray] = {}
+        n_kernels = n_structured = 0
+        for j, (k, channels) in enumerate(PLANTED_ARCHITECTURES[family]):
+            structured = int(round(fraction * channels))
+            which = rng.integers(0, len(families[k]), structured)
+            kernels = np.concatenate([
+                _noisy_copies_of(families[k], which, noise, rng),
+                rng.normal(0.0, 1.0, (channels - structured, k * k)).astype(np.float32)])
+            kernels = kernels[rng.permutation(channels)]
+            state[f"blocks.{j}.conv_dw.weight"] = kernels.reshape(channels, 1, k, k)
+            state[f"blocks.{j}.norm.weight"] = np.ones(channels, np.float32)
+            n_kernels, n_structured = n_kernels + channels, n_structured + structured
+        folder = models_dir / arch
+        folder.mkdir(exist_ok=True)
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({
+            "architecture": arch, "num_classes": 1000,
+            "pretrained_cfg": {"tag": tag, "input_size": [3, 224, 224]}}))
+        truth_rows.append({"name": arch, "family": family, "accuracy_key": f"{arch}.{tag}",
+                           "n_kernels": n_kernels, "n_structured": n_structured,
+                           "planted_fraction": n_structured / n_kernels,
+                           "top1": float(np.clip(60 + 25 * fraction + rng.normal(0, top1_noise),
+                                                 0, 100))})
+    paths = {"models": models_dir, "truth": out / "truth.parquet",
+             "accuracy_csv": out / "results-imagenet.csv",
+             "pretrain_csv": out / "model_metadata-in1k.csv"}
+    pq.write_table(pa.Table.from_pylist(truth_rows), paths["truth"])
+    lines = ["model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation"]
+    lines += [f"{r['accuracy_key']},224,{r['top1']:.3f},{100 - r['top1']:.3f},"
+              f"{min(100.0, r['top1'] + 15):.3f},{max(0.0, 85 - r['top1']):.3f},5.00,0.875,bicubic"
+              for r in truth_rows]
+    paths["accuracy_csv"].write_text("\n".join(lines) + "\n")
+    paths["pretrain_csv"].write_text(
+        "model,pretrain\n" + "".join(f"{r['accuracy_key']},in1k\n" for r in truth_rows))
+    return paths
+
+
+def _noisy_copies_of(templates: np.ndarray, which: np.ndarray, noise: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """`noisy_copies` of the templates `which` names, one kernel each, in that order."""
+    kernels = np.empty((len(which), templates.shape[1]), np.float32)
+    for t in np.unique(which):
+        rows = np.flatnonzero(which == t)
+        kernels[rows], _ = noisy_copies(templates[t:t + 1], len(rows), noise, rng)
+    return kernels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,12 @@ from torch import nn
 
 import schemas
 from pipeline.arrays import list_column_to_matrix
-from pipeline.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
+from pipeline.autoencoder import (
+    AutoencoderConfig,
+    TrainingLog,
+    save_autoencoder,
+    train_autoencoder,
+)
 from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.storage import as_location, iter_tables, read_tables
 
@@ -118,28 +124,47 @@ def autoencoder_path(out_dir: Path, kernel_size: int) -> Path:
     return as_location(out_dir) / f"k{kernel_size}.safetensors"
 
 
+def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:
+    """What `autoencoders/k*.json` say about each size's training (steps, why it stopped)."""
+    records = {}
+    for k in kernel_sizes:
+        path = autoencoder_path(out_dir, k).with_suffix(".json")
+        if path.exists():
+            records[k] = json.loads(path.read_text())
+    return records
+
+
+def format_training_record(kernel_size: int, record: dict) -> str:
+    """One line: steps taken, passes over the data and why training stopped."""
+    return (f"train {kernel_size}x{kernel_size}: {record['steps']:,} steps "
+            f"({record['epochs']:.2f} epochs of {record['n_kernels']:,} kernels) in "
+            f"{record['train_seconds']:.1f} s, stopped: {record['stop_reason']}, final loss "
+            f"{record['final_loss']:.4f}")
+
+
 def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
                        rank: int = 0, world_size: int = 1,
                        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                        device: str = "cpu",
-                       on_epoch: Callable[[int, int, int, float], None] | None = None,
-                       ) -> dict[int, list[float]]:
-    """Train and (on rank 0) save one autoencoder per kernel size; returns the losses per size.
+                       on_check: Callable[[int, int, int, float, float | None], None] | None = None,
+                       ) -> dict[int, TrainingLog]:
+    """Train and (on rank 0) save one autoencoder per kernel size; returns each size's log.
 
-    `on_epoch(kernel_size, epoch, epochs, loss)` reports progress.
+    `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
     """
-    losses: dict[int, list[float]] = {}
+    logs: dict[int, TrainingLog] = {}
     for k in kernel_sizes_of(kernel_paths):
         data = load_normalised_kernels(kernel_paths, k, seed=config.seed)
         if len(data) == 0:
             continue
-        report = (lambda e, n, loss, k=k: on_epoch(k, e, n, loss)) if on_epoch else None
+        report = (lambda *args, k=k: on_check(k, *args)) if on_check else None
         start = time.perf_counter()
-        model, losses[k] = train_autoencoder(data, config, rank=rank, world_size=world_size,
-                                             wrap_model=wrap_model, device=device, on_epoch=report)
+        model, logs[k] = train_autoencoder(data, config, rank=rank, world_size=world_size,
+                                           wrap_model=wrap_model, device=device, on_check=report)
         if rank == 0:
+            log = logs[k]
             save_autoencoder(model, autoencoder_path(out_dir, k), extra={
                 "kernel_size": k, "n_kernels": len(data), "world_size": world_size,
-                "device": device, "config": config, "epochs": len(losses[k]),
-                "final_loss": losses[k][-1], "train_seconds": time.perf_counter() - start})
-    return losses
+                "device": device, "config": config, **log.as_record(),
+                "final_loss": log.losses[-1], "train_seconds": time.perf_counter() - start})
+    return logs

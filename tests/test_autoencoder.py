@@ -4,12 +4,16 @@ import torch
 
 from pipeline.assign import TemplateIndex
 from pipeline.autoencoder import (
+    STOP_CONVERGED,
+    STOP_EPOCHS,
     AutoencoderConfig,
+    ConvergenceRule,
     KernelAutoencoder,
     cosine_loss,
     decode_sweep,
     load_autoencoder,
     save_autoencoder,
+    step_budget,
     train_autoencoder,
 )
 from pipeline.families import core_family, dog_family, label_templates
@@ -44,8 +48,8 @@ def test_known_templates_come_back(k):
     truth = np.stack(list(family.values()))
     raw, which = noisy_copies(truth, 300, noise=0.3, rng=np.random.default_rng(k))
     kernels, _ = centre_and_normalise(raw)
-    model, losses = train_autoencoder(kernels, AutoencoderConfig(seed=1))
-    assert losses[-1] < losses[0]
+    model, log = train_autoencoder(kernels, AutoencoderConfig(seed=1))
+    assert log.losses[-1] < log.losses[0]
     found = discover_templates(model, kernels)
     cosines = found.weights @ truth.T
     assert cosines.max(axis=0).min() >= 0.95, cosines.max(axis=0)
@@ -150,3 +154,116 @@ def test_a_pattern_no_template_reaches_is_reported_with_its_share():
     # a pattern below 2% of the kernels is not "recurring"
     rare = np.concatenate([kernels[:2100], kernels[-30:]])
     assert find_missed_patterns(truth[:7], rare, threshold=0.8) == []
+
+
+def _replay(config: AutoencoderConfig, checks: list[tuple[float, float | None]]) -> int | None:
+    """Feed (loss, template cosine) checks, one every `check_every` steps; the step it stops at."""
+    rule = ConvergenceRule(config)
+    for i, (loss, cosine) in enumerate(checks, start=1):
+        if rule.observe(i * config.check_every, loss, cosine):
+            return i * config.check_every
+    return None
+
+
+def test_the_rule_stops_after_patience_checks_that_are_still_and_flat():
+    config = AutoencoderConfig(check_every=100, min_steps=0, patience=2)
+    falling = [(0.5, None), (0.4, 0.90), (0.3, 0.95)]
+    settled = [(0.299, 0.995), (0.2985, 0.998)]
+    assert _replay(config, falling + settled) == 500
+    # one still check is not enough
+    assert _replay(config, falling + settled[:1]) is None
+    # templates still moving (cosine below 0.99) although the loss is flat: go on
+    assert _replay(config, falling + [(0.299, 0.98), (0.299, 0.985), (0.299, 0.97)]) is None
+    # templates still but the loss still falling by more than 0.002 a check: go on
+    assert _replay(config, falling + [(0.29, 0.999), (0.28, 0.999), (0.27, 0.999)]) is None
+    # a moving check in between restarts the count
+    assert _replay(config, falling + [(0.299, 0.995), (0.299, 0.9), (0.299, 0.995),
+                                      (0.299, 0.995)]) == 700
+    # a loss that rises counts as plateaued
+    assert _replay(config, falling + [(0.31, 0.995), (0.32, 0.995)]) == 500
+    # noise: up, then back down to the best, is no progress
+    assert _replay(config, falling + [(0.31, 0.995), (0.3005, 0.995)]) == 500
+    # a new best by more than the tolerance is progress, whatever came between
+    assert _replay(config, falling + [(0.31, 0.995), (0.29, 0.995), (0.2895, 0.995),
+                                      (0.2893, 0.995)]) == 700
+
+
+def test_the_rule_never_stops_before_min_steps():
+    config = AutoencoderConfig(check_every=100, min_steps=1000, patience=2)
+    flat = [(0.1, None)] + [(0.1, 0.999)] * 12
+    assert _replay(config, flat) == 1000
+
+
+def test_explicit_epochs_give_exactly_that_many_passes():
+    data, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(2048, 9)))
+    config = AutoencoderConfig(epochs=3, batch_size=256, check_every=5)
+    assert step_budget(len(data), config) == 24
+    _, log = train_autoencoder(data, config)
+    assert (log.steps, log.epochs, log.stop_reason) == (24, 3.0, STOP_EPOCHS)
+    assert log.check_steps == [5, 10, 15, 20, 24] and log.template_cosines[0] is None
+
+
+@pytest.mark.slow
+def test_convergence_stopped_training_finds_the_templates_of_a_long_run():
+    """Planted patterns plus 10% random kernels: training stopped at convergence gives the
+    templates a long fixed run gives (each matched at cosine >= 0.98), far below the cap."""
+    truth = np.stack(list(core_family(5).values()))
+    rng = np.random.default_rng(5)
+    raw, _ = noisy_copies(truth, 1000, noise=0.3, rng=rng)
+    raw = np.concatenate([raw, rng.normal(size=(900, 25)).astype(np.float32)])
+    kernels, _ = centre_and_normalise(raw)
+    stopped_model, log = train_autoencoder(kernels, AutoencoderConfig(seed=1))
+    assert log.stop_reason == STOP_CONVERGED and log.converged_step is not None
+    assert log.steps <= AutoencoderConfig().max_steps // 4, log
+    long_epochs = 3 * log.steps // (len(kernels) // 512)  # three times the steps, fixed
+    long_model, long_log = train_autoencoder(kernels, AutoencoderConfig(seed=1, epochs=long_epochs))
+    assert long_log.steps >= 3 * log.steps - 20
+    stopped = discover_templates(stopped_model, kernels).weights
+    long = discover_templates(long_model, kernels).weights
+    cosines = long @ stopped.T
+    assert cosines.max(axis=1).min() >= 0.98, cosines.max(axis=1)  # every long-run template
+    assert (stopped @ truth.T).max(axis=0).min() >= 0.98  # and every planted pattern
+    # any template the long run lacks is a minor one (random kernels), not a planted pattern
+    extra = cosines.max(axis=0) < 0.98
+    assert (stopped[extra] @ truth.T).max(initial=0.0) < 0.9
+
+
+def _train_rank(rank: int, port: int, data: np.ndarray, results) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        _, log = train_autoencoder(data, AutoencoderConfig(seed=2, min_steps=300, check_every=100),
+                                   rank=rank, world_size=2, wrap_model=DistributedDataParallel)
+        results.put((rank, log.steps, log.stop_reason, log.losses))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_take_the_same_stop_decision():
+    """Two gloo ranks with different data shards stop at the same step (no deadlock)."""
+    import multiprocessing
+    import socket
+
+    truth = np.stack(list(core_family(3).values()))
+    raw, _ = noisy_copies(truth, 400, noise=0.3, rng=np.random.default_rng(0))
+    data, _ = centre_and_normalise(raw)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_train_rank, args=(r, port, data, results)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=300) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (_, steps0, why0, losses0), (_, steps1, why1, losses1) = got
+    assert (steps0, why0) == (steps1, why1) and why0 == STOP_CONVERGED
+    assert losses0 == losses1  # the check's numbers are averaged over ranks

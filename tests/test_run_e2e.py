@@ -1,5 +1,6 @@
 """`dwscan run` end to end, as a user runs it: a subprocess that starts its own local Ray."""
 
+import json
 import os
 import re
 import shlex
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import schemas
+from pipeline.autoencoder import AutoencoderConfig
 from pipeline.storage import OutputLayout, read_table, read_tables, schema_version_of
 from pipeline.zoo import demo_zoo
 from tests.test_checkpoints import _Payload
@@ -136,6 +138,15 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert not marker.exists()
     layout = OutputLayout(out)
+    # training stopped at convergence, both ranks together; why is logged and printed
+    for k in (3, 5, 7):
+        record = json.loads((layout.autoencoders_dir / f"k{k}.json").read_text())
+        assert record["stop_reason"] == "converged" and record["world_size"] == 2
+        assert record["steps"] < AutoencoderConfig().max_steps
+        assert f"train {k}x{k}: {record['steps']:,} steps" in result.stdout
+    progress = [line for line in (result.stdout + result.stderr).splitlines()
+                if "train 5x5: step " in line]
+    assert progress and all("templates vs last check cosine" in line for line in progress)
     models = {r["model_id"]: r for r in read_table(layout.models_path).to_pylist()}
     assert models["synth"]["status"] == "ok" and models["synth"]["n_layers"] == 6
     assert "corrupt safetensors" in models["truncated"]["error"]
