@@ -19,7 +19,7 @@ from pipeline.accuracy import (
     model_metadata_table,
     read_accuracy_tables,
 )
-from pipeline.assign import chance_clustered_fraction, template_indexes, template_set_of
+from pipeline.assign import chance_clustered_fraction, template_set_of
 from pipeline.html_report import html_table, label_shares_html, number, percent, write_index_html
 from pipeline.plots import (
     plot_clusterability_vs_top1,
@@ -36,6 +36,7 @@ from pipeline.report import (
 )
 from pipeline.statistics import correlation_table
 from pipeline.storage import OutputLayout, read_table_as, read_tables, write_table
+from pipeline.template_index import template_indexes
 from pipeline.templates import TemplateSetRecord, read_template_set_record
 
 
@@ -122,8 +123,9 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
          label_shares_html(tables[schemas.LABEL_SHARES])),
         ("Clusterability by depth", "", [plot_fraction_vs_depth(
             tables[schemas.LAYERS], reports / "clusterability_vs_depth.png")], ""),
-        ("Templates", "The templates of each kernel size, with the share of kernels nearest to "
-         "each.", [plot_template_gallery(templates, k, reports / f"templates_k{k}.png")
+        ("Templates", "The templates of each kernel size beside their fitted family members, "
+         "with the share of clustered kernels nearest to each; * marks a template a second "
+         "seed did not reproduce.", [plot_template_gallery(templates, k, reports / f"templates_k{k}.png")
                    for k in sizes], ""),
         ("Template shares per layer", "",
          [plot_layer_shares(assignments, templates, m, layout.layer_shares_plot_path(m))
@@ -133,5 +135,5 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         sections.append(("Missed patterns", "Recurring patterns that no template reaches.", [],
                          html_table(missed, [("kernel_size", "k", None),
                                              ("share", "share", percent), ("label", "label", None),
-                                             ("label_cosine", "cosine", number(2))])))
+                                             ("fit_cosine", "fit cosine", number(2))])))
     return sections

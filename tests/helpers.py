@@ -106,9 +106,13 @@ def write_scanned_zoo(root) -> tuple[str, str]:
     write_table(pa.Table.from_pylist(models, schema=schemas.MODELS), layout.models_path,
                 schemas.MODELS)
     template = np.zeros(25, np.float32)
-    templates = [{"kernel_size": 5, "template_id": t, "label": label, "label_cosine": 0.95,
+    templates = [{"kernel_size": 5, "template_id": t, "label": label, "family": family,
+                  "fit_cosine": 0.95, "fit_parameters": {"sigma": 1.0},
+                  "fit_weights": (template + t - 0.5).tolist(),
                   "code": 0.25 + 0.5 * t, "weights": (template + t - 0.5).tolist(),
-                  "n_kernels": 100, "share": 0.5} for t, label in enumerate(["on-centre", "+d/dx"])]
+                  "n_kernels": 100, "n_clustered": 80, "share": 0.5, "share_of_valid": 0.4}
+                 for t, (label, family) in enumerate([("on-centre", "centre-surround"),
+                                                      ("+d/dx", "first-derivative")])]
     write_table(pa.Table.from_pylist(templates, schema=schemas.TEMPLATES), layout.templates_path,
                 schemas.TEMPLATES)
 
