@@ -25,14 +25,14 @@ FIT_MIN_COSINE = 0.9
 SPIKE_SIGMA = 0.45
 # A second derivative whose two curvatures are this close to opposite is a saddle (mixed).
 SADDLE_PSI_DEG = -35.0
-# Fits this close are ties, won by the family listed first in FAMILY_ORDER (fewer parameters).
+# Fits this close are ties, won by the family listed first in FAMILY_ORDER (the simpler shape).
 TIE_COSINE = 0.005
 # Rounds of the compass search that refines a grid fit (it stops earlier once steps are small).
 REFINE_ROUNDS = 80
 
 CENTRE_SURROUND, FIRST, SECOND, CROSS, OTHER = (
     "centre-surround", "first-derivative", "second-derivative", "cross", "other")
-FAMILY_ORDER = (FIRST, CENTRE_SURROUND, SECOND, CROSS)
+FAMILY_ORDER = (CENTRE_SURROUND, FIRST, SECOND, CROSS)
 
 
 def _grid(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +41,12 @@ def _grid(k: int) -> tuple[np.ndarray, np.ndarray]:
     return y.ravel(), x.ravel()
 
 
-def _rotated(params_theta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(u, v) per member and pixel: u along the angle, v 90 degrees further (n, k*k)."""
+def _rotated(params_theta: np.ndarray, k: int, dx: np.ndarray | float = 0.0,
+             dy: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) per member and pixel: u along the angle, v 90 degrees further (n, k*k), about
+    the centre (dx, dy)."""
     y, x = _grid(k)
+    x, y = x - dx, y - dy
     theta = np.radians(params_theta)[:, None]
     return x * np.cos(theta) + y * np.sin(theta), -x * np.sin(theta) + y * np.cos(theta)
 
@@ -61,9 +64,10 @@ def _centre_surround(p: np.ndarray, k: int) -> np.ndarray:
 
 
 def _first_derivative(p: np.ndarray, k: int) -> np.ndarray:
-    """sigma, angle: the Gaussian's derivative along the angle (rises along it)."""
+    """sigma, angle, dx, dy: the Gaussian's derivative along the angle (rises along it); a
+    half-pixel offset makes the two-pixel difference [-1, 1]."""
     sigma = p[:, :1]
-    u, v = _rotated(p[:, 1], k)
+    u, v = _rotated(p[:, 1], k, p[:, 2:3], p[:, 3:4])
     return u * np.exp(-(u**2 + v**2) / (2 * sigma**2))
 
 
@@ -106,9 +110,10 @@ FAMILIES = {f.name: f for f in (
                       np.array([-0.5, 0, 0.5])],
            # weight < ratio^2 keeps the centre the sign of the member: polarity is well defined
            lambda k: [(0.2, k / 2), (1.1, 5.0), (0.0, 1.2), (-0.75, 0.75), (-0.75, 0.75)]),
-    Family(FIRST, ("sigma", "angle_deg"), _first_derivative,
-           lambda k: [_sigmas(k, 0.3), np.arange(0, 360, 15.0)],
-           lambda k: [(0.3, k / 2), (None, None)]),
+    Family(FIRST, ("sigma", "angle_deg", "dx", "dy"), _first_derivative,
+           lambda k: [_sigmas(k, 0.3), np.arange(0, 360, 15.0), np.array([-0.5, 0, 0.5]),
+                      np.array([-0.5, 0, 0.5])],
+           lambda k: [(0.3, k / 2), (None, None), (-0.75, 0.75), (-0.75, 0.75)]),
     Family(SECOND, ("sigma", "angle_deg", "psi_deg"), _second_derivative,
            lambda k: [_sigmas(k, 0.3), np.arange(0, 180, 15.0), np.array([-45, -20, 0, 20.0])],
            lambda k: [(0.3, k / 2), (None, None), (-45.0, 30.0)]),
@@ -125,9 +130,11 @@ def _unit_rows(raw: np.ndarray) -> np.ndarray:
 
 
 def member(family: str, parameters: dict[str, float], k: int) -> np.ndarray:
-    """The family member with these parameters, centred, unit norm, flattened row-major."""
+    """The family member with these parameters (offsets dx, dy default to 0), centred, unit
+    norm, flattened row-major."""
     spec = FAMILIES[family]
-    p = np.array([[parameters[name] for name in spec.parameters]], np.float64)
+    given = {"dx": 0.0, "dy": 0.0, **parameters}
+    p = np.array([[given[name] for name in spec.parameters]], np.float64)
     return _unit_rows(spec.make(p, k))[0].astype(np.float32)
 
 
