@@ -23,8 +23,8 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
     rows = rows.sort_by([("share", "descending")]).to_pylist()
     per_line = min(len(rows), 4) or 1
     lines = -(-len(rows) // per_line) or 1
-    fig, axes = plt.subplots(lines, 2 * per_line, figsize=(2.3 * per_line * 2, 2.5 * lines),
-                             squeeze=False, gridspec_kw={"wspace": 0.05})
+    fig, axes = plt.subplots(lines, 2 * per_line, figsize=(2.0 * per_line * 2, 2.3 * lines + 0.4),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for i, row in enumerate(rows):
@@ -37,21 +37,20 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
         unstable = " *" if row["stable"] is False else ""
         pair[0].set_title(f"#{row['template_id']}{unstable} {100 * row['share']:.1f}% of "
                           f"clustered\n{row['label']}", fontsize=7, loc="left")
-        pair[1].set_title(f"{row['family']} fit\ncosine {row['fit_cosine']:.3f}", fontsize=7)
-        pair[1].text(0.5, -0.04, _fit_parameters_text(row), transform=pair[1].transAxes,
-                     ha="center", va="top", fontsize=6)
+        pair[1].set_title(f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"
+                          f"{_fit_parameters_text(row)}", fontsize=5.5, loc="left")
     fig.suptitle(f"{kernel_size}x{kernel_size} templates (left) and their fitted family members "
                  "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def _fit_parameters_text(row: dict) -> str:
-    """The fitted parameters of a gallery cell, two decimals, angles whole."""
+    """The fitted parameters of a gallery cell, two decimals, angles whole, two lines."""
     parameters = dict(row["fit_parameters"] or [])
-    return ", ".join(f"{name.replace('_deg', '')} {value:.0f}" if name.endswith("_deg")
-                     else f"{name.replace('surround_', 's.')} {value:.2f}"
-                     for name, value in parameters.items())
+    items = [f"{name.replace('_deg', '')} {value:.0f}" if name.endswith("_deg")
+             else f"{name.replace('surround_', 's.')} {value:.2f}"
+             for name, value in parameters.items()]
+    return ", ".join(items[:3]) + ("\n" + ", ".join(items[3:]) if items[3:] else "\n")
 
 
 _MARKERS = "osD^vP*Xph"
