@@ -1,10 +1,11 @@
 """Stage 4: turn a trained 1-D autoencoder (or k-means, the paper's fallback) into templates.
 
 Sweep the code over [0, 1], decode, keep one candidate per direction (merge near-duplicates by
-cosine), then keep only candidates that real patterns need: the one nearest to the fewest
-clustered kernels (cosine >= threshold) is dropped and the counts recomputed, until every
-template holds at least `min_share` of the clustered kernels. Each template then moves to the
-mean of its close members, duplicates merge once more and the selection runs again. Every
+cosine), drop candidates nearest to fewer than `candidate_min_share` of all kernels, move
+each to the mean of its close members and merge duplicates once more. Then keep only templates
+that real patterns need: the one nearest to the fewest clustered kernels (cosine >= threshold)
+is dropped and the counts recomputed, until every template holds at least `min_share` of the
+clustered kernels. Every
 template is named by its fitted family (`pipeline.families`), compared with a second run of
 another seed on a sample (stable or not), and, at 7x7, with the master-key filters.
 `find_missed_patterns` then says which recurring patterns no template reaches. METHOD.md
@@ -54,6 +55,7 @@ class TemplateConfig:
     sweep_points: int = 512  # codes decoded evenly over [0, 1]
     merge_cosine: float = 0.9  # candidates closer than this to a kept one are duplicates
     min_share: float = 0.02  # a template must be nearest for this share of the clustered kernels
+    candidate_min_share: float = 0.01  # before refinement: nearest for this share of all kernels
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
     refine_min_cosine: float = 0.8  # only members at least this close move a template
     sign_invariant: bool = False  # a kernel and its negative are one pattern (paper: False)
@@ -105,7 +107,8 @@ def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: floa
                     ) -> np.ndarray:
     """Indices of candidates that stay nearest to >= min_share of the clustered kernels (cosine
     >= threshold) once weaker ones go; a candidate with no clustered kernel never stays. Noise
-    kernels below the threshold keep nothing alive. Empty when no kernel reaches the threshold."""
+    kernels below the threshold keep nothing alive. Empty when no kernel reaches the threshold.
+    threshold=-inf counts every kernel (the loose rule used before refinement)."""
     alive = np.arange(len(candidates))
     while len(alive):
         counts, _ = _nearest_counts(candidates[alive], kernels, threshold, sign_invariant)
@@ -174,16 +177,18 @@ def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndar
     invariant = config.sign_invariant
     merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
     codes, candidates = codes[merged], candidates[merged]
-    kept = keep_attracting(candidates, kernels, config.min_share, threshold, invariant)
+    # loose first: a candidate off a cluster's centre has few members at the threshold until
+    # refinement moves it onto the centre, so here every nearest kernel counts
+    kept = keep_attracting(candidates, kernels, config.candidate_min_share, -np.inf, invariant)
     codes, candidates = codes[kept], candidates[kept]
     if config.refine_steps and len(candidates):
         candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
                                             config.refine_min_cosine, invariant)
         merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
         codes, candidates = codes[merged], candidates[merged]
-        # refined templates can take members from each other: the rule holds for the final set
-        kept = keep_attracting(candidates, kernels, config.min_share, threshold, invariant)
-        codes, candidates = codes[kept], candidates[kept]
+    # the rule on clustered kernels holds for the final set
+    kept = keep_attracting(candidates, kernels, config.min_share, threshold, invariant)
+    codes, candidates = codes[kept], candidates[kept]
     clustered, nearest = _nearest_counts(candidates, kernels, threshold, invariant)
     return TemplateSet(weights=candidates, codes=codes, n_kernels=nearest, n_clustered=clustered,
                        share=clustered / max(clustered.sum(), 1),
