@@ -38,8 +38,8 @@ def run() -> list[dict]:
 
 def _case(k: int, n: int) -> dict:
     from pipeline.arrays import matrices_to_list_array
-    from pipeline.assign import TemplateIndex
     from pipeline.preprocess import centre_and_normalise
+    from pipeline.template_index import TemplateIndex
 
     rng = np.random.default_rng(k)
     templates, _ = centre_and_normalise(rng.standard_normal((16, k * k)))

@@ -300,8 +300,10 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         for k in sorted(set(summary.templates.column("kernel_size").to_pylist())):
             rows = sorted((r for r in summary.templates.to_pylist() if r["kernel_size"] == k),
                           key=lambda r: -r["share"])
-            print(f"Templates {k}x{k}: " + ", ".join(
-                f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}%" for r in rows))
+            print(f"Templates {k}x{k} (share of clustered kernels; * not reproduced by a "
+                  f"second seed): " + ", ".join(
+                      f"#{r['template_id']}{'*' if r['stable'] is False else ''} {r['label']} "
+                      f"{100 * r['share']:.0f}%" for r in rows))
     for r in summary.missed_patterns.to_pylist():
         k = r["kernel_size"]
         remedy = ("the 1-D code may not reach it: try --templates kmeans"

@@ -1,81 +1,273 @@
-"""Named analytic templates: difference-of-Gaussians and Gaussian derivatives at any kernel size.
+"""Names for templates from fitted parametric families, and members of those families.
 
-They give discovered templates human names (the nearest family member by cosine) and give the
-tests kernels with a known answer. They use a sampled Gaussian with sigma = k/6.
+Each template (centred, unit norm) is fitted by least squares, with a free scale, to four
+families of continuous parameters; with a free scale the least-squares fit is the member of
+largest |cosine|. A coarse grid gives the start, a compass search refines it. The best family
+names the template, `other` where none reaches FIT_MIN_COSINE. METHOD.md section 4 gives the
+families, their parameters and why the thresholds are what they are.
+
+Coordinates: x grows to the right (columns), y downwards (rows); an angle is measured from +x
+towards +y, so 90 degrees points down the image.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 
-# A template is named after its nearest family member only when at least this close.
-LABEL_MIN_COSINE = 0.8
-UNLABELLED = "unlabelled"
+# A family names a template only when its best member is at least this close (METHOD.md 4).
+FIT_MIN_COSINE = 0.9
+# Below this centre sigma (pixels) a centre-surround's centre is one pixel: the spike limit.
+SPIKE_SIGMA = 0.45
+# A second derivative whose two curvatures are this close to opposite is a saddle (mixed).
+SADDLE_PSI_DEG = -35.0
+# Fits this close are ties, won by the family listed first in FAMILY_ORDER (the simpler shape).
+TIE_COSINE = 0.005
+# Rounds of the compass search that refines a grid fit (it stops earlier once steps are small).
+REFINE_ROUNDS = 80
+
+CENTRE_SURROUND, FIRST, SECOND, CROSS, OTHER = (
+    "centre-surround", "first-derivative", "second-derivative", "cross", "other")
+FAMILY_ORDER = (CENTRE_SURROUND, FIRST, SECOND, CROSS)
 
 
 def _grid(k: int) -> tuple[np.ndarray, np.ndarray]:
     r = np.arange(k, dtype=np.float64) - (k - 1) / 2
-    return np.meshgrid(r, r, indexing="ij")  # (y, x), row-major like a conv weight
+    y, x = np.meshgrid(r, r, indexing="ij")  # rows are y (down), columns x (right)
+    return y.ravel(), x.ravel()
 
 
-def _gaussian(k: int, sigma: float) -> np.ndarray:
+def _rotated(params_theta: np.ndarray, k: int, dx: np.ndarray | float = 0.0,
+             dy: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v) per member and pixel: u along the angle, v 90 degrees further (n, k*k), about
+    the centre (dx, dy)."""
     y, x = _grid(k)
-    return np.exp(-(x**2 + y**2) / (2 * sigma**2))
+    x, y = x - dx, y - dy
+    theta = np.radians(params_theta)[:, None]
+    return x * np.cos(theta) + y * np.sin(theta), -x * np.sin(theta) + y * np.cos(theta)
 
 
-def _unit(t: np.ndarray) -> np.ndarray:
-    t = t.ravel() - t.mean()
-    return (t / np.linalg.norm(t)).astype(np.float32)
+def _gauss(r2: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    return np.exp(-r2 / (2 * sigma**2)) / (2 * np.pi * sigma**2)
 
 
-def dog_family(k: int) -> dict[str, np.ndarray]:
-    """The named templates of size k x k, centred, unit norm, flattened row-major.
-
-    Difference-of-Gaussians centre-surround, first derivatives (x, y and both diagonals), second
-    derivatives (xx, yy, xy), the Laplacian of Gaussian and a cross (two orthogonal elongated
-    Gaussians), all of a Gaussian sampled with sigma = k/6. A kernel and its negative are
-    different members, as the paper keeps on- and off-centre apart: 'on-'/'off-' for the
-    centre-surround and cross, '+'/'-' for the rest. x grows to the right, y downwards.
-    """
-    s = max(k / 6, 0.5)
+def _centre_surround(p: np.ndarray, k: int) -> np.ndarray:
+    """sigma, surround ratio, surround weight, dx, dy: G(sigma) - w G(ratio * sigma) at (dx, dy)."""
+    sigma, ratio, weight, dx, dy = (p[:, i:i + 1] for i in range(5))
     y, x = _grid(k)
-    g = _gaussian(k, s)
-    wide = _gaussian(k, 2 * s)
-    u, v = (x + y) / np.sqrt(2), (x - y) / np.sqrt(2)
-    elongated_x = np.exp(-(x**2) / (2 * (2 * s) ** 2) - y**2 / (2 * (s / 2) ** 2))
-    elongated_y = np.exp(-(y**2) / (2 * (2 * s) ** 2) - x**2 / (2 * (s / 2) ** 2))
-    centre_surround = g - wide * (g.sum() / wide.sum())
-    signed = {
-        "d/dx": x * g, "d/dy": y * g, "d/du": u * g, "d/dv": v * g,  # u: down-right, v: up-right
-        "d2/dx2": (x**2 / s**2 - 1) * g, "d2/dy2": (y**2 / s**2 - 1) * g, "d2/dxdy": x * y * g,
-        "LoG": ((x**2 + y**2) / s**2 - 2) * g,
-    }
-    family = {"on-centre": _unit(centre_surround), "off-centre": _unit(-centre_surround),
-              "on-cross": _unit(elongated_x + elongated_y), "off-cross": _unit(-(elongated_x + elongated_y))}
-    for name, t in signed.items():
-        family[f"+{name}"], family[f"-{name}"] = _unit(t), _unit(-t)
-    return family
+    r2 = (x - dx) ** 2 + (y - dy) ** 2
+    return _gauss(r2, sigma) - weight * _gauss(r2, ratio * sigma)
 
 
-# The well-separated members used for synthetic checkpoints (at 3x3 the full family has more
-# members than dimensions, so some are near-duplicates of others there).
-CORE_NAMES = ("on-centre", "off-centre", "+d/dx", "-d/dx", "+d/dy", "-d/dy", "+d2/dxdy", "-d2/dxdy")
+def _first_derivative(p: np.ndarray, k: int) -> np.ndarray:
+    """sigma, angle, dx, dy: the Gaussian's derivative along the angle (rises along it); a
+    half-pixel offset makes the two-pixel difference [-1, 1]."""
+    sigma = p[:, :1]
+    u, v = _rotated(p[:, 1], k, p[:, 2:3], p[:, 3:4])
+    return u * np.exp(-(u**2 + v**2) / (2 * sigma**2))
 
 
-def core_family(k: int) -> dict[str, np.ndarray]:
-    family = dog_family(k)
-    return {name: family[name] for name in CORE_NAMES}
+def _second_derivative(p: np.ndarray, k: int) -> np.ndarray:
+    """sigma, angle, psi: cos(psi) d2/du2 + sin(psi) d2/dv2 of the Gaussian, u along the angle.
+    psi = 0 is the second derivative along the angle, psi = -45 deg the saddle (the mixed
+    derivative of axes 45 deg away); psi = +45 deg would be the LoG, left to centre-surround."""
+    sigma, psi = p[:, :1], np.radians(p[:, 2:3])
+    u, v = _rotated(p[:, 1], k)
+    g = np.exp(-(u**2 + v**2) / (2 * sigma**2))
+    return (np.cos(psi) * (u**2 / sigma**2 - 1) + np.sin(psi) * (v**2 / sigma**2 - 1)) * g
 
 
-def label_templates(templates: np.ndarray, kernel_size: int,
-                    min_cosine: float = LABEL_MIN_COSINE) -> tuple[list[str], np.ndarray]:
-    """Name of the nearest family member for each template (or 'unlabelled'), and its cosine."""
-    family = dog_family(kernel_size)
-    names = list(family)
-    cosines = np.asarray(templates, dtype=np.float32) @ np.stack(list(family.values())).T
+def _cross(p: np.ndarray, k: int) -> np.ndarray:
+    """long sigma, aspect, angle: two orthogonal elongated Gaussians, one along the angle."""
+    long, short = p[:, :1], p[:, :1] / p[:, 1:2]
+    u, v = _rotated(p[:, 2], k)
+    return (np.exp(-(u**2) / (2 * long**2) - v**2 / (2 * short**2))
+            + np.exp(-(v**2) / (2 * long**2) - u**2 / (2 * short**2)))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    parameters: tuple[str, ...]
+    make: Callable[[np.ndarray, int], np.ndarray]  # (n, p) parameters -> (n, k*k) raw members
+    grid: Callable[[int], list[np.ndarray]]  # per parameter, the grid values at size k
+    bounds: Callable[[int], list[tuple[float | None, float | None]]]  # None: periodic angle
+
+
+def _sigmas(k: int, low: float) -> np.ndarray:
+    return np.geomspace(low, k / 2, 10)
+
+
+FAMILIES = {f.name: f for f in (
+    Family(CENTRE_SURROUND, ("sigma", "surround_ratio", "surround_weight", "dx", "dy"),
+           _centre_surround,
+           lambda k: [_sigmas(k, 0.2), np.array([1.2, 1.6, 2.2, 3.2]),
+                      np.array([0.0, 0.5, 0.9, 1.1]), np.array([-0.5, 0, 0.5]),
+                      np.array([-0.5, 0, 0.5])],
+           # weight < ratio^2 keeps the centre the sign of the member: polarity is well defined
+           lambda k: [(0.2, k / 2), (1.1, 5.0), (0.0, 1.2), (-0.75, 0.75), (-0.75, 0.75)]),
+    Family(FIRST, ("sigma", "angle_deg", "dx", "dy"), _first_derivative,
+           lambda k: [_sigmas(k, 0.3), np.arange(0, 360, 15.0), np.array([-0.5, 0, 0.5]),
+                      np.array([-0.5, 0, 0.5])],
+           lambda k: [(0.3, k / 2), (None, None), (-0.75, 0.75), (-0.75, 0.75)]),
+    Family(SECOND, ("sigma", "angle_deg", "psi_deg"), _second_derivative,
+           lambda k: [_sigmas(k, 0.3), np.arange(0, 180, 15.0), np.array([-45, -20, 0, 20.0])],
+           lambda k: [(0.3, k / 2), (None, None), (-45.0, 30.0)]),
+    Family(CROSS, ("sigma", "aspect", "angle_deg"), _cross,
+           lambda k: [_sigmas(k, 0.4), np.array([2.0, 3.0, 5.0]), np.arange(0, 90, 15.0)],
+           lambda k: [(0.4, k), (1.5, 8.0), (None, None)]),
+)}
+
+
+def _unit_rows(raw: np.ndarray) -> np.ndarray:
+    centred = raw - raw.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return np.where(norms > 1e-12, centred / np.where(norms > 1e-12, norms, 1), 0.0)
+
+
+def member(family: str, parameters: dict[str, float], k: int) -> np.ndarray:
+    """The family member with these parameters (offsets dx, dy default to 0), centred, unit
+    norm, flattened row-major."""
+    spec = FAMILIES[family]
+    given = {"dx": 0.0, "dy": 0.0, **parameters}
+    p = np.array([[given[name] for name in spec.parameters]], np.float64)
+    return _unit_rows(spec.make(p, k))[0].astype(np.float32)
+
+
+@dataclass
+class FamilyFit:
+    family: str  # one of FAMILY_ORDER, or 'other'
+    polarity: str | None  # on/off (centre-surround, cross), +/- (derivatives)
+    orientation_deg: float | None  # [0, 360) first derivatives, [0, 180) the rest, None: none
+    sigma: float | None  # pixels
+    fit_cosine: float  # cosine of the template to its fitted member (best family)
+    parameters: dict[str, float] = field(default_factory=dict)  # the fitted member's
+    weights: np.ndarray | None = None  # the fitted member (signed like the template)
+    label: str = OTHER
+
+
+def _fit_one_family(spec: Family, templates: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Best parameters and signed cosine of one family for every template: the best point of a
+    grid, then a compass search (each parameter up and down by a step, halved when nothing
+    improves) run for all templates at once, so each round is one batch of members."""
+    axes = spec.grid(k)
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
+    cosines = templates @ _unit_rows(spec.make(grid, k)).T
+    best = np.abs(cosines).argmax(axis=1)
+    rows = np.arange(len(templates))
+    sign = np.where(cosines[rows, best] >= 0, 1.0, -1.0)
+    params, value = grid[best], np.abs(cosines[rows, best])
+    n, p = params.shape
+    low = np.array([-np.inf if b[0] is None else b[0] for b in spec.bounds(k)])
+    high = np.array([np.inf if b[1] is None else b[1] for b in spec.bounds(k)])
+    # start at half the grid spacing; stop at 1/64 of it (~0.2 deg, ~1% of sigma)
+    spacing = np.array([np.ptp(a) / max(len(a) - 1, 1) if len(a) > 1 else 0.25 for a in axes])
+    step = np.tile(spacing / 2, (n, 1))
+    moves = np.concatenate([np.eye(p), -np.eye(p)])  # (2p, p)
+    for _ in range(REFINE_ROUNDS):
+        trial = np.clip(params[:, None, :] + moves[None] * step[:, None, :], low, high)
+        members = _unit_rows(spec.make(trial.reshape(-1, p), k)).reshape(n, 2 * p, -1)
+        scores = sign[:, None] * np.einsum("nmd,nd->nm", members, templates)
+        pick = scores.argmax(axis=1)
+        better = scores[rows, pick] > value + 1e-9
+        params[better] = trial[rows, pick][better]
+        value[better] = scores[rows, pick][better]
+        step[~better] /= 2
+        if (step <= spacing / 64).all():
+            break
+    return params, sign * value
+
+
+def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSINE
+                 ) -> list[FamilyFit]:
+    """The best-fitting family member of each template (rows centred, unit norm, k*k)."""
+    templates = np.asarray(templates, np.float64).reshape(len(templates), k * k)
+    fits = {name: _fit_one_family(FAMILIES[name], templates, k) for name in FAMILY_ORDER}
+    out = []
+    for i in range(len(templates)):
+        scores = np.array([abs(fits[name][1][i]) for name in FAMILY_ORDER])
+        winner = FAMILY_ORDER[int(np.flatnonzero(scores >= scores.max() - TIE_COSINE)[0])]
+        params, signed = fits[winner][0][i], float(fits[winner][1][i])
+        fit = describe(winner, dict(zip(FAMILIES[winner].parameters, map(float, params))),
+                       signed, k)
+        if fit.fit_cosine < min_cosine:
+            fit = FamilyFit(OTHER, None, None, None, fit.fit_cosine, weights=fit.weights)
+        out.append(fit)
+    return out
+
+
+def describe(family: str, parameters: dict[str, float], signed_cosine: float, k: int
+             ) -> FamilyFit:
+    """Polarity, orientation, sigma and label of a fitted member, in the canonical form of its
+    family (a first derivative's sign is its direction; a saddle's is a 90 degree turn)."""
+    p = dict(parameters)
+    positive = signed_cosine >= 0  # the template is +member (after canonical parameters)
+    orientation = None
+    if family == CENTRE_SURROUND:
+        polarity = "on" if positive else "off"
+    elif family == FIRST:
+        p["angle_deg"] = (p["angle_deg"] + (0 if positive else 180)) % 360
+        polarity, orientation, positive = "+", p["angle_deg"], True
+    elif family == SECOND:
+        if p["psi_deg"] <= SADDLE_PSI_DEG and not positive:  # -saddle(a) = saddle(a + 90)
+            p["angle_deg"], p["psi_deg"] = p["angle_deg"] + 90, -90 - p["psi_deg"]
+            positive = True
+        p["angle_deg"] %= 180
+        polarity, orientation = ("+" if positive else "-"), p["angle_deg"]
+    else:
+        p["angle_deg"] %= 90
+        polarity, orientation = ("on" if positive else "off"), p["angle_deg"]
+    weights = member(family, p, k) * (1 if positive else -1)
+    fit = FamilyFit(family, polarity, orientation, p["sigma"], abs(signed_cosine), p, weights)
+    fit.label = _label(fit)
+    return fit
+
+
+def _label(fit: FamilyFit) -> str:
+    """Short name of a fit; angles to 5 degrees and sigma to 0.1 px, what a fit can tell apart."""
+    angle = ""
+    if fit.orientation_deg is not None:
+        period = {FIRST: 360, SECOND: 180, CROSS: 90}[fit.family]
+        angle = f"{int(5 * round(fit.orientation_deg / 5)) % period} deg"
+    sigma = f"sigma {fit.sigma:.1f}"
+    if fit.family == CENTRE_SURROUND:
+        return (f"{fit.polarity}-centre spike" if fit.sigma < SPIKE_SIGMA
+                else f"{fit.polarity}-centre DoG {sigma}")
+    if fit.family == FIRST:
+        return f"d/dtheta {angle} {sigma}"
+    if fit.family == SECOND:
+        if fit.parameters["psi_deg"] <= SADDLE_PSI_DEG:
+            return f"saddle {angle} {sigma}"
+        return f"{fit.polarity}d2/dtheta2 {angle} {sigma}"
+    if fit.family == CROSS:
+        return f"{fit.polarity}-cross {angle} {sigma}"
+    return OTHER
+
+
+# The universal 7x7 filters of Babaiee et al., NeurIPS 2025 (shared/README.md cites the source);
+# dwscan does not ship them: give the file's path (README, "Templates").
+MASTER_KEY_SIZE = 7
+
+
+def read_master_key_filters(path: str | Path) -> np.ndarray:
+    """The 'Filter N:' blocks of a master-key file as (n, 49) rows, centred, unit norm."""
+    blocks = re.split(r"Filter \d+:", Path(path).read_text())[1:]
+    rows = [np.array(block.split(), np.float64) for block in blocks]
+    if not rows or any(r.size != MASTER_KEY_SIZE**2 for r in rows):
+        raise ValueError(f"{path}: expected 'Filter N:' blocks of {MASTER_KEY_SIZE}x"
+                         f"{MASTER_KEY_SIZE} numbers")
+    return _unit_rows(np.stack(rows)).astype(np.float32)
+
+
+def nearest_master_keys(templates: np.ndarray, filters: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based number of the nearest filter, its cosine) for each 7x7 template (signed cosine:
+    a filter and its negative are different patterns)."""
+    cosines = np.asarray(templates, np.float32) @ filters.T
     best = cosines.argmax(axis=1)
-    best_cos = cosines[np.arange(len(best)), best]
-    labels = [names[b] if c >= min_cosine else UNLABELLED for b, c in zip(best, best_cos)]
-    return labels, best_cos
-
-
+    return best + 1, cosines[np.arange(len(best)), best]

@@ -17,23 +17,41 @@ import pyarrow.compute as pc  # noqa: E402
 
 
 def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> Path:
-    """Every template of one size, on a diverging colour map centred at 0, label and share below."""
+    """Every template of one size beside its fitted family member (same diverging colour map,
+    centred at 0), with family, parameters, fit cosine, share of clustered kernels and whether
+    a second seed reproduced it."""
     rows = templates.filter(pc.equal(templates.column("kernel_size"), kernel_size))
     rows = rows.sort_by([("share", "descending")]).to_pylist()
-    cols = min(len(rows), 6) or 1
-    lines = -(-len(rows) // cols) or 1
-    fig, axes = plt.subplots(lines, cols, figsize=(1.9 * cols, 2.2 * lines), squeeze=False)
+    per_line = min(len(rows), 4) or 1
+    lines = -(-len(rows) // per_line) or 1
+    fig, axes = plt.subplots(lines, 2 * per_line, figsize=(2.0 * per_line * 2, 2.3 * lines + 0.4),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, row in zip(axes.ravel(), rows):
-        image = np.asarray(row["weights"], dtype=np.float32).reshape(kernel_size, kernel_size)
-        limit = float(np.abs(image).max()) or 1.0
-        ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"#{row['template_id']} {row['label']}\n{100 * row['share']:.1f}% of kernels",
-                     fontsize=8)
-    fig.suptitle(f"{kernel_size}x{kernel_size} templates (red > 0 > blue)", fontsize=10)
-    fig.tight_layout()
+    for i, row in enumerate(rows):
+        pair = axes[i // per_line, 2 * (i % per_line):2 * (i % per_line) + 2]
+        template = np.asarray(row["weights"], np.float32).reshape(kernel_size, kernel_size)
+        fitted = np.asarray(row["fit_weights"], np.float32).reshape(kernel_size, kernel_size)
+        limit = float(max(np.abs(template).max(), np.abs(fitted).max())) or 1.0
+        for ax, image in zip(pair, (template, fitted)):
+            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        unstable = " *" if row["stable"] is False else ""
+        pair[0].set_title(f"#{row['template_id']}{unstable} {100 * row['share']:.1f}% of "
+                          f"clustered\n{row['label']}", fontsize=7, loc="left")
+        pair[1].set_title(f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"
+                          f"{_fit_parameters_text(row)}", fontsize=5.5, loc="left")
+    fig.suptitle(f"{kernel_size}x{kernel_size} templates (left) and their fitted family members "
+                 "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9)
     return _save(fig, path)
+
+
+def _fit_parameters_text(row: dict) -> str:
+    """The fitted parameters of a gallery cell, two decimals, angles whole, two lines."""
+    parameters = dict(row["fit_parameters"] or [])
+    items = [f"{name.replace('_deg', '')} {value:.0f}" if name.endswith("_deg")
+             else f"{name.replace('surround_', 's.')} {value:.2f}"
+             for name, value in parameters.items()]
+    return ", ".join(items[:3]) + ("\n" + ", ".join(items[3:]) if items[3:] else "\n")
 
 
 _MARKERS = "osD^vP*Xph"

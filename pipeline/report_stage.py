@@ -20,7 +20,7 @@ from pipeline.accuracy import (
     model_metadata_table,
     read_accuracy_tables,
 )
-from pipeline.assign import chance_clustered_fraction, template_indexes, template_set_of
+from pipeline.assign import chance_clustered_fraction, template_set_of
 from pipeline.html_report import (
     DetailTable,
     ExplorerColumn,
@@ -47,6 +47,7 @@ from pipeline.report import (
 )
 from pipeline.statistics import correlation_table
 from pipeline.storage import OutputLayout, read_table_as, read_tables, write_table
+from pipeline.template_index import template_indexes
 from pipeline.templates import TemplateSetRecord, read_template_set_record
 
 
@@ -150,8 +151,9 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
          family_label_shares_html(family_shares)),
         ("Clusterability by depth", "", [plot_fraction_vs_depth(
             tables[schemas.LAYERS], reports / "clusterability_vs_depth.png")], ""),
-        ("Templates", "The templates of each kernel size, with the share of kernels nearest to "
-         "each.", [plot_template_gallery(templates, k, reports / f"templates_k{k}.png")
+        ("Templates", "The templates of each kernel size beside their fitted family members, "
+         "with the share of clustered kernels nearest to each; * marks a template a second "
+         "seed did not reproduce.", [plot_template_gallery(templates, k, reports / f"templates_k{k}.png")
                    for k in sizes], ""),
     ]
     for model_id, plot in plots.items():
@@ -163,7 +165,7 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         sections.append(("Missed patterns", "Recurring patterns that no template reaches.", [],
                          html_table(missed, [("kernel_size", "k", None),
                                              ("share", "share", percent), ("label", "label", None),
-                                             ("label_cosine", "cosine", number(2))])))
+                                             ("fit_cosine", "fit cosine", number(2))])))
     return sections
 
 

@@ -1,10 +1,49 @@
-"""Kernels with a known answer: noisy copies a*T + b + noise of given templates."""
+"""Kernels with a known answer: noisy copies a*T + b + noise of planted family members."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.families import CENTRE_SURROUND, FIRST, SECOND, describe, member
+
+
+@dataclass(frozen=True)
+class PlantedPattern:
+    """A family member planted in synthetic kernels, and what a fit must say about it."""
+
+    family: str
+    parameters: tuple[tuple[str, float], ...]  # the member's parameters (pipeline.families)
+    sign: int = 1  # the member or its negative
+
+    def weights(self, k: int) -> np.ndarray:
+        return self.sign * member(self.family, dict(self.parameters), k)
+
+    def expected(self, k: int):
+        """The canonical FamilyFit (family, polarity, orientation, sigma, label) of the pattern."""
+        return describe(self.family, dict(self.parameters), float(self.sign), k)
+
+
+def planted_patterns(k: int) -> list[PlantedPattern]:
+    """The 8 patterns of `dwscan synth` at size k: four of different families, widths and
+    orientations, orthogonal to each other, each next to its negative (so a sign-invariant run
+    finds 4)."""
+    patterns = [
+        (CENTRE_SURROUND, {"sigma": k / 10, "surround_ratio": 2.0, "surround_weight": 1.0,
+                           "dx": 0.0, "dy": 0.0}),
+        (FIRST, {"sigma": k / 6, "angle_deg": 30.0}),
+        (FIRST, {"sigma": k / 4, "angle_deg": 120.0}),
+        (SECOND, {"sigma": k / 5, "angle_deg": 45.0, "psi_deg": -45.0}),  # d2/dxdy, a saddle
+    ]
+    return [PlantedPattern(family, tuple(params.items()), sign)
+            for family, params in patterns for sign in (1, -1)]
+
+
+def planted_templates(k: int) -> np.ndarray:
+    """The weights of `planted_patterns(k)`, one row each (centred, unit norm)."""
+    return np.stack([pattern.weights(k) for pattern in planted_patterns(k)]).astype(np.float32)
 
 
 def noisy_copies(templates: np.ndarray, n_per_template: int, noise: float,
@@ -29,19 +68,17 @@ def synthetic_state_dict(kernel_sizes: tuple[int, ...] = (3, 5, 7), layers_per_s
     """A ConvNeXt-style state dict whose depthwise kernels have a known template, and the truth.
 
     Each depthwise layer `stages.{i}.blocks.{j}.conv_dw.weight` holds noisy copies of the
-    `core_family` templates of its size, in equal numbers, plus `random_share` Gaussian kernels.
-    The truth maps each layer to the family name of each channel ('random' for the others).
+    `planted_patterns` of its size, in equal numbers, plus `random_share` Gaussian kernels.
+    The truth maps each layer to the label of each channel's pattern ('random' for the others).
     Pointwise and norm weights sit between them, as in a real network.
     """
-    from pipeline.families import core_family
-
     rng = np.random.default_rng(seed)
     state: dict[str, np.ndarray] = {}
     truth: dict[str, np.ndarray] = {}
     for i, k in enumerate(kernel_sizes):
-        family = core_family(k)
-        names = np.array(list(family) + ["random"])
-        templates = np.stack(list(family.values()))
+        planted = planted_patterns(k)
+        names = np.array([p.expected(k).label for p in planted] + ["random"])
+        templates = np.stack([p.weights(k) for p in planted])
         for j in range(layers_per_size):
             n_random = int(round(channels * random_share))
             per_template = (channels - n_random) // len(templates)
@@ -65,15 +102,14 @@ def write_synthetic_checkpoint(out_dir: str | Path, seed: int = 0, **options) ->
     """Write `synthetic.safetensors` and its truth (`truth.parquet`, `truth_templates.parquet`).
 
     `truth.parquet` has one row per depthwise kernel (layer, channel, kernel_size, pattern);
-    `truth_templates.parquet` the exact template of each pattern. `options` go to
-    `synthetic_state_dict`.
+    `truth_templates.parquet` the exact template of each pattern with its family, polarity,
+    orientation and sigma. `options` go to `synthetic_state_dict`.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from safetensors.numpy import save_file
 
     from pipeline.arrays import matrices_to_list_array
-    from pipeline.families import core_family
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,11 +123,16 @@ def write_synthetic_checkpoint(out_dir: str | Path, seed: int = 0, **options) ->
         "kernel_size": pa.array([r[2] for r in rows], pa.int32()),
         "pattern": [str(r[3]) for r in rows]}), out / "truth.parquet")
     sizes = sorted({r[2] for r in rows})
-    families = {k: core_family(k) for k in sizes}
+    planted = [(k, p, p.expected(k)) for k in sizes for p in planted_patterns(k)]
     pq.write_table(pa.table({
-        "kernel_size": pa.array([k for k in sizes for _ in families[k]], pa.int32()),
-        "pattern": [name for k in sizes for name in families[k]],
-        "weights": matrices_to_list_array([np.stack(list(families[k].values())) for k in sizes]),
+        "kernel_size": pa.array([k for k, _, _ in planted], pa.int32()),
+        "pattern": [e.label for _, _, e in planted],
+        "family": [e.family for _, _, e in planted],
+        "polarity": [e.polarity for _, _, e in planted],
+        "orientation_deg": pa.array([e.orientation_deg for _, _, e in planted], pa.float32()),
+        "sigma": pa.array([e.sigma for _, _, e in planted], pa.float32()),
+        "weights": matrices_to_list_array([np.stack([p.weights(k) for p in planted_patterns(k)])
+                                           for k in sizes]),
     }), out / "truth_templates.parquet")
     return path
 
@@ -115,7 +156,7 @@ def write_planted_zoo(out_dir: str | Path, n_models: int, seed: int = 0, noise: 
     fraction each, and a timm results table whose top-1 rises with that fraction plus noise.
 
     Model i is an architecture of PLANTED_ARCHITECTURES (in turn) whose depthwise layers hold
-    noisy copies (`noisy_copies`, `noise`) of the `core_family` templates of their size for a
+    noisy copies (`noisy_copies`, `noise`) of the `planted_templates` of their size for a
     share f_i of the channels (f_i uniform in `fraction_range`), and Gaussian kernels for the
     rest. Writes under `out_dir`:
       models/<name>/model.safetensors + config.json (architecture `<family>_<i>`, tag
@@ -132,13 +173,11 @@ def write_planted_zoo(out_dir: str | Path, n_models: int, seed: int = 0, noise: 
     import pyarrow.parquet as pq
     from safetensors.numpy import save_file
 
-    from pipeline.families import core_family
-
     out = Path(out_dir)
     models_dir = out / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    families = {k: np.stack(list(core_family(k).values())) for k in (5, 7)}
+    families = {k: planted_templates(k) for k in (5, 7)}
     names = list(PLANTED_ARCHITECTURES)
     truth_rows = []
     for i in range(n_models):

@@ -123,16 +123,66 @@ def _template_set() -> pa.Field:
                 "id of the template set (a hash of its templates; see template_set.json)")
 
 
+_ANGLES = ("x to the right, y down the image, measured from +x towards +y (90 = down)")
+
+
+def _family_fit(with_parameters: bool = True) -> list[pa.Field]:
+    """The fitted-family columns (pipeline/families.py; METHOD.md section 4)."""
+    fields = [
+        _col("label", pa.string(), "name built from the fitted family: e.g. 'off-centre DoG "
+             "sigma 0.9', 'on-centre spike', 'd/dtheta 30 deg sigma 1.2', '+d2/dtheta2 0 deg sigma "
+             "1.0', 'saddle 45 deg sigma 1.0', 'on-cross 0 deg sigma 1.5', or 'other'",
+             nullable=False),
+        _col("family", pa.string(), "centre-surround | first-derivative | second-derivative | "
+             "cross | other (no family fits at cosine >= 0.9)", nullable=False),
+    ]
+    if with_parameters:
+        fields += [
+            _col("polarity", pa.string(), "on/off: sign of the centre (centre-surround, cross); "
+                 "+/-: sign of the derivative along orientation_deg (first derivatives: always +, "
+                 "their sign is the direction); null for 'other'"),
+            _col("orientation_deg", pa.float32(), "degrees, [0, 360) for first derivatives (the "
+                 "direction the kernel rises), [0, 180) for second derivatives (the axis of the "
+                 "dominant curvature; for a saddle the positive one), [0, 90) for crosses; null "
+                 f"for centre-surround and 'other'; {_ANGLES}"),
+            _col("sigma", pa.float32(), "pixels: centre sigma (centre-surround), the Gaussian's "
+                 "sigma (derivatives), long-axis sigma (cross); null for 'other'"),
+        ]
+    fields.append(_col("fit_cosine", pa.float32(), "cosine of the pattern to its fitted family "
+                       "member (the best family's, also for 'other')", nullable=False))
+    if with_parameters:
+        fields += [
+            _col("fit_parameters", pa.map_(pa.string(), pa.float32()), "every fitted parameter "
+                 "of the family member (sigma, surround_ratio, surround_weight, dx, dy; sigma, "
+                 "angle_deg, psi_deg; sigma, aspect, angle_deg)", nullable=False),
+            _col("fit_weights", pa.list_(pa.float32()), "k*k fitted family member, centred, unit "
+                 "L2 norm, signed like the template", nullable=False),
+        ]
+    return fields
+
+
 TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, one set per kernel size", [
     _template_set(), _kernel_size(),
     _col("template_id", pa.int32(), "0.. within a kernel size", nullable=False),
-    _col("label", pa.string(), "nearest named template (DoG family), or 'unlabelled'",
-         nullable=False),
-    _col("label_cosine", pa.float32(), "cosine to that named template", nullable=False),
+    *_family_fit(),
     _col("code", pa.float32(), "autoencoder code (0 to 1) that decodes to it; null for k-means"),
     _col("weights", pa.list_(pa.float32()), "k*k template, centred, unit L2 norm", nullable=False),
     _col("n_kernels", pa.int64(), "kernels nearest to it (any cosine)", nullable=False),
-    _col("share", pa.float64(), "n_kernels / valid kernels of this size", nullable=False),
+    _col("n_clustered", pa.int64(), "kernels nearest to it at cosine >= threshold (always > 0)",
+         nullable=False),
+    _col("share", pa.float64(), "n_clustered / clustered kernels of this size", nullable=False),
+    _col("share_of_valid", pa.float64(), "n_clustered / valid kernels of this size",
+         nullable=False),
+    _col("stability_cosine", pa.float32(), "cosine to its nearest template in a second run with "
+         "another seed (on a sample); null when the check was off"),
+    _col("stability_share", pa.float64(), "that template's share of clustered kernels in the "
+         "second run"),
+    _col("stable", pa.bool_(), "mutual match in the second run, cosine >= 0.95 and share moved "
+         "<= 2 points; null when the check was off"),
+    _col("master_key", pa.int32(), "7x7 only: nearest (signed cosine) of the eight master-key "
+         "filters of Babaiee et al., NeurIPS 2025, numbered 1-8 as in their file; null when no "
+         "filter file was given or at other sizes"),
+    _col("master_key_cosine", pa.float32(), "cosine to that master-key filter"),
 ])
 
 ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest template of every filter", [
@@ -228,8 +278,7 @@ MISSED_PATTERNS = _schema("missed_patterns", "reports/missed_patterns.parquet",
                           "recurring patterns that no template reaches", [
     _kernel_size(),
     _col("share", pa.float64(), "of the valid kernels of this size", nullable=False),
-    _col("label", pa.string(), "nearest named template, or 'unlabelled'", nullable=False),
-    _col("label_cosine", pa.float32(), "cosine to that named template", nullable=False),
+    *_family_fit(with_parameters=False),
     _col("weights", pa.list_(pa.float32()), "k*k pattern, centred, unit norm", nullable=False),
 ])
 

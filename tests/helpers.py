@@ -100,6 +100,12 @@ def zoo_kernel_sizes(model_id: str) -> tuple[int, ...]:
     return ZOO_FAMILIES.get(match.group(1) if match else "", (5,))
 
 
+# the family of each label the scanned zoos use (templates.parquet's `family`)
+LABEL_FAMILIES = {"on-centre": "centre-surround", "off-centre": "centre-surround",
+                  "+d/dx": "first-derivative", "-d/dx": "first-derivative",
+                  "+d/dy": "first-derivative", "-d/dy": "first-derivative"}
+
+
 def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
                       channels: int = SCANNED_CHANNELS,
                       labels: tuple[str, ...] = SCANNED_LABELS) -> tuple[str, str]:
@@ -150,10 +156,14 @@ def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
                    "skipped_layers": []})
     write_table(pa.Table.from_pylist(models, schema=schemas.MODELS), layout.models_path,
                 schemas.MODELS)
-    templates = [{"kernel_size": k, "template_id": t, "label": label, "label_cosine": 0.95,
+    templates = [{"kernel_size": k, "template_id": t, "label": label,
+                  "family": LABEL_FAMILIES.get(label, "other"), "fit_cosine": 0.95,
+                  "fit_parameters": {"sigma": 1.0},
+                  "fit_weights": (np.zeros(k * k, np.float32) + t - 0.5).tolist(),
                   "code": (t + 0.5) / len(labels),
                   "weights": (np.zeros(k * k, np.float32) + t - 0.5).tolist(),
-                  "n_kernels": 100, "share": 1 / len(labels)}
+                  "n_kernels": 100, "n_clustered": 80, "share": 1 / len(labels),
+                  "share_of_valid": 0.8 / len(labels)}
                  for k in sorted(sizes_used) for t, label in enumerate(labels)]
     write_table(pa.Table.from_pylist(templates, schema=schemas.TEMPLATES), layout.templates_path,
                 schemas.TEMPLATES)

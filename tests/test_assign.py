@@ -4,10 +4,10 @@ import pytest
 
 import schemas
 from pipeline.arrays import matrices_to_list_array
-from pipeline.assign import TemplateIndex, assign_kernels, chance_clustered_fraction
-from pipeline.families import core_family
+from pipeline.assign import assign_kernels, chance_clustered_fraction
 from pipeline.preprocess import centre_and_normalise
-from pipeline.synthetic import noisy_copies
+from pipeline.synthetic import noisy_copies, planted_patterns
+from pipeline.template_index import TemplateIndex
 
 
 def kernels_table(weights: np.ndarray, k: int, model_id: str = "m") -> pa.Table:
@@ -49,7 +49,7 @@ def test_threshold_invalid_rows_and_raw_scale():
 
 
 def test_noisy_copies_are_assigned_to_their_template():
-    truth = np.stack(list(core_family(5).values()))
+    truth = np.stack([p.weights(5) for p in planted_patterns(5)])
     raw, which = noisy_copies(truth, 200, noise=0.3, rng=np.random.default_rng(1))
     out = assign_kernels(kernels_table(raw, 5), {5: TemplateIndex(truth)}, threshold=0.8)
     assert np.array_equal(out.column("template_id").to_numpy(), which)
@@ -77,10 +77,11 @@ def test_sign_invariant_index_matches_negatives_with_sign():
 
 def test_a_file_assigned_in_batches_equals_one_pass(tmp_path):
     from pipeline.arrays import matrices_to_list_array as to_list
-    from pipeline.assign import assign_model_file, template_indexes
+    from pipeline.assign import assign_model_file
     from pipeline.storage import read_table, write_table
+    from pipeline.template_index import template_indexes
 
-    truth = np.stack(list(core_family(3).values()))
+    truth = np.stack([p.weights(3) for p in planted_patterns(3)])
     raw, _ = noisy_copies(truth, 7, noise=0.5, rng=np.random.default_rng(2))
     raw[3] = 0.0  # an invalid kernel inside a batch
     kernels = kernels_table(raw, 3)
