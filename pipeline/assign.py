@@ -18,16 +18,17 @@ from pipeline.template_index import DEFAULT_THRESHOLD, TemplateIndex, template_i
 def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
                    threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None
                    ) -> pa.Table:
-    """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes)."""
+    """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes). A size with no index (no
+    kernel of it reached the threshold when the templates were made) has its valid kernels
+    unclustered, with no nearest template."""
     n = kernels.num_rows
     nearest = np.full(n, -1, dtype=np.int64)
     cosine = np.zeros(n, dtype=np.float32)
     sign = np.ones(n, dtype=np.int8)
     codes = np.zeros(n, dtype=np.uint8)
     sizes = kernels.column("kernel_size").to_numpy()
+    no_template = np.zeros(n, dtype=bool)  # a size where no kernel reached the threshold
     for k in np.unique(sizes):
-        if int(k) not in indexes:
-            raise KeyError(f"no templates for kernel size {k}")
         rows = np.flatnonzero(sizes == k)
         weights = kernels.column("weights")
         matrix = list_column_to_matrix(weights if len(rows) == n else weights.take(rows),
@@ -35,12 +36,16 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         normalised, why = centre_and_normalise(matrix)
         codes[rows] = why
         valid = why == VALID
+        if int(k) not in indexes:
+            no_template[rows[valid]] = True
+            continue
         ids, cos, signs = indexes[int(k)].nearest_with_sign(normalised[valid])
         nearest[rows[valid]] = ids
         cosine[rows[valid]] = cos
         sign[rows[valid]] = signs
     invalid = codes != VALID
-    clustered = ~invalid & (cosine >= threshold)
+    unmatched = invalid | no_template
+    clustered = ~unmatched & (cosine >= threshold)
     return pa.table({
         "model_id": kernels.column("model_id"),
         "layer": kernels.column("layer"),
@@ -49,9 +54,10 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "channel": kernels.column("channel"),
         "kernel_size": kernels.column("kernel_size"),
         "template_id": pa.array(np.where(clustered, nearest, 0), pa.int32(), mask=~clustered),
-        "nearest_template_id": pa.array(np.where(invalid, 0, nearest), pa.int32(), mask=invalid),
-        "cosine": pa.array(cosine, pa.float32(), mask=invalid),
-        "sign": pa.array(sign, pa.int8(), mask=invalid),
+        "nearest_template_id": pa.array(np.where(unmatched, 0, nearest), pa.int32(),
+                                        mask=unmatched),
+        "cosine": pa.array(cosine, pa.float32(), mask=unmatched),
+        "sign": pa.array(sign, pa.int8(), mask=unmatched),
         "invalid_reason": pa.array(INVALID_REASONS, pa.string()).take(pa.array(codes)),
         # one string for every row, without a Python object per row
         "template_set": pa.array([template_set], pa.string()).take(

@@ -187,6 +187,8 @@ def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSI
                  ) -> list[FamilyFit]:
     """The best-fitting family member of each template (rows centred, unit norm, k*k)."""
     templates = np.asarray(templates, np.float64).reshape(len(templates), k * k)
+    if not len(templates):
+        return []
     fits = {name: _fit_one_family(FAMILIES[name], templates, k) for name in FAMILY_ORDER}
     out = []
     for i in range(len(templates)):

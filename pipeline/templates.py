@@ -237,8 +237,11 @@ def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: 
     """Recurring patterns the templates miss: (centre, share) of each group of kernels that are
     below `threshold` to every template yet within it of a common centre, holding at least
     `min_share` of all kernels. Found by spherical k-means over the unclustered kernels."""
-    _, cosines = TemplateIndex(templates, sign_invariant).nearest(kernels)
-    unclustered = kernels[cosines < threshold]
+    if len(templates):
+        _, cosines = TemplateIndex(templates, sign_invariant).nearest(kernels)
+        unclustered = kernels[cosines < threshold]
+    else:  # no template of this size: every kernel is unclustered
+        unclustered = kernels
     floor = min_share * len(kernels)
     if len(unclustered) < max(floor, 1):
         return []

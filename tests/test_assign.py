@@ -93,3 +93,19 @@ def test_a_file_assigned_in_batches_equals_one_pass(tmp_path):
                           batch_size=5)
     whole = assign_kernels(kernels, template_indexes(templates), 0.8)
     assert n == 56 and read_table(tmp_path / "a.parquet").equals(whole.cast(schemas.ASSIGNMENTS))
+
+
+def test_a_kernel_size_without_templates_leaves_its_kernels_unclustered():
+    """A size where no kernel reached the threshold has no templates: its valid kernels are
+    unclustered with no nearest template, and the other size is assigned as usual."""
+    rng = np.random.default_rng(1)
+    t5, _ = centre_and_normalise(rng.normal(size=(2, 25)))
+    table = pa.concat_tables([kernels_table(rng.normal(size=(4, 9)).astype(np.float32), 3),
+                              kernels_table(np.repeat(t5[:1], 3, 0) * 2.0, 5)])
+    out = assign_kernels(table, {5: TemplateIndex(t5)}, threshold=0.8)
+    rows = out.to_pylist()
+    three, five = rows[:4], rows[4:]
+    assert all(r["template_id"] is None and r["nearest_template_id"] is None
+               and r["cosine"] is None and r["invalid_reason"] is None for r in three)
+    assert [r["template_id"] for r in five] == [0, 0, 0]
+    assert all(r["cosine"] == pytest.approx(1.0, abs=1e-5) for r in five)

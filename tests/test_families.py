@@ -176,3 +176,10 @@ def test_master_key_file_is_read_and_matched(tmp_path):
     path.write_text("Filter 1:\n1 2 3\n")
     with pytest.raises(ValueError, match="7x7"):
         read_master_key_filters(path)
+
+
+def test_no_templates_give_no_fits():
+    """A kernel size with no missed pattern (or no template) fits nothing, without error."""
+    from pipeline.families import fit_families
+
+    assert fit_families(np.zeros((0, 25), np.float32), 5) == []
