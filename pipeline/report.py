@@ -179,17 +179,29 @@ def threshold_sweep_table(assignments: pa.Table,
     return pa.Table.from_pylist(rows, schema=schemas.THRESHOLD_SWEEP)
 
 
-def format_clusterability(table: pa.Table) -> str:
-    """The table as text, models in rows; the all-sizes row first for each model."""
+def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
+    """The table as text, models in rows; the all-sizes row first for each model. Above
+    `max_models` models (a zoo, where a terminal or a job log cannot hold every row), only the
+    all-sizes rows of the most and the least clustered max_models/2 each, and where the rest are."""
     header = ["model", "k", "filters", "invalid", "clustered", "chance", "top1"]
     lines = [header]
-    for r in table.to_pylist():
+    rows = table.to_pylist()
+    n_models = len({r["model_id"] for r in rows})
+    note = ""
+    if n_models > max_models:
+        overall = sorted((r for r in rows if r["kernel_size"] is None),
+                         key=lambda r: -(r["clustered_fraction"] or 0.0))
+        half = max_models // 2
+        rows = overall[:half] + overall[-half:]
+        note = (f"\n({n_models} models: the {half} most and the {half} least clustered, all kernel "
+                f"sizes; every row is in reports/clusterability.parquet and on the report page)")
+    for r in rows:
         lines.append([
             r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
             f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
             _pct(r["clustered_fraction"]), _pct(r["chance_fraction"]),
             "-" if r["top1"] is None else f"{r['top1']:.3f}"])
-    return format_text_table(lines)
+    return format_text_table(lines) + note
 
 
 def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) -> str:

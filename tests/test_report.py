@@ -49,6 +49,19 @@ def test_counts_fractions_chance_and_top1():
     assert "50.0%" in text and "75.500" in text
 
 
+def test_a_zoo_prints_its_most_and_least_clustered_models_only():
+    """30 models, model i with i+1 of 31 kernels clustered: the text names the 3 most and 3 least
+    clustered (all sizes), says how many there are, and leaves the middle out."""
+    rows = []
+    for i in range(30):
+        rows += [(f"m{i:02d}", 5, 0, None)] * (i + 1) + [(f"m{i:02d}", 5, None, None)] * (30 - i)
+    text = format_clusterability(clusterability_table(_assignments(rows), 0.8), max_models=6)
+    shown = [line.split()[0] for line in text.splitlines()[1:7]]
+    assert shown == ["m29", "m28", "m27", "m02", "m01", "m00"]
+    assert "m15" not in text and "5x5" not in text and "30 models" in text
+    assert len(text.splitlines()) == 8
+
+
 def test_threshold_sweep_counts_by_hand():
     table = _assignments([("a", 3, 0, None)] * 4 + [("a", 3, None, "zero")])
     cosines = pa.array([0.52, 0.71, 0.9, 0.96, None], pa.float32())
