@@ -137,9 +137,10 @@ def _outputs(out: Path) -> dict[str, object]:
     return tables
 
 
-# (name, a file whose appearance marks the moment to kill): during extraction, right after the
-# template set is written, and in the middle of the report stage
-KILL_POINTS = [("extract", "kernels/net0.parquet"), ("templates", "template_set.json"),
+# (name, a file whose appearance marks the moment to kill): during extraction (a model's kernels
+# written, pending until models.parquet records the scan), right after the template set is
+# written, and in the middle of the report stage
+KILL_POINTS = [("extract", "kernels/.net0.parquet.*.pending"), ("templates", "template_set.json"),
                ("report", "reports/clusterability.parquet")]
 
 
@@ -178,8 +179,9 @@ def test_killed_runs_resume_to_the_outputs_of_an_uninterrupted_run(tmp_path):
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `path` exists (a glob pattern in its name: until a file matches it)."""
     deadline = time.time() + timeout
-    while not path.exists():
+    while not (any(path.parent.glob(path.name)) if "*" in path.name else path.exists()):
         assert process.poll() is None, f"the run ended before {path.name} appeared"
         assert time.time() < deadline
         time.sleep(0.02)
