@@ -189,7 +189,8 @@ def train_autoencoder(
     epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
     numbers are averaged over ranks, so they stop together. The rows, the check sample and each
     epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
-    waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for).
+    waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for) and the epoch
+    orders come from torch's CUDA generator, so CUDA and CPU runs of one seed differ in detail.
     `on_check(step, budget, loss, cosine)` reports progress.
     """
     on_cuda = torch.device(device).type == "cuda"
@@ -204,7 +205,10 @@ def train_autoencoder(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the CPU's epoch orders (as before CUDA support)
+    # CUDA draws them on the GPU: a host permutation of millions of rows would stall each epoch;
+    # seeded alike on every rank, so DDP ranks still share one order
+    device_rng = torch.Generator(device=device).manual_seed(config.seed) if on_cuda else None
     check_rows = np.sort(np.random.default_rng(config.seed + 1).permutation(len(data))[
         :config.check_sample])
     sample = tensor[torch.from_numpy(check_rows).to(device)]
@@ -216,17 +220,19 @@ def train_autoencoder(
     window_loss = torch.zeros((), device=device)
     window_steps = 0
     step = 0
+    needed = per_epoch * config.batch_size
     while step < budget:
-        order = rng.permutation(len(data))
-        shard = order[rank::world_size][: per_epoch * config.batch_size]
-        if len(shard) < per_epoch * config.batch_size:  # fewer rows than one batch per rank
-            shard = np.resize(shard, per_epoch * config.batch_size)
-        # the epoch's order goes to the device once; each step slices it there (no copy per step)
-        shard_on_device = torch.from_numpy(shard).to(device, non_blocking=True)
+        # the epoch's order is made (on CUDA) or put (on the CPU) on the device once; each step
+        # slices it there, so no index array crosses to the device per step
+        order = (torch.randperm(len(data), generator=device_rng, device=device) if on_cuda
+                 else torch.from_numpy(rng.permutation(len(data))))
+        shard = order[rank::world_size][:needed]
+        if len(shard) < needed:  # fewer rows than one batch per rank: repeat them
+            shard = shard.repeat(-(-needed // len(shard)))[:needed]
         for i in range(per_epoch):
             if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
                 break
-            batch = tensor[shard_on_device[i * config.batch_size:(i + 1) * config.batch_size]]
+            batch = tensor[shard[i * config.batch_size:(i + 1) * config.batch_size]]
             loss = cosine_loss(batch, trained(batch))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
