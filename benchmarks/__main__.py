@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
-    sections = read_sections(args.write) if args.names else {}  # a subset keeps the others' rows
+    # a subset keeps the others' rows; every run keeps the sections measured elsewhere (gpu:
+    # `python -m benchmarks.gpu` on a GPU machine, pasted by hand)
+    sections = {n: text for n, text in read_sections(args.write).items()
+                if args.names or n not in BENCHMARKS}
     for name in args.names or list(BENCHMARKS):
         run = BENCHMARKS[name]
         sized = name == "zoo" and args.models

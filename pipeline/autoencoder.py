@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,10 @@ class AutoencoderConfig:
     loss_tolerance: float = 0.002  # loss "plateaued": under 0.002 below its best earlier check
     patience: int = 2  # consecutive checks that must both hold before stopping
     cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
-    batch_size: int = 512  # per worker
+    batch_size: int = 512  # per worker, on the CPU
+    # per worker on CUDA, where small batches leave the GPU idle between kernel launches; not yet
+    # measured (no GPU lent so far): `python -m benchmarks.gpu` sweeps it (BENCHMARKS.md, "gpu")
+    gpu_batch_size: int = 8192
     lr: float = 3e-3  # Adam, cosine-annealed to lr/20 over the run (or over max_steps)
     seed: int = 0  # model init and data order; same input + seed = same templates
 
@@ -73,6 +76,11 @@ class KernelAutoencoder(nn.Module):
 def cosine_loss(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """1 - cosine(x, x_hat), averaged: the paper's loss; scale of the output is free."""
     return 1.0 - F.cosine_similarity(x, reconstruction, dim=1, eps=1e-8).mean()
+
+
+def batch_size_for(config: AutoencoderConfig, device: str | torch.device) -> int:
+    """The batch size a worker uses on `device`: `gpu_batch_size` on CUDA, else `batch_size`."""
+    return config.gpu_batch_size if torch.device(device).type == "cuda" else config.batch_size
 
 
 def steps_per_epoch(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> int:
@@ -179,19 +187,28 @@ def train_autoencoder(
     templates stop moving and the loss stops falling (ConvergenceRule, then a cool-down), or at
     `max_steps`. Every rank sees the same seeded permutation per
     epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
-    numbers are averaged over ranks, so they stop together. The loss stays on `device` between
-    checks (no host sync per step). `on_check(step, budget, loss, cosine)` reports progress.
+    numbers are averaged over ranks, so they stop together. The rows, the check sample and each
+    epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
+    waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for) and the epoch
+    orders come from torch's CUDA generator, so CUDA and CPU runs of one seed differ in detail.
+    `on_check(step, budget, loss, cosine)` reports progress.
     """
+    on_cuda = torch.device(device).type == "cuda"
+    config = replace(config, batch_size=batch_size_for(config, device))
     torch.manual_seed(config.seed)
     model = KernelAutoencoder(data.shape[1], config.hidden, config.code_dim).to(device)
     trained = wrap_model(model) if wrap_model else model
-    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr)
+    # fused Adam: one kernel launch for all parameters on CUDA (not available for CPU tensors)
+    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=on_cuda or None)
     per_epoch = steps_per_epoch(len(data), config, world_size)
     budget = step_budget(len(data), config, world_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the CPU's epoch orders (as before CUDA support)
+    # CUDA draws them on the GPU: a host permutation of millions of rows would stall each epoch;
+    # seeded alike on every rank, so DDP ranks still share one order
+    device_rng = torch.Generator(device=device).manual_seed(config.seed) if on_cuda else None
     check_rows = np.sort(np.random.default_rng(config.seed + 1).permutation(len(data))[
         :config.check_sample])
     sample = tensor[torch.from_numpy(check_rows).to(device)]
@@ -203,11 +220,15 @@ def train_autoencoder(
     window_loss = torch.zeros((), device=device)
     window_steps = 0
     step = 0
+    needed = per_epoch * config.batch_size
     while step < budget:
-        order = rng.permutation(len(data))
-        shard = order[rank::world_size][: per_epoch * config.batch_size]
-        if len(shard) < per_epoch * config.batch_size:  # fewer rows than one batch per rank
-            shard = np.resize(shard, per_epoch * config.batch_size)
+        # the epoch's order is made (on CUDA) or put (on the CPU) on the device once; each step
+        # slices it there, so no index array crosses to the device per step
+        order = (torch.randperm(len(data), generator=device_rng, device=device) if on_cuda
+                 else torch.from_numpy(rng.permutation(len(data))))
+        shard = order[rank::world_size][:needed]
+        if len(shard) < needed:  # fewer rows than one batch per rank: repeat them
+            shard = shard.repeat(-(-needed // len(shard)))[:needed]
         for i in range(per_epoch):
             if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
                 break

@@ -152,8 +152,11 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--train-workers", type=int, default=1,
                          help="Ray Train workers, one DDP rank each (default: 1: on a small "
                               "CPU machine a second rank costs more in all-reduce than it "
-                              "gains, see BENCHMARKS.md; use one per GPU or node)")
-    command.add_argument("--gpu", action="store_true", help="train the autoencoders on CUDA GPUs")
+                              "gains, see BENCHMARKS.md; use one per GPU or node); with --gpu "
+                              "the number of GPUs, one worker on each")
+    command.add_argument("--gpu", action="store_true",
+                         help="train the autoencoders on CUDA GPUs: --train-workers workers of "
+                              "one GPU each, DDP over NCCL (on a cluster, gpu_worker nodes)")
     command.add_argument("--templates", choices=["autoencoder", "kmeans"], default="autoencoder",
                          help="how templates are found: the paper's 1-D autoencoder (default) "
                               "or spherical k-means, the paper's fallback for patterns the 1-D "

@@ -260,13 +260,26 @@ def _put_shared_arguments(calls: Sequence[tuple]) -> list[tuple]:
     return [tuple(refs.get(j, arg) for j, arg in enumerate(c)) for c in calls]
 
 
+def train_scaling(num_workers: int, use_gpu: bool):
+    """Ray Train's workers: `num_workers` DDP ranks of one CPU each, or of one GPU (and one
+    CPU) each with `use_gpu`, so a rank never shares a GPU and NCCL gets one device per rank."""
+    from ray.train import ScalingConfig
+
+    if num_workers < 1:
+        raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                         resources_per_worker={"CPU": 1, "GPU": 1} if use_gpu else None)
+
+
 def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
                          num_workers: int = 2, use_gpu: bool = False) -> dict[int, float]:
     """Train one autoencoder per kernel size with Ray Train (DDP: gloo on CPU, NCCL on GPU).
 
+    With `use_gpu`, `num_workers` is the number of GPUs: each worker asks Ray for one GPU
+    (train_scaling), which on a cluster is what makes the autoscaler start gpu_worker nodes.
     Returns the final training loss per kernel size; rank 0 writes the weights to `out_dir`.
     """
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     storage = tempfile.mkdtemp(prefix="dwscan-train-")
@@ -276,7 +289,7 @@ def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: Autoen
             train_loop_config={"kernel_paths": [str(p) for p in kernel_paths],
                                "out_dir": str(out_dir), "config": asdict(config),
                                "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)},
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+            scaling_config=train_scaling(num_workers, use_gpu),
             run_config=RunConfig(name="autoencoders", storage_path=storage),
         )
         result = trainer.fit()

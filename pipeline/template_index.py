@@ -2,11 +2,13 @@
 
 The templates stage (choosing templates) and the assign stage (assigning every kernel) both
 search a set of templates; this module is the one door to FAISS for both. Which FAISS index
-backs the search is decided in `_flat_inner_product_index` alone, so a GPU index can be chosen
-there later without any caller changing.
+backs the search is decided in `_flat_inner_product_index` alone: a GPU flat index when FAISS's GPU
+build (the `dwscan[gpu]` extra) sees a GPU, else the CPU one; `DWSCAN_FAISS_DEVICE` overrides it.
 """
 
 from __future__ import annotations
+
+import os
 
 import faiss
 import numpy as np
@@ -19,9 +21,46 @@ from pipeline.arrays import list_column_to_matrix
 DEFAULT_THRESHOLD = 0.8
 
 
+FAISS_DEVICE_ENV = "DWSCAN_FAISS_DEVICE"  # cpu | gpu | auto (default): which index backs search
+FAISS_DEVICES = ("auto", "cpu", "gpu")
+
+
+def choose_index_device(num_gpus: int, has_gpu_api: bool, requested: str = "auto") -> str:
+    """"cpu" or "gpu" for the template index. `auto` takes the GPU when FAISS's GPU build sees
+    one; `gpu` without one is an error rather than a silent CPU run (the user asked for it)."""
+    requested = (requested or "auto").strip().lower()
+    if requested not in FAISS_DEVICES:
+        raise ValueError(f"{FAISS_DEVICE_ENV}={requested!r}: expected one of {', '.join(FAISS_DEVICES)}")
+    gpu_usable = has_gpu_api and num_gpus > 0
+    if requested == "gpu" and not gpu_usable:
+        raise ValueError(f"{FAISS_DEVICE_ENV}=gpu but FAISS "
+                         + ("sees no GPU" if has_gpu_api else "has no GPU support (pip install "
+                            "'dwscan[gpu]' after uninstalling faiss-cpu; README)"))
+    if requested == "cpu":
+        return "cpu"
+    return "gpu" if gpu_usable else "cpu"
+
+
+def index_device() -> str:
+    """The device of this process's template indexes: FAISS's build, its GPUs and the env."""
+    has_gpu_api = hasattr(faiss, "StandardGpuResources")
+    num_gpus = faiss.get_num_gpus() if has_gpu_api else 0
+    return choose_index_device(num_gpus, has_gpu_api, os.environ.get(FAISS_DEVICE_ENV, "auto"))
+
+
+_gpu_resources = None  # one StandardGpuResources per process: it holds the GPU's scratch memory
+
+
 def _flat_inner_product_index(dim: int) -> faiss.Index:
-    """Exact inner-product search on the CPU (the one place to pick another FAISS backend)."""
-    return faiss.IndexFlatIP(dim)
+    """Exact inner-product search, on GPU 0 or the CPU (index_device); the same assignments
+    either way, ties aside. The one place that picks a FAISS backend."""
+    global _gpu_resources
+    index = faiss.IndexFlatIP(dim)
+    if index_device() == "cpu":
+        return index
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
 
 
 class TemplateIndex:

@@ -7,7 +7,12 @@ from pipeline.arrays import matrices_to_list_array
 from pipeline.assign import assign_kernels, chance_clustered_fraction
 from pipeline.preprocess import centre_and_normalise
 from pipeline.synthetic import noisy_copies, planted_patterns
-from pipeline.template_index import TemplateIndex
+from pipeline.template_index import (
+    FAISS_DEVICE_ENV,
+    TemplateIndex,
+    choose_index_device,
+    index_device,
+)
 
 
 def kernels_table(weights: np.ndarray, k: int, model_id: str = "m") -> pa.Table:
@@ -109,3 +114,36 @@ def test_a_kernel_size_without_templates_leaves_its_kernels_unclustered():
                and r["cosine"] is None and r["invalid_reason"] is None for r in three)
     assert [r["template_id"] for r in five] == [0, 0, 0]
     assert all(r["cosine"] == pytest.approx(1.0, abs=1e-5) for r in five)
+
+
+def test_the_index_device_is_the_gpu_only_when_faiss_can_use_one():
+    assert choose_index_device(num_gpus=2, has_gpu_api=True) == "gpu"
+    assert choose_index_device(num_gpus=0, has_gpu_api=True) == "cpu"  # GPU build, no GPU
+    assert choose_index_device(num_gpus=1, has_gpu_api=False) == "cpu"  # faiss-cpu
+    assert choose_index_device(num_gpus=1, has_gpu_api=True, requested="cpu") == "cpu"
+    assert choose_index_device(num_gpus=1, has_gpu_api=True, requested=" GPU ") == "gpu"
+    assert choose_index_device(num_gpus=1, has_gpu_api=True, requested="") == "gpu"  # unset: auto
+    with pytest.raises(ValueError, match="has no GPU support"):
+        choose_index_device(num_gpus=0, has_gpu_api=False, requested="gpu")
+    with pytest.raises(ValueError, match="sees no GPU"):
+        choose_index_device(num_gpus=0, has_gpu_api=True, requested="gpu")
+    with pytest.raises(ValueError, match="expected one of auto, cpu, gpu"):
+        choose_index_device(num_gpus=1, has_gpu_api=True, requested="cuda")
+
+
+def test_the_env_override_reaches_the_index(monkeypatch):
+    """Here (faiss-cpu or no GPU) auto and cpu give CPU indexes that search; gpu is refused."""
+    import faiss
+
+    gpu_here = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    templates, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(4, 9)))
+    for requested in ("cpu", "auto"):
+        monkeypatch.setenv(FAISS_DEVICE_ENV, requested)
+        expected = "gpu" if gpu_here and requested == "auto" else "cpu"
+        assert index_device() == expected
+        ids, _ = TemplateIndex(templates).nearest(templates)
+        np.testing.assert_array_equal(ids, np.arange(4))
+    if not gpu_here:
+        monkeypatch.setenv(FAISS_DEVICE_ENV, "gpu")
+        with pytest.raises(ValueError, match=f"{FAISS_DEVICE_ENV}=gpu"):
+            TemplateIndex(templates)

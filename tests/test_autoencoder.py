@@ -8,6 +8,7 @@ from pipeline.autoencoder import (
     AutoencoderConfig,
     ConvergenceRule,
     KernelAutoencoder,
+    batch_size_for,
     cosine_loss,
     decode_sweep,
     load_autoencoder,
@@ -42,6 +43,31 @@ def test_same_input_and_seed_give_the_same_model():
         assert torch.equal(x, y)
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                      c.state_dict().values()))
+
+
+def test_the_batch_size_follows_the_device():
+    config = AutoencoderConfig()
+    assert (config.batch_size, config.gpu_batch_size) == (512, 8192)
+    assert batch_size_for(config, "cpu") == 512
+    assert batch_size_for(config, torch.device("cpu")) == 512
+    # device names are only parsed, so the CUDA choice is checked without a GPU
+    assert batch_size_for(config, "cuda") == 8192
+    assert batch_size_for(AutoencoderConfig(gpu_batch_size=2048), "cuda:1") == 2048
+
+
+def test_the_cpu_path_is_unchanged_by_the_gpu_work():
+    """The GPU changes (epoch order on the device, batch by device) leave a CPU run as it was:
+    the check losses below were recorded from the code before them (commit fc1c19b, same
+    seed; bit-identical weights there), and the GPU batch size plays no part on the CPU."""
+    kernels, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(3000, 9)))
+    config = AutoencoderConfig(seed=5, min_steps=0, check_every=5, max_steps=40, batch_size=256)
+    model, log = train_autoencoder(kernels, config)
+    np.testing.assert_allclose(log.losses, [0.96363, 0.88153, 0.73512, 0.74764, 0.73267, 0.71396,
+                                            0.71467, 0.70914], atol=2e-4)
+    other, _ = train_autoencoder(kernels, AutoencoderConfig(**{**config.__dict__,
+                                                                "gpu_batch_size": 64}))
+    for x, y in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(x, y)
 
 
 def test_save_and_load_round_trip(tmp_path):

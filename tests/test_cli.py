@@ -49,3 +49,19 @@ def test_an_unreadable_accuracy_table_fails_before_any_work(tmp_path, capsys):
     assert main(["run", "--out", str(out), "--accuracy-csv", str(tmp_path / "nope.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not out.exists()  # nothing scanned, no Ray started
+
+
+def test_with_gpu_train_workers_counts_gpus_one_worker_each():
+    from pipeline.cli import run_options
+    from pipeline.ray_executor import train_scaling
+
+    options = run_options(build_parser().parse_args(["run", "--gpu", "--train-workers", "2"]))
+    assert (options.use_gpu, options.train_workers) == (True, 2)
+    scaling = train_scaling(options.train_workers, options.use_gpu)
+    assert scaling.num_workers == 2 and scaling._resources_per_worker_not_none["GPU"] == 1
+    assert scaling.total_resources["GPU"] == 2
+    default = run_options(build_parser().parse_args(["run"]))
+    assert (default.use_gpu, default.train_workers) == (False, 1)
+    assert train_scaling(default.train_workers, default.use_gpu).total_resources.get("GPU", 0) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        train_scaling(0, True)
