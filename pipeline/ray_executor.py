@@ -33,6 +33,7 @@ SHARE_CHECK_TIMEOUT_S = 120.0  # a node's check task (a worker process start) ta
 _MIN_WINDOW = 256  # tasks submitted ahead even on a cluster with no worker node up yet
 _PENDING_PER_CPU = 4  # beyond that, tasks submitted ahead per CPU the cluster can grow to
 _WAIT_S = 1.0  # the wait loop wakes at least this often
+TRAIN_PROGRESS_EVERY_S = 15.0  # at most one training progress line per this many seconds
 
 
 def init_ray(address: str | None = None, out: str | os.PathLike | None = None) -> None:
@@ -315,9 +316,14 @@ def _train_loop_per_worker(loop_config: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(loop_config["cpus_per_worker"])
 
+    last_line = {"at": float("-inf")}
+
     def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
-        # one plain line per check reaches the driver's log (no redrawn bar)
-        if rank == 0:
+        # a plain line (no redrawn bar) reaches the driver's log at most every
+        # TRAIN_PROGRESS_EVERY_S seconds and at the last step of each size
+        now = time.monotonic()
+        if rank == 0 and (now - last_line["at"] >= TRAIN_PROGRESS_EVERY_S or step >= budget):
+            last_line["at"] = now
             moved = "-" if cosine is None else f"{cosine:.4f}"
             print(f"train {k}x{k}: step {step} of at most {budget}, loss {loss:.4f}, "
                   f"templates vs last check cosine {moved}", flush=True)

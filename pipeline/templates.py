@@ -217,7 +217,7 @@ def compare_runs(found: TemplateSet, other: TemplateSet, config: TemplateConfig)
     at least `stable_cosine` close, and its share of clustered kernels moved at most
     `stable_share_moved`."""
     n = len(found.weights)
-    if not len(other.weights):
+    if not n or not len(other.weights):
         return Stability(np.zeros(n, np.float32), np.zeros(n), np.zeros(n, bool))
     cosines = found.weights @ other.weights.T
     if config.sign_invariant:
@@ -288,7 +288,7 @@ def template_table(kernel_size: int, templates: TemplateSet, stability: Stabilit
         "template_id": pa.array(np.arange(n), pa.int32()),
         **_fit_columns(fits, kernel_size),
         "code": pa.array(templates.codes, pa.float32(), mask=np.isnan(templates.codes)),
-        "weights": matrices_to_list_array([templates.weights.reshape(n, -1)]),
+        "weights": matrices_to_list_array([templates.weights.reshape(n, kernel_size**2)]),
         "n_kernels": pa.array(templates.n_kernels, pa.int64()),
         "n_clustered": pa.array(templates.n_clustered, pa.int64()),
         "share": pa.array(templates.share, pa.float64()),

@@ -147,23 +147,6 @@ def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp
     assert not (tmp_path / "out" / "kernels").exists()
 
 
-def test_a_demo_run_logged_to_a_file_is_plain_lines_ending_with_the_summary(tmp_path):
-    """`dwscan run > log 2>&1`: what `ray job logs`, cron mail and journald show."""
-    log = tmp_path / "run.log"
-    with log.open("w") as handle:
-        done = subprocess.run(["dwscan", "run", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
-                               "--pretrain-csv", str(DEMO_PRETRAIN_CSV)], cwd=tmp_path,
-                              env={**os.environ, "RAY_ADDRESS": ""}, stdout=handle,
-                              stderr=subprocess.STDOUT, timeout=600)
-    text = log.read_text()
-    assert done.returncode == 0, text[-3000:]
-    assert "\r" not in text
-    lines = text.splitlines()
-    assert len(lines) <= 100, text
-    assert lines[-1].startswith("3 of 3 models scanned; outputs in dwscan-out/"), text[-3000:]
-    assert any(line.startswith("extract: 3/3 models (100%)") for line in lines)
-
-
 @pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
                                                               (0o077, 0o600, 0o700)])
 def test_a_scan_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):

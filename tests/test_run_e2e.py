@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import schemas
+from pipeline.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from pipeline.autoencoder import AutoencoderConfig
 from pipeline.storage import OutputLayout, read_table, read_tables, schema_version_of
 from pipeline.zoo import demo_zoo
@@ -36,8 +37,21 @@ def _depthwise_counts(path: str) -> tuple[int, int]:
 
 
 def test_demo_zoo_end_to_end(tmp_path):
-    result = run_dwscan([], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """The quick start's `dwscan run`, its output sent to a file as `ray job logs`, cron mail and
+    journald see it: plain lines (no redrawn bars), at most 100 of them, the summary last."""
+    log = tmp_path / "run.log"
+    with log.open("w") as handle:
+        done = subprocess.run(["dwscan", "run", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
+                               "--pretrain-csv", str(DEMO_PRETRAIN_CSV)], cwd=tmp_path,
+                              env={**os.environ, "RAY_ADDRESS": ""}, stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=900)
+    text = log.read_text()
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) <= 100, text
+    assert lines[-1].startswith("3 of 3 models scanned; outputs in dwscan-out/"), text[-3000:]
+    assert any(line.startswith("extract: 3/3 models (100%)") for line in lines)
     layout = OutputLayout(tmp_path / "dwscan-out")
 
     models = {r["model_id"]: r for r in read_table(layout.models_path).to_pylist()}
@@ -73,13 +87,13 @@ def test_demo_zoo_end_to_end(tmp_path):
         assert overall["n_filters"] == models[model_id]["n_filters"]
         # trained kernels cluster far more than random ones do against the same templates
         assert overall["clustered_fraction"] > overall["chance_fraction"] + 0.3
-        assert model_id in result.stdout
+        assert model_id in text
     for path in [layout.models_path, layout.templates_path, layout.clusterability_path]:
         assert schema_version_of(path) == schemas.SCHEMA_VERSION
     for name in ("index.html", "correlation.parquet", "layers.parquet", "label_shares.parquet",
                  "clusterability_vs_top1.png", "label_shares.png", "clusterability_vs_depth.png"):
         assert (layout.reports_dir / name).exists(), name
-    assert "spearman" in result.stdout and "fewer than 5 models (3)" in result.stdout
+    assert "spearman" in text and "fewer than 5 models (3)" in text
     _readme_queries_answer_as_shown(tmp_path / "dwscan-out")
 
 
@@ -140,7 +154,7 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
     torch.save({"conv_dw.weight": torch.zeros(4, 1, 3, 3), "x": _Payload(marker)}, evil)
     out = tmp_path / "out"
     # two Ray Train workers: the DDP path (gloo all-reduce, sharded epochs) is covered here
-    result = run_dwscan(["--out", str(out), "--train-workers", "2",
+    result = run_dwscan(["--out", str(out), "--train-workers", "2", "--no-stability-check",
                          "--checkpoint", str(synthetic), "--model-id", "synth",
                          "--checkpoint", str(truncated), "--checkpoint", str(evil),
                          "--checkpoint", str(tmp_path / "missing.pth")], cwd=tmp_path)
