@@ -46,7 +46,8 @@ def dwscan(args: list[str], cwd: Path, env: dict[str, str] | None = None,
 def _tables(out: Path) -> dict[str, list]:
     """Every table a run writes, in a fixed order, without when-and-how-often bookkeeping."""
     layout = OutputLayout(out)
-    models = read_table(layout.models_path).drop_columns(["scanned_at", "attempts"])
+    models = read_table(layout.models_path).drop_columns(["scanned_at", "attempts",
+                                                          "peak_memory_bytes"])
     tables = {"models": models.sort_by("model_id"),
               "kernels": read_tables(sorted(layout.kernels_dir.glob("*.parquet")), None),
               "templates": read_table(layout.templates_path),
