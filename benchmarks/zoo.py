@@ -100,9 +100,9 @@ def run_zoo(n_models: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> d
     per-model comparison under the key 'per_model' (model, planted, measured)."""
     import numpy as np
     import pyarrow.compute as pc
-    from scipy.stats import spearmanr
 
     import schemas
+    from pipeline.statistics import spearman
     from pipeline.storage import OutputLayout, read_table
     from pipeline.synthetic import write_planted_zoo
     from tests.hub_server import HubStandIn
@@ -141,8 +141,8 @@ def run_zoo(n_models: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> d
     per_model = [(f"{HUB_AUTHOR}/{t['name']}", t["planted_fraction"],
                   measured.get(f"{HUB_AUTHOR}/{t['name']}")) for t in truth]
     errors = np.array([abs(m - p) if m is not None else np.inf for _, p, m in per_model])
-    planted_rho = spearmanr([t["planted_fraction"] for t in truth],
-                            [t["top1"] for t in truth]).statistic
+    planted_rho = spearman(np.array([t["planted_fraction"] for t in truth]),
+                           np.array([t["top1"] for t in truth]))
     correlation = read_table(layout.table_path(schemas.CORRELATION)).to_pylist()
     measured_rho = next(r["estimate"] for r in correlation if r["statistic"] == "spearman"
                         and r["scope"] == "all" and r["kernel_size"] is None)

@@ -19,7 +19,7 @@ from safetensors.torch import save
 from pipeline.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from pipeline.storage import OutputLayout, read_table, read_tables
 from tests.helpers import shared_hub
-from tests.hub_server import Repo
+from tests.hub_server import Fault, Repo
 from tests.ray_cluster import LocalCluster, fake_autoscaling_config, free_port, node_ip
 
 pytestmark = pytest.mark.slow
@@ -66,20 +66,33 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
     local = dwscan(["run", "--out", str(tmp_path / "local"), *select], cwd=tmp_path)
     assert local.returncode == 0, local.stderr[-3000:]
 
+    # The cluster's nodes start with an empty Hub cache, and each checkpoint takes a second to
+    # arrive, as over a real network: cached or loopback-fast tasks could drain the queue on the
+    # first node before the autoscaler's next ones join, and nothing would show the spread.
+    slow_downloads = Fault(path="/model.safetensors", kind="stall", times=10 * ZOO_SIZE,
+                           seconds=1.0)
+    hub.faults.append(slow_downloads)
     port = free_port()
     config = fake_autoscaling_config(f"{node_ip()}:{port}", max_workers=4, worker_cpus=1)
-    with LocalCluster(autoscaling=config, port=port, dashboard=True) as cluster:
-        on_cluster = dwscan(["run", "--address", cluster.address, "--out",
-                             str(tmp_path / "cluster"), *select], cwd=tmp_path, env=cluster.env)
-        assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
-        seen = json.loads(cluster.python(
-            "import json\n"
-            "from ray.util.state import list_tasks\n"
-            "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
-            f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
-            "                   filters=[('func_or_class_name', '=', 'extract_model_to_parquet')])\n"
-            "print(json.dumps({'workers': len(nodes), 'task_nodes': [t.node_id for t in tasks]}))"
-        ).splitlines()[-1])
+    try:
+        with LocalCluster(autoscaling=config, port=port, dashboard=True,
+                          env={"HF_HUB_CACHE": str(tmp_path / "node-hf-cache")}) as cluster:
+            on_cluster = dwscan(["run", "--address", cluster.address, "--out",
+                                 str(tmp_path / "cluster"), *select], cwd=tmp_path,
+                                env=cluster.env)
+            assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
+            seen = json.loads(cluster.python(
+                "import json\n"
+                "from ray.util.state import list_tasks\n"
+                "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
+                f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
+                "                   filters=[('func_or_class_name', '=',"
+                " 'extract_model_to_parquet')])\n"
+                "print(json.dumps({'workers': len(nodes),"
+                " 'task_nodes': [t.node_id for t in tasks]}))"
+            ).splitlines()[-1])
+    finally:
+        hub.faults.remove(slow_downloads)
     assert seen["workers"] >= 2, seen  # the head has no CPU: every worker node was autoscaled
     assert len(seen["task_nodes"]) == ZOO_SIZE
     assert len(set(seen["task_nodes"])) >= 2, seen
