@@ -1,5 +1,6 @@
-"""Autoencoder training: kernels per second per epoch with 1 and 2 Ray Train workers on the CPU
-(DDP over gloo), timed inside the training loop (Ray Train's start-up is reported apart).
+"""Autoencoder training: kernels per second per epoch with 1 worker (one Ray task) and 2 Ray
+Train workers (DDP over gloo) on the CPU, timed inside the training loop (start-up and teardown
+are reported apart).
 200,000 synthetic 7x7 kernels, 10 epochs, the default network and batch size."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def run() -> list[dict]:
         for workers in WORKER_COUNTS:
             out = Path(folder) / f"ae{workers}"
             start = time.perf_counter()
-            ray_executor.train_with_ray_train(
+            ray_executor.train_on_ray(
                 [kernels], out, AutoencoderConfig(epochs=EPOCHS, min_steps=0),
                 num_workers=workers)
             wall = time.perf_counter() - start
@@ -41,7 +42,7 @@ def run() -> list[dict]:
             rows.append({"workers": workers, "kernels": meta["n_kernels"],
                          "epochs": meta["epochs"], "train s": meta["train_seconds"],
                          "kernels/s per epoch": meta["n_kernels"] / per_epoch,
-                         "Ray Train start-up and teardown s": wall - meta["train_seconds"],
+                         "start-up and teardown s": wall - meta["train_seconds"],
                          "device": meta["device"]})
     import ray
 

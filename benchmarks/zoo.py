@@ -33,6 +33,9 @@ class ProcessTreeMemory:
     def __init__(self, pid: int, interval: float = 0.5):
         self.pid, self.interval = pid, interval
         self.peak_tree_pss = self.peak_process_rss = 0  # bytes
+        self.at_peak: list[tuple[str, int]] = []  # (process, PSS bytes) at the tree's peak
+        self.peak_at_s = 0.0  # seconds after the start when the tree's peak was sampled
+        self._start = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
 
@@ -47,12 +50,39 @@ class ProcessTreeMemory:
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self.interval):
             pss = rss = 0
+            each = []
             for pid in _descendants(self.pid):
                 fields = _status_kib(pid, ("Pss:", "Rss:"))
                 pss += fields.get("Pss:", 0)
                 rss = max(rss, fields.get("Rss:", 0))
-            self.peak_tree_pss = max(self.peak_tree_pss, pss * 1024)
+                each.append((_process_name(pid), fields.get("Pss:", 0) * 1024))
+            if pss * 1024 > self.peak_tree_pss:
+                self.peak_tree_pss = pss * 1024
+                self.at_peak = sorted(each, key=lambda e: -e[1])
+                self.peak_at_s = time.perf_counter() - self._start
             self.peak_process_rss = max(self.peak_process_rss, rss * 1024)
+
+    def describe_peak(self, stages: dict[str, float], top: int = 8) -> str:
+        """When the tree's memory peaked (the stage, from the run summary's stage times, in
+        order) and the processes that held most of it: where to cut."""
+        stage, end = "after the stages", 0.0
+        for name, seconds in stages.items():
+            end += seconds
+            if self.peak_at_s <= end:
+                stage = name
+                break
+        return (f"at {self.peak_at_s:.0f} s ({stage}): "
+                + ", ".join(f"{name} {pss / 2**20:.0f} MiB" for name, pss in self.at_peak[:top]))
+
+
+def _process_name(pid: int) -> str:
+    """Ray's process title (ray::IDLE, ray::_TrainWorker...) or the program and its script."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    words = [Path(w).name if "/" in w else w for w in words if w][:2]
+    return " ".join(words)[:40] or "?"
 
 
 def _descendants(root: int) -> list[int]:
@@ -128,6 +158,7 @@ def run_zoo(n_models: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> d
         wall = time.perf_counter() - start
         fetched = sum(hub.bytes_sent.values())
     (workdir / "dwscan.out").write_text(stdout)
+    print(f"memory peak {memory.describe_peak(_stage_seconds(stdout))}", flush=True)
     for line in stdout.splitlines():  # the run summary's training and timing lines
         if line.startswith(("train ", "Wall time per stage:")):
             print(line, flush=True)

@@ -30,6 +30,10 @@ class AutoencoderConfig:
     template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
     loss_tolerance: float = 0.002  # loss "plateaued": under 0.002 below its best earlier check
     patience: int = 2  # consecutive checks that must both hold before stopping
+    # checks in a row with no new best loss after which training stops although the templates
+    # still move: the sweep wanders over data with no stable structure (random weights, noise)
+    # and more steps find nothing; 12 checks = 3,000 steps at the defaults
+    plateau_patience: int = 12
     cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
     batch_size: int = 512  # per worker, on the CPU
     # per worker on CUDA, where small batches leave the GPU idle between kernel launches; not yet
@@ -95,27 +99,37 @@ def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> 
 
 
 STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"
+STOP_PLATEAU = "loss plateaued, templates still moving"
 
 
 class ConvergenceRule:
     """When to stop: templates no longer move and the loss has plateaued, `patience` checks in a
-    row, and never before `min_steps`. Fed one check at a time; pure, so tests can replay it."""
+    row (converged); or the loss has not improved for `plateau_patience` checks although the
+    templates still move (nothing stable to find); never before `min_steps`. Fed one check at a
+    time; pure, so tests can replay it."""
 
     def __init__(self, config: AutoencoderConfig):
         self.config = config
         self._best_loss: float | None = None
-        self._streak = 0
+        self._streak = 0  # checks in a row both still and flat
+        self._flat = 0  # checks in a row flat, still or not
 
-    def observe(self, step: int, loss: float, template_cosine: float | None) -> bool:
+    def observe(self, step: int, loss: float, template_cosine: float | None) -> str | None:
         """One check: `loss` is the mean loss since the last check, `template_cosine` how close
-        the templates are to the last check's (`curve_moved`; None at the first)."""
+        the templates are to the last check's (`curve_moved`; None at the first). Returns why
+        to stop (STOP_CONVERGED or STOP_PLATEAU), or None to go on."""
         c = self.config
         # against the best, not the last, check: a noisy check then a lucky one is no progress
         plateaued = self._best_loss is not None and self._best_loss - loss < c.loss_tolerance
         still = template_cosine is not None and template_cosine >= c.template_cosine
         self._best_loss = loss if self._best_loss is None else min(self._best_loss, loss)
         self._streak = self._streak + 1 if plateaued and still else 0
-        return step >= c.min_steps and self._streak >= c.patience
+        self._flat = self._flat + 1 if plateaued else 0
+        if step < c.min_steps:
+            return None
+        if self._streak >= c.patience:
+            return STOP_CONVERGED
+        return STOP_PLATEAU if self._flat >= c.plateau_patience else None
 
 
 @dataclass
@@ -125,7 +139,7 @@ class TrainingLog:
     steps: int
     epochs: float  # passes over the data (steps / steps per epoch)
     stop_reason: str
-    converged_step: int | None  # the check that found convergence (the cool-down follows)
+    converged_step: int | None  # the check that decided to stop (the cool-down follows)
     check_steps: list[int]
     losses: list[float]  # mean training loss since the previous check
     template_cosines: list[float | None]  # templates' cosine to the last check (curve_moved)
@@ -184,8 +198,8 @@ def train_autoencoder(
 
     Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
     seeded sample of the rows sits on it; with `config.epochs` None training stops once those
-    templates stop moving and the loss stops falling (ConvergenceRule, then a cool-down), or at
-    `max_steps`. Every rank sees the same seeded permutation per
+    templates stop moving and the loss stops falling, or the loss has long stopped falling
+    (ConvergenceRule, then a cool-down), or at `max_steps`. Every rank sees the same seeded permutation per
     epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
     numbers are averaged over ranks, so they stop together. The rows, the check sample and each
     epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
@@ -260,10 +274,11 @@ def train_autoencoder(
             previous, window_loss, window_steps = current, torch.zeros_like(window_loss), 0
             if on_check:
                 on_check(step, budget, mean_loss, cosine)
-            if (config.epochs is None and log.converged_step is None
-                    and rule.observe(step, mean_loss, cosine)):
+            stop = (rule.observe(step, mean_loss, cosine)
+                    if config.epochs is None and log.converged_step is None else None)
+            if stop:
                 # the same numbers on every rank (averaged above), so the same new budget
-                log.stop_reason, log.converged_step = STOP_CONVERGED, step
+                log.stop_reason, log.converged_step = stop, step
                 budget = min(budget, step + max(config.check_every, int(config.cooldown * step)))
                 cooldown_from = optimiser.param_groups[0]["lr"]
     log.steps, log.epochs = step, step / per_epoch

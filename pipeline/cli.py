@@ -150,10 +150,11 @@ def _add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
     command.add_argument("--train-workers", type=int, default=1,
-                         help="Ray Train workers, one DDP rank each (default: 1: on a small "
-                              "CPU machine a second rank costs more in all-reduce than it "
-                              "gains, see BENCHMARKS.md; use one per GPU or node); with --gpu "
-                              "the number of GPUs, one worker on each")
+                         help="training workers (default: 1, one Ray task using every CPU "
+                              "of its node; on a small CPU machine a second rank costs more in "
+                              "all-reduce than it gains, see BENCHMARKS.md); 2 or more: Ray "
+                              "Train DDP ranks, one per GPU or node; with --gpu the number of "
+                              "GPUs, one worker on each")
     command.add_argument("--gpu", action="store_true",
                          help="train the autoencoders on CUDA GPUs: --train-workers workers of "
                               "one GPU each, DDP over NCCL (on a cluster, gpu_worker nodes)")

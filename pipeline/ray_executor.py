@@ -1,4 +1,4 @@
-"""The only place that schedules work on Ray: tasks over models, and Ray Train for autoencoders.
+"""The only place that schedules work on Ray: tasks over models, and the autoencoders' training.
 
 Stages stay plain functions; this module decides where they run. Everything here also works on a
 laptop: with no address, a private local Ray is started for the run.
@@ -272,24 +272,57 @@ def train_scaling(num_workers: int, use_gpu: bool):
                          resources_per_worker={"CPU": 1, "GPU": 1} if use_gpu else None)
 
 
-def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
-                         num_workers: int = 2, use_gpu: bool = False) -> dict[int, float]:
-    """Train one autoencoder per kernel size with Ray Train (DDP: gloo on CPU, NCCL on GPU).
+def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
+                 num_workers: int = 1, use_gpu: bool = False) -> dict[int, float]:
+    """Train one autoencoder per kernel size on the cluster; rank 0 writes the weights to
+    `out_dir`. Returns the final training loss per kernel size.
 
-    With `use_gpu`, `num_workers` is the number of GPUs: each worker asks Ray for one GPU
-    (train_scaling), which on a cluster is what makes the autoscaler start gpu_worker nodes.
-    Returns the final training loss per kernel size; rank 0 writes the weights to `out_dir`.
+    One worker (the default): one Ray task, asking for one CPU (or one GPU), using every CPU of
+    its node. Ray Train's controller and helper actors would add five processes and about 1 GiB
+    of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
+    on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
+    on a cluster is what makes the autoscaler start gpu_worker nodes.
     """
+    if num_workers < 1:
+        raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
+    loop_config = {"kernel_paths": [str(p) for p in kernel_paths], "out_dir": str(out_dir),
+                   "config": asdict(config),
+                   "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)}
+    if num_workers == 1:
+        return _train_in_one_task(loop_config, use_gpu)
+    return _train_with_ray_train(loop_config, num_workers, use_gpu)
+
+
+def _train_in_one_task(loop_config: dict, use_gpu: bool) -> dict[int, float]:
+    import ray
+
+    # max_calls=1: the worker exits after training, so the memory it held (the kernels, torch's
+    # and malloc's caches: 670 MB at 300 models) is not kept by an idle worker for the run's rest
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=0, max_calls=1)(
+        _train_single_worker)
+    try:
+        return ray.get(task.remote(loop_config, use_gpu))
+    except ray.exceptions.RayTaskError as error:
+        raise RuntimeError(f"autoencoder training failed: {error.cause or error}") from None
+
+
+def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
+    import torch
+
+    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU
+    device = torch.device("cuda" if use_gpu else "cpu")
+    logs = _train_this_worker(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
+    return {k: log.losses[-1] for k, log in logs.items()}
+
+
+def _train_with_ray_train(loop_config: dict, num_workers: int, use_gpu: bool) -> dict[int, float]:
     from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     storage = tempfile.mkdtemp(prefix="dwscan-train-")
     try:
         trainer = TorchTrainer(
-            _train_loop_per_worker,
-            train_loop_config={"kernel_paths": [str(p) for p in kernel_paths],
-                               "out_dir": str(out_dir), "config": asdict(config),
-                               "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)},
+            _train_loop_per_worker, train_loop_config=loop_config,
             scaling_config=train_scaling(num_workers, use_gpu),
             run_config=RunConfig(name="autoencoders", storage_path=storage),
         )
@@ -304,23 +337,30 @@ def train_with_ray_train(kernel_paths: list[Path], out_dir: Path, config: Autoen
 def _train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-report INFO lines
+    context = ray.train.get_context()
+    logs = _train_this_worker(loop_config, rank=context.get_world_rank(),
+                              world_size=context.get_world_size(),
+                              device=ray.train.torch.get_device(),
+                              wrap_model=ray.train.torch.prepare_model)
+    ray.train.report({"final_loss": {str(k): log.losses[-1] for k, log in logs.items()}})
+
+
+def _train_this_worker(loop_config: dict, rank: int, world_size: int, device,
+                       wrap_model: Callable | None) -> dict:
+    """One rank's share of training, with plain progress lines (no redrawn bar) that reach the
+    driver's log at most every TRAIN_PROGRESS_EVERY_S seconds and at each size's last step."""
     import torch
 
     from pipeline.storage import as_location
     from pipeline.train import train_autoencoders
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-report INFO lines
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(loop_config["cpus_per_worker"])
-
     last_line = {"at": float("-inf")}
 
     def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
-        # a plain line (no redrawn bar) reaches the driver's log at most every
-        # TRAIN_PROGRESS_EVERY_S seconds and at the last step of each size
         now = time.monotonic()
         if rank == 0 and (now - last_line["at"] >= TRAIN_PROGRESS_EVERY_S or step >= budget):
             last_line["at"] = now
@@ -328,8 +368,7 @@ def _train_loop_per_worker(loop_config: dict) -> None:
             print(f"train {k}x{k}: step {step} of at most {budget}, loss {loss:.4f}, "
                   f"templates vs last check cosine {moved}", flush=True)
 
-    logs = train_autoencoders(
+    return train_autoencoders(
         [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
         AutoencoderConfig.from_dict(loop_config["config"]), rank=rank, world_size=world_size,
-        wrap_model=ray.train.torch.prepare_model, device=str(device), on_check=on_check)
-    ray.train.report({"final_loss": {str(k): log.losses[-1] for k, log in logs.items()}})
+        wrap_model=wrap_model, device=str(device), on_check=on_check)

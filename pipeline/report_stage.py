@@ -84,8 +84,6 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
     missed = (read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
               if layout.missed_patterns_path.exists() else None)
     ok = ok_model_ids(models)
-    assignments = read_tables([layout.assignments_path(m) for m in ok], schemas.ASSIGNMENTS,
-                              columns=_ASSIGNMENT_COLUMNS)
     if accuracy is None:
         accuracy = read_accuracy_tables(accuracy_csv, pretrain_csv)
     scanned = models.filter(pc.is_in(models.column("model_id"), pa.array(ok, pa.string())))
@@ -95,18 +93,14 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
     tables = {
         schemas.MODEL_METADATA: metadata,
         schemas.ACCURACY: accuracy_rows_table(scanned, accuracy),
-        schemas.CLUSTERABILITY: clusterability_table(
-            assignments, record.threshold, chance, metadata, record.sign_invariant,
-            template_set_of(templates)),
-        schemas.LAYERS: layer_clusterability_table(assignments, metadata),
-        schemas.LABEL_SHARES: label_shares_table(assignments, templates, metadata),
-        schemas.THRESHOLD_SWEEP: threshold_sweep_table(assignments),
+        **per_model_tables(layout, ok, templates, record, chance, metadata),
     }
     tables[schemas.CORRELATION] = correlation_table(tables[schemas.CLUSTERABILITY], seed=seed)
     for schema, table in tables.items():
         write_table(table, layout.table_path(schema), schema)
     shown = [m for m in dict.fromkeys(show_models) if m in set(ok)]
-    plots = {m: plot_layer_shares(assignments, templates, m, layout.layer_shares_plot_path(m))
+    plots = {m: plot_layer_shares(_read_assignments(layout, [m]), templates, m,
+                                  layout.layer_shares_plot_path(m))
              for m in shown}
     sections = _page_sections(layout, tables, templates, missed, record, plots)
     about = (f"{len(ok)} models; template set {record.template_set} ({record.method}, cosine "
@@ -115,6 +109,39 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
     return Reports(tables[schemas.CLUSTERABILITY], tables[schemas.CORRELATION],
                    write_index_html(layout.reports_dir, sections, about), plots,
                    [m for m in dict.fromkeys(show_models) if m not in set(ok)])
+
+
+# Models whose assignments the report holds at once. Its tables are per-model aggregates, so
+# building them a batch at a time gives the same rows while the driver holds 100 models' rows,
+# not the zoo's (1,000 models: 4.6M rows and 1.8 GB at the report's peak; BENCHMARKS.md, "zoo").
+MODELS_PER_BATCH = 100
+
+
+def per_model_tables(layout: OutputLayout, ok: list[str], templates: pa.Table,
+                     record: TemplateSetRecord, chance: dict[int, float],
+                     metadata: pa.Table) -> dict[pa.Schema, pa.Table]:
+    """CLUSTERABILITY, LAYERS, LABEL_SHARES and THRESHOLD_SWEEP of the `ok` models, built over
+    batches of MODELS_PER_BATCH models in model-id order (each table is sorted by model id, so
+    the batches' rows concatenate in the order one pass over every model would give)."""
+    ordered = sorted(ok)
+    batches = [ordered[i:i + MODELS_PER_BATCH]
+               for i in range(0, len(ordered), MODELS_PER_BATCH)] or [[]]
+    parts: dict[pa.Schema, list[pa.Table]] = {schemas.CLUSTERABILITY: [], schemas.LAYERS: [],
+                                              schemas.LABEL_SHARES: [], schemas.THRESHOLD_SWEEP: []}
+    for batch in batches:
+        assignments = _read_assignments(layout, batch)
+        parts[schemas.CLUSTERABILITY].append(clusterability_table(
+            assignments, record.threshold, chance, metadata, record.sign_invariant,
+            template_set_of(templates)))
+        parts[schemas.LAYERS].append(layer_clusterability_table(assignments, metadata))
+        parts[schemas.LABEL_SHARES].append(label_shares_table(assignments, templates, metadata))
+        parts[schemas.THRESHOLD_SWEEP].append(threshold_sweep_table(assignments))
+    return {schema: pa.concat_tables(tables) for schema, tables in parts.items()}
+
+
+def _read_assignments(layout: OutputLayout, model_ids: list[str]) -> pa.Table:
+    return read_tables([layout.assignments_path(m) for m in model_ids], schemas.ASSIGNMENTS,
+                       columns=_ASSIGNMENT_COLUMNS)
 
 
 def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], templates: pa.Table,

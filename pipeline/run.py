@@ -165,7 +165,7 @@ def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
     kernel_paths = [layout.kernels_path(m) for m in ok]
     if options.templates.method == "autoencoder":
         with _timed(timings, "train"):
-            ray_executor.train_with_ray_train(
+            ray_executor.train_on_ray(
                 kernel_paths, layout.autoencoders_dir, options.autoencoder,
                 num_workers=options.train_workers, use_gpu=options.use_gpu)
     with _timed(timings, "templates"):

@@ -131,14 +131,16 @@ def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: in
     templates = templates.copy()
     for _ in range(steps):
         ids, cosines, signs = TemplateIndex(templates, sign_invariant).nearest_with_sign(kernels)
-        aligned = kernels * signs[:, None]  # members matched to -T pull as their negative
         for t in range(len(templates)):
             mine = ids == t
             if not mine.any():
                 continue
             # the close members, or the closer half where the template starts off-centre
             floor = min(min_cosine, float(np.median(cosines[mine])))
-            members = aligned[mine & (cosines >= floor)]
+            pulling = mine & (cosines >= floor)
+            # members matched to -T pull as their negative (one template's rows at a time: a
+            # sign-aligned copy of every kernel would double the stage's memory)
+            members = kernels[pulling] * signs[pulling, None]
             if len(members):
                 mean = members.mean(axis=0)
                 mean -= mean.mean()

@@ -23,7 +23,11 @@ from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.storage import as_location, iter_tables, read_tables
 
 # Above this many kernels of one size, train (and pick templates) on a seeded uniform sample.
-MAX_KERNELS_PER_SIZE = 2_000_000
+# Convergence-stopped training draws about 1.5 to 2.5M kernels (3,000 to 5,000 steps of 512),
+# and a share of 2% (min_share) is known to within 0.03 points from 1M uniform draws, so more
+# rows change no template; they would only hold memory in the training worker and the driver
+# (1M 7x7 kernels are 196 MB). BENCHMARKS.md, "zoo" and "train_memory".
+MAX_KERNELS_PER_SIZE = 1_000_000
 
 
 def kernel_sizes_of(kernel_paths: list[Path]) -> list[int]:

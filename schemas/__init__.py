@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.5.0"
+SCHEMA_VERSION = "1.5.1"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -167,9 +167,11 @@ TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, on
     *_family_fit(),
     _col("code", pa.float32(), "autoencoder code (0 to 1) that decodes to it; null for k-means"),
     _col("weights", pa.list_(pa.float32()), "k*k template, centred, unit L2 norm", nullable=False),
-    _col("n_kernels", pa.int64(), "kernels nearest to it (any cosine)", nullable=False),
-    _col("n_clustered", pa.int64(), "kernels nearest to it at cosine >= threshold (always > 0)",
-         nullable=False),
+    _col("n_kernels", pa.int64(), "kernels nearest to it (any cosine), counted over the kernels "
+         "the templates were chosen on: all valid kernels of the size, or a seeded uniform "
+         "sample of 1,000,000 of them", nullable=False),
+    _col("n_clustered", pa.int64(), "kernels nearest to it at cosine >= threshold (always > 0), "
+         "over the same kernels as n_kernels", nullable=False),
     _col("share", pa.float64(), "n_clustered / clustered kernels of this size", nullable=False),
     _col("share_of_valid", pa.float64(), "n_clustered / valid kernels of this size",
          nullable=False),

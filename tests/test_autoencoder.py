@@ -5,6 +5,7 @@ import torch
 from pipeline.autoencoder import (
     STOP_CONVERGED,
     STOP_EPOCHS,
+    STOP_PLATEAU,
     AutoencoderConfig,
     ConvergenceRule,
     KernelAutoencoder,
@@ -110,6 +111,34 @@ def test_the_rule_stops_after_patience_checks_that_are_still_and_flat():
     # a new best by more than the tolerance is progress, whatever came between
     assert _replay(config, falling + [(0.31, 0.995), (0.29, 0.995), (0.2895, 0.995),
                                       (0.2893, 0.995)]) == 700
+
+
+def test_a_loss_flat_for_plateau_patience_checks_stops_although_templates_move():
+    config = AutoencoderConfig(check_every=100, min_steps=0, patience=2, plateau_patience=4)
+    falling = [(0.5, None), (0.4, 0.5), (0.3, 0.6)]
+    wandering = [(0.2995, 0.7), (0.301, 0.6), (0.2999, 0.8), (0.3, 0.5)]
+    rule = ConvergenceRule(config)
+    reasons = [rule.observe(i * 100, loss, cos)
+               for i, (loss, cos) in enumerate(falling + wandering, start=1)]
+    assert reasons == [None] * 6 + [STOP_PLATEAU]
+    # one new best (by more than the tolerance) restarts the count
+    assert _replay(config, falling + wandering[:3] + [(0.29, 0.7)] + wandering) == 1100
+    # still templates on a flat loss converge first, with their own reason
+    rule = ConvergenceRule(config)
+    assert [rule.observe(i * 100, loss, cos) for i, (loss, cos) in enumerate(
+        falling + [(0.3, 0.995), (0.3, 0.995)], start=1)][-1] == STOP_CONVERGED
+
+
+def test_training_on_structureless_kernels_stops_long_before_the_cap():
+    """Gaussian noise kernels hold no pattern: the sweep wanders and never settles, and
+    training must stop on the flat loss instead of running to max_steps (a zoo of random-weight
+    models once paid the full 20,000-step cap)."""
+    data, _ = centre_and_normalise(np.random.default_rng(3).normal(size=(8192, 9)))
+    config = AutoencoderConfig(min_steps=500, check_every=100, plateau_patience=6,
+                               max_steps=20_000)
+    _, log = train_autoencoder(data, config)
+    assert log.stop_reason in (STOP_PLATEAU, STOP_CONVERGED), log.stop_reason
+    assert log.steps <= 5_000, log.steps
 
 
 def test_the_rule_never_stops_before_min_steps():

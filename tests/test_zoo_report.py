@@ -199,3 +199,41 @@ def test_model_table_sorts_filters_and_opens_a_model_in_chromium(zoo_report):
                                      "e => [e.getAttribute('src'), e.complete, e.naturalWidth]")
         browser.close()
     assert plot[0] == f"layer_shares_{ASKED}.png" and plot[1] and 0 < plot[2] <= MAX_WIDTH_PX
+
+
+def test_tables_built_a_batch_of_models_at_a_time_equal_one_pass_over_the_zoo(zoo_report):
+    """240 models are 3 batches of MODELS_PER_BATCH: the written tables must be the rows that
+    the per-model functions give over every model's assignments at once, in the same order."""
+    from pipeline.assign import chance_clustered_fraction, template_set_of
+    from pipeline.report import (
+        clusterability_table,
+        label_shares_table,
+        layer_clusterability_table,
+        threshold_sweep_table,
+    )
+    from pipeline.report_stage import MODELS_PER_BATCH, _read_assignments, ok_model_ids
+    from pipeline.storage import read_table
+    from pipeline.template_index import template_indexes
+    from pipeline.templates import read_template_set_record
+
+    assert N_MODELS > 2 * MODELS_PER_BATCH
+    root, _ = zoo_report
+    layout = OutputLayout(root)
+    templates = read_table(layout.templates_path)
+    record = read_template_set_record(layout.template_set_path)
+    metadata = read_table(layout.table_path(schemas.MODEL_METADATA))
+    chance = {k: chance_clustered_fraction(index, record.threshold, seed=0)
+              for k, index in template_indexes(templates, record.sign_invariant).items()}
+    ids = ok_model_ids(read_table(layout.models_path))
+    everything = _read_assignments(layout, ids[::-1])  # any order: each table sorts its rows
+    expected = {
+        schemas.CLUSTERABILITY: clusterability_table(
+            everything, record.threshold, chance, metadata, record.sign_invariant,
+            template_set_of(templates)),
+        schemas.LAYERS: layer_clusterability_table(everything, metadata),
+        schemas.LABEL_SHARES: label_shares_table(everything, templates, metadata),
+        schemas.THRESHOLD_SWEEP: threshold_sweep_table(everything)}
+    for schema, table in expected.items():
+        written = read_table(layout.table_path(schema))
+        assert written.num_rows == table.num_rows > N_MODELS
+        assert written.to_pylist() == table.cast(written.schema).to_pylist(), schema
