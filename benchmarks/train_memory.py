@@ -1,8 +1,9 @@
 """Training memory: peak RSS of the train stage's data loading (`load_normalised_kernels`, which
-streams the kernel files and keeps a uniform sample of at most 2M kernels per size) plus a short
-training run (300 steps, 1 process, no Ray) over 1M and 10M synthetic 7x7 kernels in one Parquet
-file; the peak is the max RSS of a child process that does only this (target: <= 2 GiB whatever
-the total). The RSS after imports (Python, torch, pyarrow) is part of the peak and is shown apart."""
+streams the kernel files and keeps a uniform sample of at most 500k kernels per size,
+MAX_KERNELS_PER_SIZE) plus a short training run (300 steps, 1 process, no Ray) over 1M and 10M
+synthetic 7x7 kernels in one Parquet file; the peak is the max RSS of a child process that
+does only this (target: <= 2 GiB whatever the total). The RSS after imports (Python, torch,
+pyarrow) is part of the peak and is shown apart."""
 
 from __future__ import annotations
 

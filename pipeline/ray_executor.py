@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.autoencoder import AutoencoderConfig
+from pipeline.memory import release_free_memory
 from pipeline.progress import StageProgress
 from pipeline.storage import as_location, is_remote, sees_share_probe, write_share_probe
 
@@ -50,7 +51,10 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None) -
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         _check_joinable(address)
-        ray.init(address=address, log_to_driver=True)
+        # a private Ray lives as long as the run: no dashboard (its processes hold ~200 MB);
+        # `ray start --head` and --address give one
+        ray.init(address=address, log_to_driver=True,
+                 **({"include_dashboard": False} if address == "local" else {}))
     if out is not None:
         check_output_shared(out)
 
@@ -312,6 +316,7 @@ def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
     # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU
     device = torch.device("cuda" if use_gpu else "cpu")
     logs = _train_this_worker(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
+    release_free_memory()  # the worker lingers a few seconds while it exits (max_calls=1)
     return {k: log.losses[-1] for k, log in logs.items()}
 
 

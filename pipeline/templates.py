@@ -39,6 +39,7 @@ from pipeline.families import (
     nearest_master_keys,
     read_master_key_filters,
 )
+from pipeline.memory import release_free_memory
 from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.storage import as_location, write_bytes_atomic
 from pipeline.template_index import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
@@ -334,7 +335,9 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                    if config.master_key_filters else None)
     tables, missed_tables = [], []
     for k in kernel_sizes_of(kernel_paths):
+        kernels = None  # the last size's kernels go before this size's are read
         kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
+        release_free_memory()
         if len(kernels) == 0:
             continue
         autoencoder = None

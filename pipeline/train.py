@@ -19,15 +19,17 @@ from pipeline.autoencoder import (
     save_autoencoder,
     train_autoencoder,
 )
+from pipeline.memory import release_free_memory
 from pipeline.preprocess import VALID, centre_and_normalise
 from pipeline.storage import as_location, iter_tables, read_tables
 
 # Above this many kernels of one size, train (and pick templates) on a seeded uniform sample.
-# Convergence-stopped training draws about 1.5 to 2.5M kernels (3,000 to 5,000 steps of 512),
-# and a share of 2% (min_share) is known to within 0.03 points from 1M uniform draws, so more
-# rows change no template; they would only hold memory in the training worker and the driver
-# (1M 7x7 kernels are 196 MB). BENCHMARKS.md, "zoo" and "train_memory".
-MAX_KERNELS_PER_SIZE = 1_000_000
+# Convergence-stopped training draws about 1.5 to 2.5M kernels (3,000 to 5,000 steps of 512:
+# 3 to 5 passes over this sample), and a template's share of 2% (min_share) is known to within
+# 0.04 points (two standard errors) from 500k uniform draws, so more rows change no template;
+# they would only hold memory in the training worker and the driver, twice over while the
+# sample is put back in file order (500k 7x7 kernels are 98 MB). BENCHMARKS.md, "zoo".
+MAX_KERNELS_PER_SIZE = 500_000
 
 
 def kernel_sizes_of(kernel_paths: list[Path]) -> list[int]:
@@ -158,7 +160,9 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
     """
     logs: dict[int, TrainingLog] = {}
     for k in kernel_sizes_of(kernel_paths):
+        data = None  # the last size's kernels go before this size's are read
         data = load_normalised_kernels(kernel_paths, k, seed=config.seed)
+        release_free_memory()  # what reading the files left in Arrow's and malloc's pools
         if len(data) == 0:
             continue
         report = (lambda *args, k=k: on_check(k, *args)) if on_check else None

@@ -169,7 +169,7 @@ TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, on
     _col("weights", pa.list_(pa.float32()), "k*k template, centred, unit L2 norm", nullable=False),
     _col("n_kernels", pa.int64(), "kernels nearest to it (any cosine), counted over the kernels "
          "the templates were chosen on: all valid kernels of the size, or a seeded uniform "
-         "sample of 1,000,000 of them", nullable=False),
+         "sample of 500,000 of them", nullable=False),
     _col("n_clustered", pa.int64(), "kernels nearest to it at cosine >= threshold (always > 0), "
          "over the same kernels as n_kernels", nullable=False),
     _col("share", pa.float64(), "n_clustered / clustered kernels of this size", nullable=False),
