@@ -71,16 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         sized = name == "zoo" and args.models
         text = as_markdown(run(tuple(args.models)) if sized else run())
         print(f"\n## {name}\n{text}", flush=True)
-        about = (sys.modules[run.__module__].__doc__ or "").strip()
-        sections[name] = f"## {name}\n\n{about}\n\nRun on: {machine()}.\n\n{text}\n"
+        sections[name] = section(name, text)
+        write_benchmarks(args.write, sections)  # after each: a later failure loses nothing
+    return 0
+
+
+def section(name: str, table: str) -> str:
+    about = (sys.modules[BENCHMARKS[name].__module__].__doc__ or "").strip()
+    return f"## {name}\n\n{about}\n\nRun on: {machine()}.\n\n{table}\n"
+
+
+def write_benchmarks(path: Path, sections: dict[str, str]) -> None:
     order = [n for n in BENCHMARKS if n in sections] + [n for n in sections if n not in BENCHMARKS]
     parts = ["# Benchmarks\n\nMeasured by `python -m benchmarks` (each section says where and when).\n"]
     parts += [sections[n] for n in order]
     analysis = Path(__file__).with_name("analysis.md")  # what the numbers mean, by hand
     if analysis.exists():
         parts.append(analysis.read_text())
-    args.write.write_text("\n".join(parts))
-    return 0
+    path.write_text("\n".join(parts))
 
 
 def read_sections(path: Path) -> dict[str, str]:

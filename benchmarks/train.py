@@ -26,7 +26,7 @@ def run() -> list[dict]:
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))
     rows = []
-    ray_executor.init_ray(None)
+    ray_executor.init_ray(None, ray_train=True)  # the 2-worker rows
     with tempfile.TemporaryDirectory() as folder:
         kernels = write_synthetic_kernels(Path(folder) / "kernels.parquet", rng, templates,
                                           N_KERNELS, 7)

@@ -367,16 +367,17 @@ def command_train(args: argparse.Namespace) -> int:
     from pipeline import ray_executor
     from pipeline.lock import output_lock
     from pipeline.report_stage import ok_model_ids
-    from pipeline.run import train_templates
+    from pipeline.run import train_templates, uses_ray_train
     from pipeline.storage import read_table_as
 
     layout = _finished_layout(args.out, needs_templates=False)
+    options = run_options(args)
     with output_lock(layout.root, "train"), _ray_session():
-        ray_executor.init_ray(args.address, out=layout.root)
+        ray_executor.init_ray(args.address, out=layout.root, ray_train=uses_ray_train(options))
         ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
         if not ok:
             raise SystemExit(f"dwscan: error: no ok model in {args.out} to train on")
-        templates, _ = train_templates(layout, run_options(args), ok, {})
+        templates, _ = train_templates(layout, options, ok, {})
     if args.templates == "autoencoder":
         from pipeline.train import format_training_record, read_training_records
 

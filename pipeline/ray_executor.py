@@ -37,9 +37,14 @@ _WAIT_S = 1.0  # the wait loop wakes at least this often
 TRAIN_PROGRESS_EVERY_S = 15.0  # at most one training progress line per this many seconds
 
 
-def init_ray(address: str | None = None, out: str | os.PathLike | None = None) -> None:
+def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *,
+             ray_train: bool = False) -> None:
     """Join `address` (or RAY_ADDRESS); with neither, start a fresh local Ray for this process.
     With `out`, check that every node sees that output folder (`check_output_shared`).
+
+    A local Ray lives as long as the command, so it starts without the dashboard's modules
+    (about 200 MB in nine processes) unless `ray_train`: Ray Train's placement-group cleaner
+    watches its controller through the state API, which the dashboard serves.
 
     'local' rather than auto-detection: a crashed earlier Ray can leave a marker that makes
     auto-detection try to join a dead cluster. Raises ClusterError when joining fails.
@@ -51,10 +56,8 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None) -
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         _check_joinable(address)
-        # a private Ray lives as long as the run: no dashboard (its processes hold ~200 MB);
-        # `ray start --head` and --address give one
         ray.init(address=address, log_to_driver=True,
-                 **({"include_dashboard": False} if address == "local" else {}))
+                 **({"include_dashboard": ray_train} if address == "local" else {}))
     if out is not None:
         check_output_shared(out)
 

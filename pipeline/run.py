@@ -122,7 +122,8 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
         remove_partial_writes(layout)
         check_scan_ids(layout, specs)  # before Ray starts
         with _timed(timings, "ray start"):
-            ray_executor.init_ray(address, out=layout.root)
+            ray_executor.init_ray(address, out=layout.root,
+                                  ray_train=uses_ray_train(options))
         counts = counts or _counts_before_scan(layout, specs)
         with _timed(timings, "extract"):
             run_models, models = scan_models(specs, layout, options.max_in_flight,
@@ -158,6 +159,11 @@ def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCou
                 .column("model_id").to_pylist())
     new = sum(spec.model_id not in known for spec in specs)
     return ScanCounts(new=new, changed=len(specs) - new)
+
+
+def uses_ray_train(options: RunOptions) -> bool:
+    """Training goes through Ray Train (several workers), not one Ray task."""
+    return options.templates.method == "autoencoder" and options.train_workers > 1
 
 
 def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
