@@ -199,8 +199,8 @@ def train_autoencoder(
     Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
     seeded sample of the rows sits on it; with `config.epochs` None training stops once those
     templates stop moving and the loss stops falling, or the loss has long stopped falling
-    (ConvergenceRule, then a cool-down), or at `max_steps`. Every rank sees the same seeded permutation per
-    epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
+    (ConvergenceRule, then a cool-down), or at `max_steps`. Every rank sees the same seeded
+    permutation per epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
     numbers are averaged over ranks, so they stop together. The rows, the check sample and each
     epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
     waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for) and the epoch

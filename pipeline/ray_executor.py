@@ -285,8 +285,8 @@ def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderCon
     `out_dir`. Returns the final training loss per kernel size.
 
     One worker (the default): one Ray task, asking for one CPU (or one GPU), using every CPU of
-    its node. Ray Train's controller and helper actors would add five processes and about 1 GiB
-    of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
+    its node. Ray Train's controller and helper actors would add five processes and about 0.7
+    GiB of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
     on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
     on a cluster is what makes the autoscaler start gpu_worker nodes.
     """
@@ -316,8 +316,9 @@ def _train_in_one_task(loop_config: dict, use_gpu: bool) -> dict[int, float]:
 def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
     import torch
 
-    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU
+    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU; the threads are this node's CPUs
     device = torch.device("cuda" if use_gpu else "cpu")
+    loop_config = {**loop_config, "cpus_per_worker": os.cpu_count() or 1}
     logs = _train_this_worker(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
     release_free_memory()  # the worker lingers a few seconds while it exits (max_calls=1)
     return {k: log.losses[-1] for k, log in logs.items()}
