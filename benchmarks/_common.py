@@ -25,8 +25,8 @@ def synthetic_kernels(rng: np.random.Generator, templates: np.ndarray, n: int, k
     weights = weights * rng.uniform(0.5, 2.0, (n, 1)).astype(np.float32)
     if raw:
         return weights
-    import schemas
-    from pipeline.arrays import matrices_to_list_array
+    from dwscan import schemas
+    from dwscan.io.arrays import matrices_to_list_array
 
     return pa.table({
         "model_id": pa.array(["bench"] * n), "layer": pa.array(["layer"] * n),
@@ -39,8 +39,8 @@ def synthetic_kernels(rng: np.random.Generator, templates: np.ndarray, n: int, k
 def write_synthetic_kernels(path: Path, rng: np.random.Generator, templates: np.ndarray, n: int,
                             k: int) -> Path:
     """A KERNELS Parquet file of n synthetic kernels, written CHUNK rows at a time."""
-    import schemas
-    from pipeline.storage import write_tables
+    from dwscan import schemas
+    from dwscan.io.storage import write_tables
 
     write_tables((synthetic_kernels(rng, templates, min(CHUNK, n - start), k)
                   for start in range(0, n, CHUNK)), path, schemas.KERNELS)

@@ -37,9 +37,9 @@ def run() -> list[dict]:
 
 
 def _case(k: int, n: int) -> dict:
-    from pipeline.arrays import matrices_to_list_array
-    from pipeline.preprocess import centre_and_normalise
-    from pipeline.template_index import TemplateIndex
+    from dwscan.io.arrays import matrices_to_list_array
+    from dwscan.io.template_index import TemplateIndex
+    from dwscan.method.preprocess import centre_and_normalise
 
     rng = np.random.default_rng(k)
     templates, _ = centre_and_normalise(rng.standard_normal((16, k * k)))
@@ -54,7 +54,7 @@ def _case(k: int, n: int) -> dict:
         stage, peak_rss = [], 0
         for _ in range(REPEATS):
             child = timed_in_child(
-                "import pyarrow.parquet as pq\nfrom pipeline.assign import assign_model_file\n"
+                "import pyarrow.parquet as pq\nfrom dwscan.stages.assign import assign_model_file\n"
                 "t = pq.read_table(sys.argv[2])",
                 "assign_model_file(sys.argv[1], t, 0.8, sys.argv[3])",
                 kernels_path, templates_path, folder / "out.parquet")

@@ -10,8 +10,8 @@ import time
 def run() -> list[dict]:
     import ray
 
-    from pipeline.run import RunOptions, run_pipeline
-    from pipeline.zoo import demo_zoo
+    from dwscan.io.zoo import demo_zoo
+    from dwscan.run import RunOptions, run_pipeline
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()

@@ -27,7 +27,7 @@ SYNTHETIC_LAYERS, SYNTHETIC_CHANNELS = 64, 8192  # 524,288 depthwise 7x7 kernels
 def run() -> list[dict]:
     import torch
 
-    from pipeline.zoo import demo_zoo
+    from dwscan.io.zoo import demo_zoo
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -48,8 +48,8 @@ def run() -> list[dict]:
 def _case(name: str, path: Path, out: Path) -> dict:
     import torch
 
-    from pipeline.extract import extract_depthwise_kernels, extract_model_to_parquet
-    from pipeline.zoo import local_checkpoint_spec
+    from dwscan.io.zoo import local_checkpoint_spec
+    from dwscan.stages.extract import extract_depthwise_kernels, extract_model_to_parquet
 
     if path.suffix == ".safetensors":
         baseline_name, baseline = "raw read", path.read_bytes

@@ -3,7 +3,7 @@ same machine's CPU, in one call of a few minutes (BENCHMARKS.md, "gpu"; target >
 per training epoch on one H100 or H200).
 
 Needs only torch, numpy and this repository (no Ray, no FAISS): the lent GPU machines have no
-Ray and cannot download. It imports Ray-free modules only (pipeline.autoencoder, .synthetic,
+Ray and cannot download. It imports Ray-free modules only (dwscan.method.autoencoder, .synthetic,
 .preprocess) and FAISS only when it is importable. Steps:
   (a) a planted synthetic set (>= 2M 7x7 kernels: noisy copies of `planted_templates(7)` and
       random kernels); one CUDA run to convergence (kernels/s and how close the decoded template
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.autoencoder import AutoencoderConfig, batch_size_for, decode_sweep, train_autoencoder
-from pipeline.preprocess import centre_and_normalise
-from pipeline.synthetic import noisy_copies, planted_templates
+from dwscan.method.autoencoder import AutoencoderConfig, batch_size_for, decode_sweep, train_autoencoder
+from dwscan.method.preprocess import centre_and_normalise
+from dwscan.testing.synthetic import noisy_copies, planted_templates
 
 KERNEL_SIZE = 7
 PLANTED_SHARE = 0.75  # the rest are random kernels: the background a zoo has
@@ -189,7 +189,7 @@ def _assigner(device: str, backend: str, templates: np.ndarray):
     """A function from unit kernels (host) to nearest template ids (host)."""
     if backend == "faiss":
         os.environ["DWSCAN_FAISS_DEVICE"] = "gpu" if device == "cuda" else "cpu"
-        from pipeline.template_index import TemplateIndex
+        from dwscan.io.template_index import TemplateIndex
 
         index = TemplateIndex(templates)
         return lambda rows: index.nearest(rows)[0]

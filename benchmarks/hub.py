@@ -19,14 +19,14 @@ CONCURRENCY = (1, 4, 16)
 
 
 def run() -> list[dict]:
-    from tests.helpers import shared_hub  # before huggingface_hub is imported
+    from dwscan.testing.hub_server import shared_hub
 
     hub = shared_hub()
     import timm
     import torch
     from safetensors.torch import save
 
-    from tests.hub_server import Repo
+    from dwscan.testing.hub_server import Repo
 
     payloads = {}
     for arch, tag in ARCHS.items():
@@ -39,10 +39,10 @@ def run() -> list[dict]:
         hub.add_repo(f"zoo/mobilenetv3_small_050.copy{i:03d}", Repo(
             payloads["mobilenetv3_small_050"], tags=["zoo"]))
 
-    from pipeline import ray_executor
-    from pipeline.run import scan_models
-    from pipeline.storage import OutputLayout
-    from pipeline.zoo import hub_spec
+    from dwscan.executor import ray_executor
+    from dwscan.io.storage import OutputLayout
+    from dwscan.io.zoo import hub_spec
+    from dwscan.run import scan_models
 
     ray_executor.init_ray(None)
     rows = []
@@ -77,8 +77,8 @@ def run() -> list[dict]:
 
 
 def _depthwise_bytes(blob: bytes, header_end: int) -> int:
-    from pipeline.checkpoints import TensorInfo
-    from pipeline.extract import depthwise_verdict
+    from dwscan.io.checkpoints import TensorInfo
+    from dwscan.stages.extract import depthwise_verdict
 
     header = json.loads(blob[8:header_end])
     total = 0

@@ -22,8 +22,8 @@ MAX_WIDTH_PX = 2400
 
 _SETUP = """\
 from pathlib import Path
-from pipeline.report_stage import write_reports
-from pipeline.storage import OutputLayout"""
+from dwscan.stages.report import write_reports
+from dwscan.io.storage import OutputLayout"""
 
 _TIMED = """\
 write_reports(OutputLayout(Path(sys.argv[1])), accuracy_csv=sys.argv[2], pretrain_csv=sys.argv[3])"""
@@ -32,7 +32,7 @@ write_reports(OutputLayout(Path(sys.argv[1])), accuracy_csv=sys.argv[2], pretrai
 def run() -> list[dict]:
     import matplotlib.image
 
-    from tests.helpers import ZOO_LABELS, write_scanned_zoo, zoo_of
+    from dwscan.testing.scanned_zoo import ZOO_LABELS, write_scanned_zoo, zoo_of
 
     rows = []
     for n in MODELS:

@@ -17,11 +17,11 @@ SIZES = (100_000, 1_000_000, 10_000_000)
 
 
 def run() -> list[dict]:
-    from pipeline.arrays import matrices_to_list_array
-    from pipeline.assign import assign_model_file
-    from pipeline.preprocess import centre_and_normalise
-    from pipeline.report import clusterability_table, threshold_sweep_table
-    from pipeline.storage import read_table
+    from dwscan.io.arrays import matrices_to_list_array
+    from dwscan.io.storage import read_table
+    from dwscan.method.preprocess import centre_and_normalise
+    from dwscan.reports.tables import clusterability_table, threshold_sweep_table
+    from dwscan.stages.assign import assign_model_file
 
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))

@@ -19,9 +19,10 @@ WORKER_COUNTS = (1, 2)
 
 def run() -> list[dict]:
     from benchmarks._common import write_synthetic_kernels
-    from pipeline import ray_executor
-    from pipeline.autoencoder import AutoencoderConfig
-    from pipeline.preprocess import centre_and_normalise
+    from dwscan.executor import ray_executor
+    from dwscan.method.autoencoder import AutoencoderConfig
+    from dwscan.method.preprocess import centre_and_normalise
+    from dwscan.stages.train import train_on_ray
 
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, 49)))
@@ -33,7 +34,7 @@ def run() -> list[dict]:
         for workers in WORKER_COUNTS:
             out = Path(folder) / f"ae{workers}"
             start = time.perf_counter()
-            ray_executor.train_on_ray(
+            train_on_ray(
                 [kernels], out, AutoencoderConfig(epochs=EPOCHS, min_steps=0),
                 num_workers=workers)
             wall = time.perf_counter() - start

@@ -21,8 +21,8 @@ TARGET_GIB = 2.0
 
 _SETUP = """\
 from pathlib import Path
-from pipeline.autoencoder import AutoencoderConfig, train_autoencoder
-from pipeline.train import kernel_sizes_of, load_normalised_kernels"""
+from dwscan.method.autoencoder import AutoencoderConfig, train_autoencoder
+from dwscan.stages.train import kernel_sizes_of, load_normalised_kernels"""
 
 # as train_autoencoders does, minus saving: sizes, then the sample, then training on its head
 # (a view: the whole sample stays in memory, as in a full run)
@@ -37,7 +37,7 @@ for k in kernel_sizes_of(paths):
 
 
 def run() -> list[dict]:
-    from pipeline.preprocess import centre_and_normalise
+    from dwscan.method.preprocess import centre_and_normalise
 
     rng = np.random.default_rng(0)
     templates, _ = centre_and_normalise(rng.standard_normal((16, KERNEL_SIZE ** 2)))

@@ -1,6 +1,6 @@
 """Zoo: `dwscan run --hub` end to end on a served synthetic zoo of 300 (and 1,000) models with
 planted clustered fractions (5x5 and 7x7 kernels, channel counts of real networks: about 4,600
-kernels a model) and a planted top-1 table (`pipeline.synthetic.write_planted_zoo`), read through
+kernels a model) and a planted top-1 table (`dwscan.testing.synthetic.write_planted_zoo`), read through
 the loopback hub stand-in the tests use. Per run: wall time per stage (the run summary's),
 training steps and why training stopped, peak memory (see `ProcessTreeMemory`), the largest
 |measured - planted| clustered fraction over models, and the Spearman correlation of clustered
@@ -114,7 +114,7 @@ def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
 
 def serve_zoo(hub, models_dir: Path) -> list[str]:
     """Put every model folder of `models_dir` on the hub stand-in as `planted/<name>`."""
-    from tests.hub_server import Repo
+    from dwscan.testing.hub_server import Repo
 
     repo_ids = []
     for folder in sorted(models_dir.iterdir()):
@@ -131,11 +131,11 @@ def run_zoo(n_models: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> d
     import numpy as np
     import pyarrow.compute as pc
 
-    import schemas
-    from pipeline.statistics import spearman
-    from pipeline.storage import OutputLayout, read_table
-    from pipeline.synthetic import write_planted_zoo
-    from tests.hub_server import HubStandIn
+    from dwscan import schemas
+    from dwscan.io.storage import OutputLayout, read_table
+    from dwscan.reports.statistics import spearman
+    from dwscan.testing.hub_server import HubStandIn
+    from dwscan.testing.synthetic import write_planted_zoo
 
     start = time.perf_counter()
     zoo = write_planted_zoo(workdir / "zoo", n_models, seed=n_models)

@@ -1,6 +1,6 @@
-"""Ray job: `dwscan assign`, same flags (`python -m jobs.assign --help`)."""
+"""Ray job: `dwscan assign`, same flags (`python -m dwscan.jobs.assign --help`)."""
 
-from jobs._entry import run_command
+from dwscan.jobs._entry import run_command
 
 if __name__ == "__main__":
     run_command("assign")

@@ -1,6 +1,6 @@
-"""Ray job: `dwscan rescan`, same flags (`python -m jobs.rescan --help`)."""
+"""Ray job: `dwscan rescan`, same flags (`python -m dwscan.jobs.rescan --help`)."""
 
-from jobs._entry import run_command
+from dwscan.jobs._entry import run_command
 
 if __name__ == "__main__":
     run_command("rescan")

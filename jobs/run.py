@@ -1,6 +1,6 @@
-"""Ray job: `dwscan run`, same flags (`python -m jobs.run --help`)."""
+"""Ray job: `dwscan run`, same flags (`python -m dwscan.jobs.run --help`)."""
 
-from jobs._entry import run_command
+from dwscan.jobs._entry import run_command
 
 if __name__ == "__main__":
     run_command("run")

@@ -1,6 +1,6 @@
-"""Ray job: `dwscan scan`, same flags (`python -m jobs.scan --help`)."""
+"""Ray job: `dwscan scan`, same flags (`python -m dwscan.jobs.scan --help`)."""
 
-from jobs._entry import run_command
+from dwscan.jobs._entry import run_command
 
 if __name__ == "__main__":
     run_command("scan")

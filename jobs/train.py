@@ -1,6 +1,6 @@
-"""Ray job: `dwscan train`, same flags (`python -m jobs.train --help`)."""
+"""Ray job: `dwscan train`, same flags (`python -m dwscan.jobs.train --help`)."""
 
-from jobs._entry import run_command
+from dwscan.jobs._entry import run_command
 
 if __name__ == "__main__":
     run_command("train")

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-import schemas
-from pipeline.lock import output_lock
-from pipeline.run import RunOptions, RunSummary, ScanCounts, log_run, now_utc, run_pipeline
-from pipeline.storage import OutputLayout, read_table_as
-from pipeline.templates import read_template_set_record
-from pipeline.zoo import ModelSpec, hub_spec
+from dwscan import schemas
+from dwscan.io.lock import output_lock
+from dwscan.io.storage import OutputLayout, read_table_as
+from dwscan.io.template_set import read_template_set_record
+from dwscan.io.zoo import ModelSpec, hub_spec
+from dwscan.run import RunOptions, RunSummary, ScanCounts, log_run, now_utc, run_pipeline
 
 DEFAULT_MAX_ATTEMPTS = 3
 

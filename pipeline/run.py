@@ -24,22 +24,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import schemas
-from pipeline import ray_executor
-from pipeline.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, read_accuracy_tables
-from pipeline.assign import (
-    DEFAULT_THRESHOLD,
-    assign_model_file,
-    assignment_template_set,
-    template_set_of,
-)
-from pipeline.autoencoder import AutoencoderConfig
-from pipeline.checkpoints import DEFAULT_LIMITS, ReadLimits
-from pipeline.extract import extract_model_to_parquet, model_row, one_line
-from pipeline.lock import output_lock
-from pipeline.memory import release_free_memory
-from pipeline.report_stage import ok_model_ids, write_reports
-from pipeline.storage import (
+from dwscan import schemas
+from dwscan.executor import ray_executor
+from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, read_accuracy_tables
+from dwscan.io.catalogue import model_row, ok_model_ids
+from dwscan.io.checkpoints import DEFAULT_LIMITS, ReadLimits
+from dwscan.io.lock import output_lock
+from dwscan.io.storage import (
     ModelIdError,
     OutputLayout,
     OutputWriteError,
@@ -52,15 +43,22 @@ from pipeline.storage import (
     replace_file,
     write_table,
 )
-from pipeline.templates import (
-    TemplateConfig,
+from dwscan.io.template_set import (
     TemplateSetRecord,
-    build_templates,
+    assignment_template_set,
     read_template_set_record,
+    template_set_of,
     write_template_set_record,
 )
-from pipeline.train import read_training_records
-from pipeline.zoo import ModelSpec
+from dwscan.io.zoo import ModelSpec
+from dwscan.memory import release_free_memory
+from dwscan.method.autoencoder import AutoencoderConfig, read_training_records
+from dwscan.stages.assign import DEFAULT_THRESHOLD, assign_model_file
+from dwscan.stages.extract import extract_model_to_parquet
+from dwscan.stages.report import write_reports
+from dwscan.stages.templates import TemplateConfig, build_templates
+from dwscan.stages.train import train_on_ray
+from dwscan.text import one_line
 
 # `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
 # 5 minutes), short enough that a stuck mount or a FIFO does not hold a nightly run for a day.
@@ -69,7 +67,7 @@ DEFAULT_MODEL_TIMEOUT = 3600.0
 
 @dataclass
 class RunOptions:
-    out: str | Path = "dwscan-out"  # folder or URI (pipeline.storage); a zoo, see above
+    out: str | Path = "dwscan-out"  # folder or URI (dwscan.io.storage); a zoo, see above
     threshold: float = DEFAULT_THRESHOLD  # cosine at or above which a kernel is clustered
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     templates: TemplateConfig = field(default_factory=TemplateConfig)
@@ -172,7 +170,7 @@ def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
     kernel_paths = [layout.kernels_path(m) for m in ok]
     if options.templates.method == "autoencoder":
         with _timed(timings, "train"):
-            ray_executor.train_on_ray(
+            train_on_ray(
                 kernel_paths, layout.autoencoders_dir, options.autoencoder,
                 num_workers=options.train_workers, use_gpu=options.use_gpu)
     with _timed(timings, "templates"):

@@ -1,8 +1,8 @@
-"""`python -m schemas`: write schemas/README.md, the column reference of every table."""
+"""`python -m dwscan.schemas`: write schemas/README.md, the column reference of every table."""
 
 from pathlib import Path
 
-import schemas
+from dwscan import schemas
 
 if __name__ == "__main__":
     path = Path(__file__).with_name("README.md")

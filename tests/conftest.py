@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.helpers import shared_hub, tiny_state_dict
+from dwscan.testing.hub_server import shared_hub
+from tests.helpers import tiny_state_dict
 
 shared_hub()
 # URLs read by the report stage (timm's tables) are cached here, not in the user's ~/.cache

@@ -108,9 +108,9 @@ def test_readme_documents_the_cluster_story():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
     for needed in ("ray up cluster.yaml", "ray dashboard cluster.yaml", "ray get-auth-token",
-                   "RAY_AUTH_MODE=token", "ray job submit", "python -m jobs.run",
+                   "RAY_AUTH_MODE=token", "ray job submit", "python -m dwscan.jobs.run",
                    "ray down cluster.yaml"):
         assert needed in section, needed
     assert "RAY_AUTH_MODE=disabled" not in section
-    for job in re.findall(r"python -m jobs\.(\w+)", section):
+    for job in re.findall(r"python -m dwscan\.jobs\.(\w+)", section):
         assert (ROOT / "jobs" / f"{job}.py").exists(), job

@@ -20,13 +20,11 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from pipeline.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
-from pipeline.storage import OutputLayout, read_table
-from tests.helpers import shared_hub
-from tests.hub_server import Repo
+from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
+from dwscan.io.storage import OutputLayout, read_table
+from dwscan.testing.hub_server import Repo, shared_hub
 
 pytestmark = pytest.mark.slow
-REPO_ROOT = Path(__file__).parents[1]
 # no network, no Ray Train: k-means templates keep each run to seconds
 FAST = ["--templates", "kmeans", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
         "--pretrain-csv", str(DEMO_PRETRAIN_CSV)]
@@ -194,7 +192,7 @@ def _free_port() -> int:
 
 
 def test_rescan_submitted_as_a_ray_job_to_a_local_head(tmp_path):
-    """`ray start --head`, then `ray job submit --working-dir . -- python -m jobs.rescan`, with
+    """`ray start --head`, then `ray job submit -- python -m dwscan.jobs.rescan`, with
     Ray's token authentication on, against the hub stand-in."""
     hub = shared_hub()
     for i in range(3):
@@ -221,9 +219,8 @@ def test_rescan_submitted_as_a_ray_job_to_a_local_head(tmp_path):
             "HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_DISABLE_TELEMETRY", "DWSCAN_CACHE")}}
         submitted = subprocess.run(
             [ray, "job", "submit", "--address", address, "--submission-id", "rescan-1",
-             "--no-wait", "--working-dir", str(REPO_ROOT),
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "-m", "jobs.rescan", "--hub", "--author", "jobs-org", "--out", str(out),
+             "--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--",
+             "python", "-m", "dwscan.jobs.rescan", "--hub", "--author", "jobs-org", "--out", str(out),
              *FAST],
             env=env, capture_output=True, text=True, timeout=300)
         assert submitted.returncode == 0, submitted.stderr[-3000:]

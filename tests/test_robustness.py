@@ -19,9 +19,9 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import save
 
-from pipeline.storage import OutputLayout, read_table
-from tests.helpers import shared_hub, tiny_state_dict
-from tests.hub_server import Repo
+from dwscan.io.storage import OutputLayout, read_table
+from dwscan.testing.hub_server import Repo, shared_hub
+from tests.helpers import tiny_state_dict
 
 pytestmark = pytest.mark.slow
 TINY_FILTERS = 8 + 16  # depthwise kernels of tiny_state_dict (its 1x7 layer is skipped)

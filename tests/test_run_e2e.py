@@ -12,12 +12,12 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-import schemas
-from pipeline.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
-from pipeline.autoencoder import AutoencoderConfig
-from pipeline.storage import OutputLayout, read_table, read_tables, schema_version_of
-from pipeline.zoo import demo_zoo
-from tests.test_checkpoints import _Payload
+from dwscan import schemas
+from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
+from dwscan.io.storage import OutputLayout, read_table, read_tables, schema_version_of
+from dwscan.io.zoo import demo_zoo
+from dwscan.method.autoencoder import AutoencoderConfig
+from tests.io.test_checkpoints import _Payload
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).parents[1] / "README.md"

@@ -1,0 +1,379 @@
+"""Reading checkpoints safely: the only module that opens weight files.
+
+Safetensors are memory-mapped and read tensor by tensor. Torch files are read only with
+`torch.load(weights_only=True)`, which refuses any pickle that asks to build arbitrary objects, so
+nothing in a hostile file runs. Every failure becomes a `CheckpointError` with a one-line reason.
+
+A hostile file may also claim more than it holds, so before anything is allocated: every file a
+checkpoint folder names must resolve inside the folder, a torch zip may inflate to at most
+`ReadLimits.max_torch_bytes`, and a tensor must be backed by as many bytes as it declares (no
+stride-0 or overlapping views); `dwscan.stages.extract` caps the kernels per model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import struct
+import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from dwscan.text import one_line
+
+SAFETENSORS_SUFFIXES = {".safetensors"}
+TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+# Files a Hugging Face style folder may hold, in order of preference (safetensors first).
+FOLDER_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read; the message is the one-line reason recorded for it."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one model may cost, whatever its files claim (README, "Safety", has the defaults).
+
+    The biggest depthwise zoo models hold about 10^5 kernels (convnext_xxlarge: 54k), and a
+    weights pickle is ~100 bytes per tensor, so the defaults refuse only files that lie.
+    """
+
+    max_kernels: int = 1_000_000  # depthwise kernels per model
+    max_kernel_values: int = 100_000_000  # their weights together (400 MB as float32)
+    max_torch_bytes: int = 1 << 30  # a torch file's bytes held in memory: its pickle, inflated
+    # (compressed) storages, or all of a legacy (non-zip) file
+    max_pickle_bytes: int = 64 << 20  # a torch zip's data.pkl, uncompressed
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts 'blocks.2' before 'blocks.10' (safetensors headers lose module order)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
+class SafetensorsCheckpoint:
+    """One or more safetensors files (a sharded checkpoint), read lazily through mmap."""
+
+    def __init__(self, files: list[Path]):
+        from safetensors import safe_open
+
+        self._handles = []
+        self._where: dict[str, object] = {}
+        self._infos: dict[str, TensorInfo] = {}
+        for file in files:
+            try:
+                handle = safe_open(str(file), framework="pt")
+            except FileNotFoundError as exc:
+                raise CheckpointError(f"file not found: {file}") from exc
+            except Exception as exc:  # safetensors raises its own error type for bad headers
+                raise CheckpointError(f"corrupt safetensors file {file.name}: {one_line(exc)}") \
+                    from exc
+            self._handles.append(handle)
+            for name in handle.keys():
+                sl = handle.get_slice(name)
+                self._where[name] = handle
+                self._infos[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()))
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            tensor = self._where[name].get_tensor(name)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensor {name}: {one_line(exc)}") from exc
+        return tensor.float().numpy()
+
+
+# Safetensors dtype names this module can turn into float32 kernels.
+FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": None}
+_TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# Fetch two tensors in one request when at most this many unwanted bytes lie between them.
+COALESCE_GAP = 4096
+# A safetensors header larger than this is not a header.
+MAX_HEADER_BYTES = 100_000_000
+
+
+class RemoteSafetensorsCheckpoint:
+    """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`: the
+    header first, then only the tensors asked for, neighbours coalesced into one request."""
+
+    def __init__(self, fetch, files: list[str]):
+        self._fetch = fetch
+        self._infos: dict[str, TensorInfo] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file, start, stop)
+        self._cache: dict[str, bytes] = {}
+        self.header_bytes = 0
+        for file in files:
+            length = struct.unpack("<Q", self._fetch(file, 0, 8))[0]
+            if not 0 < length <= MAX_HEADER_BYTES:
+                raise CheckpointError(f"corrupt safetensors file {file}: header length {length}")
+            try:
+                header = json.loads(self._fetch(file, 8, 8 + length))
+            except ValueError as exc:
+                raise CheckpointError(f"corrupt safetensors header in {file}: {exc}") from exc
+            self.header_bytes += 8 + length
+            if not isinstance(header, dict):
+                raise CheckpointError(f"corrupt safetensors header in {file}: not a JSON object")
+            for name, meta in header.items():
+                if name == "__metadata__":
+                    continue
+                info, begin, end = _header_entry(file, name, meta)
+                self._infos[name] = info
+                self._where[name] = (file, 8 + length + begin, 8 + length + end)
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
+
+    def prefetch(self, names: list[str]) -> None:
+        """Fetch these tensors with as few requests as the gaps between them allow."""
+        spans = sorted(self._where[n] + (n,) for n in names if n not in self._cache)
+        group: list[tuple] = []
+        for span in spans + [None]:
+            if group and (span is None or span[0] != group[-1][0]
+                          or span[1] - group[-1][2] > COALESCE_GAP):
+                file, start, stop = group[0][0], group[0][1], max(g[2] for g in group)
+                data = self._fetch(file, start, stop)
+                for _, a, b, name in group:
+                    self._cache[name] = data[a - start:b - start]
+                group = []
+            if span is not None:
+                group.append(span)
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self.prefetch([name])
+        info = self._infos[name]
+        return decode_tensor(self._cache.pop(name), info.dtype, info.shape)
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _header_entry(file: str, name: str, meta: object) -> tuple[TensorInfo, int, int]:
+    """One tensor of a safetensors header, checked: its byte span must hold exactly its shape."""
+    try:
+        dtype, shape, (begin, end) = meta["dtype"], meta["shape"], meta["data_offsets"]
+        if not (isinstance(dtype, str) and isinstance(shape, list)
+                and all(type(v) is int and v >= 0 for v in [*shape, begin, end])):
+            raise TypeError
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"corrupt safetensors header in {file}: bad entry for {name}") \
+            from exc
+    size = _DTYPE_BYTES.get(dtype)
+    if size is not None and end - begin != size * _product(shape):
+        raise CheckpointError(f"corrupt safetensors header in {file}: {name} declares shape "
+                              f"{shape} ({dtype}) but spans {end - begin} bytes")
+    return TensorInfo(name, tuple(shape), dtype), begin, end
+
+
+def _product(values) -> int:
+    result = 1
+    for v in values:
+        result *= int(v)
+    return result
+
+
+def decode_tensor(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw little-endian safetensors bytes as a float32 array."""
+    if dtype not in FLOAT_DTYPES:
+        raise CheckpointError(f"unsupported dtype {dtype}")
+    if dtype == "BF16":
+        values = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(data, dtype=FLOAT_DTYPES[dtype]).astype(np.float32)
+    if values.size != int(np.prod(shape)):
+        raise CheckpointError(f"tensor of shape {shape} got {values.size} values")
+    return values.reshape(shape)
+
+
+class TorchCheckpoint:
+    """A torch state dict, loaded with weights_only=True (memory-mapped when the file is a zip)."""
+
+    def __init__(self, file: Path, limits: ReadLimits = DEFAULT_LIMITS):
+        import torch
+
+        if not file.is_file():
+            raise CheckpointError(f"file not found: {file}")
+        use_mmap = _check_torch_size(file, limits)
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=use_mmap)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"refused to unpickle {file.name}: it is not a plain weights file "
+                f"(weights_only=True rejected it: {one_line(exc)[:160]})") from exc
+        except Exception as exc:
+            raise CheckpointError(f"corrupt torch file {file.name}: {one_line(exc)[:200]}") \
+                from exc
+        self._tensors = _find_state_dict(obj, file.name)
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [TensorInfo(n, tuple(t.shape), _dtype_name(t.dtype)) for n, t in self._tensors.items()]
+
+    def read(self, name: str) -> np.ndarray:
+        tensor = self._tensors[name]
+        _check_backing(name, tensor)
+        return tensor.float().numpy()
+
+
+def _check_torch_size(file: Path, limits: ReadLimits) -> bool:
+    """Refuse a torch file that would inflate past the limits, from the zip directory alone
+    (before torch.load); returns whether to memory-map it: only a zip whose storages are stored
+    uncompressed can be mapped (torch maps compressed bytes as if they were the tensor)."""
+    if not zipfile.is_zipfile(file):  # legacy format: torch reads all of it into memory
+        size = file.stat().st_size
+        if size > limits.max_torch_bytes:
+            raise CheckpointError(f"{file.name} is a legacy (non-zip) torch file of {size} bytes, "
+                                  f"over the cap of {limits.max_torch_bytes} (--max-torch-mb)")
+        return False
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt torch file {file.name}: {one_line(exc)[:200]}") from exc
+    pickles = [e for e in entries if e.filename.endswith("data.pkl")]
+    pickle_bytes = sum(e.file_size for e in pickles)
+    if pickle_bytes > limits.max_pickle_bytes:
+        raise CheckpointError(f"{file.name}: its pickle inflates to {pickle_bytes} bytes, over the "
+                              f"cap of {limits.max_pickle_bytes}")
+    compressed = [e for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    in_memory = pickle_bytes + sum(e.file_size for e in compressed if e not in pickles)
+    if in_memory > limits.max_torch_bytes:
+        raise CheckpointError(f"{file.name} inflates to {in_memory} bytes in memory, over the cap "
+                              f"of {limits.max_torch_bytes} (--max-torch-mb)")
+    return not compressed
+
+
+def _check_backing(name: str, tensor) -> None:
+    """A tensor must be backed by as many bytes as it declares: a stride-0 or overlapping view
+    of a small storage would otherwise become a huge array when read."""
+    declared = tensor.numel() * tensor.element_size()
+    backing = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+    if declared > backing or _overlaps(tuple(tensor.shape), tensor.stride()):
+        raise CheckpointError(
+            f"tensor {name} declares shape {tuple(tensor.shape)} ({declared} bytes) over "
+            f"{max(backing, 0)} bytes of storage with strides {tensor.stride()}: refused")
+
+
+def _overlaps(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether two indices of a strided view share an element (sufficient test: sorted by stride,
+    each stride must step past everything the smaller ones span)."""
+    span = 1
+    for size, stride in sorted((d for d in zip(shape, strides) if d[0] > 1), key=lambda d: d[1]):
+        if stride < span:
+            return True
+        span = stride * size
+    return False
+
+
+def _dtype_name(dtype) -> str:
+    """A torch dtype under its safetensors name ('F32', 'BF16', ...), so readers agree."""
+    name = str(dtype).removeprefix("torch.")
+    return _TORCH_DTYPES.get(name, name)
+
+
+def _find_state_dict(obj: object, file_name: str) -> dict:
+    import torch
+
+    for wrapper in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file_name} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{file_name} holds no tensors")
+    return tensors
+
+
+def choose_weight_file(names: Iterable[str]) -> str | None:
+    """The file a Hugging Face style folder or Hub repo is read from, of the `names` it holds:
+    the first of FOLDER_WEIGHT_FILES there is (safetensors, then its shard index, then torch)."""
+    names = set(names)
+    return next((name for name in FOLDER_WEIGHT_FILES if name in names), None)
+
+
+def weight_files(path: Path) -> tuple[str, list[Path]]:
+    """Which reader and which files a checkpoint path needs: ('safetensors'|'torch', files).
+
+    Files a folder (or a shard index) names must resolve inside it, symlinks followed."""
+    if path.is_dir():
+        name = choose_weight_file(n for n in FOLDER_WEIGHT_FILES if (path / n).is_file())
+        if name is None:
+            raise CheckpointError(f"folder {path} has none of {', '.join(FOLDER_WEIGHT_FILES)}")
+        kind, files = weight_files(path / name)
+        return kind, [confined(path, f) for f in [path / name, *files]][1:]
+    if path.name.endswith(".safetensors.index.json"):
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"bad shard index {path.name}: {one_line(exc)[:200]}") from exc
+        return "safetensors", [confined(path.parent, path.parent / s)
+                               for s in shard_names(index, path.name)]
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors", [path]
+    if path.suffix in TORCH_SUFFIXES:
+        return "torch", [path]
+    if not path.exists():
+        raise CheckpointError(f"file not found: {path}")
+    raise CheckpointError(
+        f"unsupported checkpoint format {path.suffix or path.name!r}: expected .safetensors, "
+        f"{', '.join(sorted(TORCH_SUFFIXES))} or a folder with {FOLDER_WEIGHT_FILES[0]}")
+
+
+def shard_names(index: object, index_name: str) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names: plain relative names only."""
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"bad shard index {index_name}: no weight_map of shards")
+    shards = sorted(set(map(str, weight_map.values())))
+    for shard in shards:
+        parts = PurePosixPath(shard).parts
+        if (not shard or "\\" in shard or "\0" in shard or PurePosixPath(shard).is_absolute()
+                or ".." in parts):
+            raise CheckpointError(f"bad shard index {index_name}: shard {shard[:100]!r} is not "
+                                  f"a file name inside the checkpoint")
+    return shards
+
+
+def confined(folder: Path, file: Path) -> Path:
+    """`file` if it resolves (symlinks followed) inside `folder`, else a CheckpointError.
+
+    The one exception is a Hugging Face cache snapshot (`.../snapshots/<rev>/`), whose files
+    are symlinks into the repo's `blobs/` folder."""
+    resolved = file.resolve()
+    root = folder.resolve()
+    allowed = [root]
+    if folder.parent.name == "snapshots":
+        allowed.append(folder.parent.parent.resolve() / "blobs")
+    if not any(resolved.is_relative_to(a) for a in allowed):
+        raise CheckpointError(f"{file.name} resolves outside the checkpoint folder "
+                              f"({os.fspath(resolved)[:200]}): refused")
+    return file
+
+
+@contextmanager
+def open_checkpoint(path: str | Path, limits: ReadLimits = DEFAULT_LIMITS
+                    ) -> Iterator[SafetensorsCheckpoint | TorchCheckpoint]:
+    kind, files = weight_files(Path(path))
+    yield (SafetensorsCheckpoint(files) if kind == "safetensors"
+           else TorchCheckpoint(files[0], limits))
+

@@ -1,0 +1,126 @@
+"""The template index: nearest template by cosine with FAISS, and spherical k-means.
+
+The templates stage (choosing templates) and the assign stage (assigning every kernel) both
+search a set of templates; this module is the one door to FAISS for both. Which FAISS index
+backs the search is decided in `_flat_inner_product_index` alone: a GPU flat index when FAISS's GPU
+build (the `dwscan[gpu]` extra) sees a GPU, else the CPU one; `DWSCAN_FAISS_DEVICE` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dwscan.io.arrays import list_column_to_matrix
+from dwscan.method.preprocess import centre_and_normalise
+
+# Default cosine threshold for "clustered"; METHOD.md section 5 explains the choice.
+DEFAULT_THRESHOLD = 0.8
+
+
+FAISS_DEVICE_ENV = "DWSCAN_FAISS_DEVICE"  # cpu | gpu | auto (default): which index backs search
+FAISS_DEVICES = ("auto", "cpu", "gpu")
+
+
+def choose_index_device(num_gpus: int, has_gpu_api: bool, requested: str = "auto") -> str:
+    """"cpu" or "gpu" for the template index. `auto` takes the GPU when FAISS's GPU build sees
+    one; `gpu` without one is an error rather than a silent CPU run (the user asked for it)."""
+    requested = (requested or "auto").strip().lower()
+    if requested not in FAISS_DEVICES:
+        raise ValueError(f"{FAISS_DEVICE_ENV}={requested!r}: expected one of {', '.join(FAISS_DEVICES)}")
+    gpu_usable = has_gpu_api and num_gpus > 0
+    if requested == "gpu" and not gpu_usable:
+        raise ValueError(f"{FAISS_DEVICE_ENV}=gpu but FAISS "
+                         + ("sees no GPU" if has_gpu_api else "has no GPU support (pip install "
+                            "'dwscan[gpu]' after uninstalling faiss-cpu; README)"))
+    if requested == "cpu":
+        return "cpu"
+    return "gpu" if gpu_usable else "cpu"
+
+
+def index_device() -> str:
+    """The device of this process's template indexes: FAISS's build, its GPUs and the env."""
+    has_gpu_api = hasattr(faiss, "StandardGpuResources")
+    num_gpus = faiss.get_num_gpus() if has_gpu_api else 0
+    return choose_index_device(num_gpus, has_gpu_api, os.environ.get(FAISS_DEVICE_ENV, "auto"))
+
+
+_gpu_resources = None  # one StandardGpuResources per process: it holds the GPU's scratch memory
+
+
+def _flat_inner_product_index(dim: int) -> faiss.Index:
+    """Exact inner-product search, on GPU 0 or the CPU (index_device); the same assignments
+    either way, ties aside. The one place that picks a FAISS backend."""
+    global _gpu_resources
+    index = faiss.IndexFlatIP(dim)
+    if index_device() == "cpu":
+        return index
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
+
+
+class TemplateIndex:
+    """Exact search over unit-norm templates; on unit-norm queries the inner product is the cosine.
+
+    With `sign_invariant`, a kernel and its negative are the same pattern: the index holds every
+    template and its negative, and a match to -T counts as T with sign -1.
+    """
+
+    def __init__(self, templates: np.ndarray, sign_invariant: bool = False):
+        templates = np.ascontiguousarray(templates, dtype=np.float32)
+        norms = np.linalg.norm(templates, axis=1, keepdims=True)
+        if templates.ndim != 2 or len(templates) == 0 or (norms <= 0).any():
+            raise ValueError("templates must be a non-empty matrix of non-zero rows")
+        self.templates = templates / norms
+        self.sign_invariant = sign_invariant
+        self.index = _flat_inner_product_index(templates.shape[1])
+        self.index.add(np.concatenate([self.templates, -self.templates]) if sign_invariant
+                       else self.templates)
+
+    def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(template id, cosine) of the best template for each unit-norm row."""
+        ids, cosines, _ = self.nearest_with_sign(vectors)
+        return ids, cosines
+
+    def nearest_with_sign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(template id, cosine, sign): the row is closest to sign * template; sign is -1 only
+        when sign-invariant."""
+        if len(vectors) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int8)
+        cosines, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        ids, n = ids[:, 0], len(self.templates)
+        signs = np.where(ids >= n, -1, 1).astype(np.int8)
+        return ids % n, cosines[:, 0], signs
+
+
+def spherical_kmeans(vectors: np.ndarray, n_clusters: int, seed: int = 0,
+                     iterations: int = 50) -> np.ndarray:
+    """Unit-norm centroids of k-means on the sphere (cosine similarity), seeded."""
+    kmeans = faiss.Kmeans(vectors.shape[1], min(n_clusters, len(vectors)), niter=iterations,
+                          spherical=True, seed=seed, verbose=False)
+    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return kmeans.centroids
+
+
+def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[int, TemplateIndex]:
+    """One index per kernel size from a TEMPLATES table, rows in template_id order."""
+    indexes = {}
+    for k in sorted(set(templates.column("kernel_size").to_pylist())):
+        rows = templates.filter(pc.equal(templates.column("kernel_size"), k)).sort_by("template_id")
+        indexes[k] = TemplateIndex(list_column_to_matrix(rows.column("weights"), k * k),
+                                   sign_invariant)
+    return indexes
+
+
+def chance_clustered_fraction(index: TemplateIndex, threshold: float, n: int = 100_000,
+                              seed: int = 0) -> float:
+    """Share of isotropic Gaussian kernels that reach `threshold`: what 'clustered' means by luck."""
+    rng = np.random.default_rng(seed)
+    noise, _ = centre_and_normalise(rng.standard_normal((n, index.templates.shape[1])))
+    _, cosines = index.nearest(noise)
+    return float((cosines >= threshold).mean())

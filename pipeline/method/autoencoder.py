@@ -1,0 +1,353 @@
+"""The paper's autoencoder, a 1-D code learnt with a cosine reconstruction loss.
+
+One autoencoder per kernel size. The code passes through a sigmoid so that it lives in [0, 1] and
+can be swept end to end (the authors' follow-up work does the same). The training loop is plain
+torch; a caller may wrap the model (DDP under Ray Train) and hand it a shard of the data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AutoencoderConfig:
+    hidden: tuple[int, ...] = (256, 128)  # encoder layer widths; the decoder mirrors them
+    code_dim: int = 1  # the paper's 1-D code
+    epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
+    min_steps: int = 1500  # no convergence stop before this many optimiser steps
+    max_steps: int = 20_000  # the step cap of a convergence-stopped run
+    check_every: int = 250  # optimiser steps between two convergence checks
+    check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
+    template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
+    loss_tolerance: float = 0.002  # loss "plateaued": under 0.002 below its best earlier check
+    patience: int = 2  # consecutive checks that must both hold before stopping
+    # checks in a row with no new best loss after which training stops although the templates
+    # still move: the sweep wanders over data with no stable structure (random weights, noise)
+    # and more steps find nothing; 12 checks = 3,000 steps at the defaults
+    plateau_patience: int = 12
+    cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
+    batch_size: int = 512  # per worker, on the CPU
+    # per worker on CUDA, where small batches leave the GPU idle between kernel launches; not yet
+    # measured (no GPU lent so far): `python -m benchmarks.gpu` sweeps it (BENCHMARKS.md, "gpu")
+    gpu_batch_size: int = 8192
+    lr: float = 3e-3  # Adam, cosine-annealed to lr/20 over the run (or over max_steps)
+    seed: int = 0  # model init and data order; same input + seed = same templates
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AutoencoderConfig:
+        values = dict(values)
+        values["hidden"] = tuple(values.get("hidden", cls.hidden))
+        return cls(**values)
+
+
+class KernelAutoencoder(nn.Module):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 128), code_dim: int = 1):
+        super().__init__()
+        self.dim, self.hidden, self.code_dim = dim, tuple(hidden), code_dim
+        widths = [dim, *hidden]
+        enc: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            enc += [nn.Linear(a, b), nn.Tanh()]
+        # Batch norm before the sigmoid keeps codes spread over (0, 1); without it some seeds
+        # saturate at 0 and 1 early, the gradient vanishes and the code collapses to two values.
+        self.encoder = nn.Sequential(*enc, nn.Linear(widths[-1], code_dim),
+                                     nn.BatchNorm1d(code_dim, affine=False))
+        dec: list[nn.Module] = []
+        back = [code_dim, *reversed(hidden)]
+        for a, b in zip(back[:-1], back[1:]):
+            dec += [nn.Linear(a, b), nn.Tanh()]
+        self.decoder = nn.Sequential(*dec, nn.Linear(back[-1], dim))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.encoder(x))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def cosine_loss(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """1 - cosine(x, x_hat), averaged: the paper's loss; scale of the output is free."""
+    return 1.0 - F.cosine_similarity(x, reconstruction, dim=1, eps=1e-8).mean()
+
+
+def batch_size_for(config: AutoencoderConfig, device: str | torch.device) -> int:
+    """The batch size a worker uses on `device`: `gpu_batch_size` on CUDA, else `batch_size`."""
+    return config.gpu_batch_size if torch.device(device).type == "cuda" else config.batch_size
+
+
+def steps_per_epoch(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> int:
+    return max(1, (n_rows // world_size) // config.batch_size)
+
+
+def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> int:
+    """Optimiser steps of a run: exactly `epochs` passes when given, else the cap."""
+    if config.epochs is not None:
+        return config.epochs * steps_per_epoch(n_rows, config, world_size)
+    return config.max_steps
+
+
+STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"
+STOP_PLATEAU = "loss plateaued, templates still moving"
+
+
+class ConvergenceRule:
+    """When to stop: templates no longer move and the loss has plateaued, `patience` checks in a
+    row (converged); or the loss has not improved for `plateau_patience` checks although the
+    templates still move (nothing stable to find); never before `min_steps`. Fed one check at a
+    time; pure, so tests can replay it."""
+
+    def __init__(self, config: AutoencoderConfig):
+        self.config = config
+        self._best_loss: float | None = None
+        self._streak = 0  # checks in a row both still and flat
+        self._flat = 0  # checks in a row flat, still or not
+
+    def observe(self, step: int, loss: float, template_cosine: float | None) -> str | None:
+        """One check: `loss` is the mean loss since the last check, `template_cosine` how close
+        the templates are to the last check's (`curve_moved`; None at the first). Returns why
+        to stop (STOP_CONVERGED or STOP_PLATEAU), or None to go on."""
+        c = self.config
+        # against the best, not the last, check: a noisy check then a lucky one is no progress
+        plateaued = self._best_loss is not None and self._best_loss - loss < c.loss_tolerance
+        still = template_cosine is not None and template_cosine >= c.template_cosine
+        self._best_loss = loss if self._best_loss is None else min(self._best_loss, loss)
+        self._streak = self._streak + 1 if plateaued and still else 0
+        self._flat = self._flat + 1 if plateaued else 0
+        if step < c.min_steps:
+            return None
+        if self._streak >= c.patience:
+            return STOP_CONVERGED
+        return STOP_PLATEAU if self._flat >= c.plateau_patience else None
+
+
+@dataclass
+class TrainingLog:
+    """How a run went: steps taken, why it stopped, and each check (step, loss, cosine)."""
+
+    steps: int
+    epochs: float  # passes over the data (steps / steps per epoch)
+    stop_reason: str
+    converged_step: int | None  # the check that decided to stop (the cool-down follows)
+    check_steps: list[int]
+    losses: list[float]  # mean training loss since the previous check
+    template_cosines: list[float | None]  # templates' cosine to the last check (curve_moved)
+
+    def as_record(self) -> dict:
+        return asdict(self)
+
+
+def _mean_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Average across DDP ranks so every rank sees the same numbers and takes the same stop
+    decision (ranks that disagreed would wait on each other's all-reduce forever)."""
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+        values = values / world_size
+    return values
+
+
+CHECK_SWEEP_POINTS = 1024  # codes decoded at each check
+
+
+@torch.no_grad()
+def template_curve(model: KernelAutoencoder, sample: torch.Tensor,
+                   n_points: int = CHECK_SWEEP_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoded template sweep (unit rows) and the share of `sample` whose code falls
+    nearest each point: where on the curve the data sits. Stays on the model's device."""
+    was_training = model.training
+    model.eval()
+    codes = torch.linspace(0.0, 1.0, n_points, device=sample.device).unsqueeze(1)
+    curve = F.normalize(model.decode(codes), dim=1, eps=1e-8)
+    nearest = (model.encode(sample)[:, 0] * (n_points - 1)).round().long().clamp(0, n_points - 1)
+    weights = torch.bincount(nearest, minlength=n_points).float() / max(1, len(sample))
+    model.train(was_training)
+    return curve, weights
+
+
+def curve_moved(curve: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """How much the templates moved since `previous`: each point's best cosine to any earlier
+    point (so sliding along the curve is no move), averaged with the data's weights (so the
+    unused ends of the code range, which drift freely, count for nothing)."""
+    return (weights * (curve @ previous.T).max(dim=1).values).sum()
+
+
+def train_autoencoder(
+    data: np.ndarray,
+    config: AutoencoderConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    device: str | torch.device = "cpu",
+    on_check: Callable[[int, int, float, float | None], None] | None = None,
+) -> tuple[KernelAutoencoder, TrainingLog]:
+    """Train on centred unit-norm rows; returns the bare model and how training went.
+
+    Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
+    seeded sample of the rows sits on it; with `config.epochs` None training stops once those
+    templates stop moving and the loss stops falling, or the loss has long stopped falling
+    (ConvergenceRule, then a cool-down), or at `max_steps`. Every rank sees the same seeded
+    permutation per epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
+    numbers are averaged over ranks, so they stop together. The rows, the check sample and each
+    epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
+    waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for) and the epoch
+    orders come from torch's CUDA generator, so CUDA and CPU runs of one seed differ in detail.
+    `on_check(step, budget, loss, cosine)` reports progress.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    config = replace(config, batch_size=batch_size_for(config, device))
+    torch.manual_seed(config.seed)
+    model = KernelAutoencoder(data.shape[1], config.hidden, config.code_dim).to(device)
+    trained = wrap_model(model) if wrap_model else model
+    # fused Adam: one kernel launch for all parameters on CUDA (not available for CPU tensors)
+    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=on_cuda or None)
+    per_epoch = steps_per_epoch(len(data), config, world_size)
+    budget = step_budget(len(data), config, world_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
+    tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
+    rng = np.random.default_rng(config.seed)  # the CPU's epoch orders (as before CUDA support)
+    # CUDA draws them on the GPU: a host permutation of millions of rows would stall each epoch;
+    # seeded alike on every rank, so DDP ranks still share one order
+    device_rng = torch.Generator(device=device).manual_seed(config.seed) if on_cuda else None
+    check_rows = np.sort(np.random.default_rng(config.seed + 1).permutation(len(data))[
+        :config.check_sample])
+    sample = tensor[torch.from_numpy(check_rows).to(device)]
+    rule = ConvergenceRule(config)
+    log = TrainingLog(0, 0.0, STOP_EPOCHS if config.epochs is not None else STOP_CAP, None,
+                      [], [], [])
+    cooldown_from = 0.0  # the learning rate when the cool-down began
+    previous: torch.Tensor | None = None
+    window_loss = torch.zeros((), device=device)
+    window_steps = 0
+    step = 0
+    needed = per_epoch * config.batch_size
+    while step < budget:
+        # the epoch's order is made (on CUDA) or put (on the CPU) on the device once; each step
+        # slices it there, so no index array crosses to the device per step
+        order = (torch.randperm(len(data), generator=device_rng, device=device) if on_cuda
+                 else torch.from_numpy(rng.permutation(len(data))))
+        shard = order[rank::world_size][:needed]
+        if len(shard) < needed:  # fewer rows than one batch per rank: repeat them
+            shard = shard.repeat(-(-needed // len(shard)))[:needed]
+        for i in range(per_epoch):
+            if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
+                break
+            batch = tensor[shard[i * config.batch_size:(i + 1) * config.batch_size]]
+            loss = cosine_loss(batch, trained(batch))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if log.converged_step is None:
+                schedule.step()
+            else:  # cool-down: linear from the rate at convergence to lr/20 at the new budget
+                done = (step + 1 - log.converged_step) / (budget - log.converged_step)
+                for group in optimiser.param_groups:
+                    group["lr"] = cooldown_from + done * (config.lr / 20 - cooldown_from)
+            window_loss += loss.detach()
+            window_steps += 1
+            step += 1
+            if step % config.check_every and step != budget:
+                continue
+            current, weights = template_curve(model, sample)
+            moved = (curve_moved(current, weights, previous) if previous is not None
+                     else torch.full((), float("nan"), device=device))
+            numbers = _mean_over_ranks(torch.stack([window_loss / window_steps, moved]),
+                                       world_size).tolist()  # the check's one host sync
+            mean_loss, cosine = numbers[0], None if np.isnan(numbers[1]) else numbers[1]
+            log.check_steps.append(step)
+            log.losses.append(mean_loss)
+            log.template_cosines.append(cosine)
+            previous, window_loss, window_steps = current, torch.zeros_like(window_loss), 0
+            if on_check:
+                on_check(step, budget, mean_loss, cosine)
+            stop = (rule.observe(step, mean_loss, cosine)
+                    if config.epochs is None and log.converged_step is None else None)
+            if stop:
+                # the same numbers on every rank (averaged above), so the same new budget
+                log.stop_reason, log.converged_step = stop, step
+                budget = min(budget, step + max(config.check_every, int(config.cooldown * step)))
+                cooldown_from = optimiser.param_groups[0]["lr"]
+    log.steps, log.epochs = step, step / per_epoch
+    return model.cpu().eval(), log
+
+
+@torch.no_grad()
+def encode_kernels(model: KernelAutoencoder, data: np.ndarray, batch: int = 65536) -> np.ndarray:
+    codes = [model.encode(torch.from_numpy(data[i:i + batch])).numpy()
+             for i in range(0, len(data), batch)]
+    return np.concatenate(codes) if codes else np.zeros((0, model.code_dim), np.float32)
+
+
+@torch.no_grad()
+def decode_sweep(model: KernelAutoencoder, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode evenly spaced codes over [0, 1]: the spectrum of candidate templates."""
+    if model.code_dim != 1:
+        raise ValueError("a code sweep needs a 1-D code")
+    codes = torch.linspace(0.0, 1.0, n_points).unsqueeze(1)
+    return codes.squeeze(1).numpy(), model.decode(codes).numpy()
+
+
+def save_autoencoder(model: KernelAutoencoder, path: Path, extra: dict | None = None) -> Path:
+    """Weights as safetensors (never a pickle) plus a JSON file with what rebuilds the model;
+    `path` may be local or on an object store (dwscan.io.storage)."""
+    from safetensors.torch import save
+
+    from dwscan.io.storage import as_location, write_bytes_atomic
+
+    path = as_location(path)
+    meta = {"dim": model.dim, "hidden": list(model.hidden), "code_dim": model.code_dim,
+            **(extra or {})}
+    write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    write_bytes_atomic(path.with_suffix(".json"),
+                       json.dumps(meta, indent=2, default=_jsonable).encode())
+    return path
+
+
+def load_autoencoder(path: Path) -> tuple[KernelAutoencoder, dict]:
+    from safetensors.torch import load
+
+    from dwscan.io.storage import as_location
+
+    path = as_location(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = KernelAutoencoder(meta["dim"], tuple(meta["hidden"]), meta["code_dim"])
+    model.load_state_dict(load(path.read_bytes()))
+    return model.eval(), meta
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, AutoencoderConfig):
+        return asdict(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def autoencoder_path(out_dir: Path, kernel_size: int) -> Path:
+    from dwscan.io.storage import as_location
+
+    return as_location(out_dir) / f"k{kernel_size}.safetensors"
+
+
+def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:
+    """What `autoencoders/k*.json` say about each size's training (steps, why it stopped)."""
+    records = {}
+    for k in kernel_sizes:
+        path = autoencoder_path(out_dir, k).with_suffix(".json")
+        if path.exists():
+            records[k] = json.loads(path.read_text())
+    return records

@@ -1,0 +1,1 @@
+"""What analysts read: per-model tables, statistics, plots and the static report page."""

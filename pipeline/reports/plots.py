@@ -1,0 +1,290 @@
+"""Pictures of the results: template galleries, clusterability against top-1 and depth, label
+shares."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+
+def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> Path:
+    """Every template of one size beside its fitted family member (same diverging colour map,
+    centred at 0), with family, parameters, fit cosine, share of clustered kernels and whether
+    a second seed reproduced it."""
+    rows = templates.filter(pc.equal(templates.column("kernel_size"), kernel_size))
+    rows = rows.sort_by([("share", "descending")]).to_pylist()
+    per_line = min(len(rows), 4) or 1
+    lines = -(-len(rows) // per_line) or 1
+    fig, axes = plt.subplots(lines, 2 * per_line, figsize=(2.0 * per_line * 2, 2.3 * lines + 0.4),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        pair = axes[i // per_line, 2 * (i % per_line):2 * (i % per_line) + 2]
+        template = np.asarray(row["weights"], np.float32).reshape(kernel_size, kernel_size)
+        fitted = np.asarray(row["fit_weights"], np.float32).reshape(kernel_size, kernel_size)
+        limit = float(max(np.abs(template).max(), np.abs(fitted).max())) or 1.0
+        for ax, image in zip(pair, (template, fitted)):
+            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        unstable = " *" if row["stable"] is False else ""
+        pair[0].set_title(f"#{row['template_id']}{unstable} {100 * row['share']:.1f}% of "
+                          f"clustered\n{row['label']}", fontsize=7, loc="left")
+        pair[1].set_title(f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"
+                          f"{_fit_parameters_text(row)}", fontsize=5.5, loc="left")
+    fig.suptitle(f"{kernel_size}x{kernel_size} templates (left) and their fitted family members "
+                 "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9)
+    return _save(fig, path)
+
+
+def _fit_parameters_text(row: dict) -> str:
+    """The fitted parameters of a gallery cell, two decimals, angles whole, two lines."""
+    parameters = dict(row["fit_parameters"] or [])
+    items = [f"{name.replace('_deg', '')} {value:.0f}" if name.endswith("_deg")
+             else f"{name.replace('surround_', 's.')} {value:.2f}"
+             for name, value in parameters.items()]
+    return ", ".join(items[:3]) + ("\n" + ", ".join(items[3:]) if items[3:] else "\n")
+
+
+_MARKERS = "osD^vP*Xph"
+MAX_WIDTH_PX = 2400  # no image wider than this, whatever the zoo: _save lowers the dpi
+DPI = 120
+COLOURED_FAMILIES = 9  # the most common families get a colour each; the rest draw grey as "other"
+OTHER = "other"
+LABEL_ALL_UP_TO = 12  # a scatter of this many models or fewer labels every point
+
+
+def family_groups(families: list[str | None]) -> dict[str, str]:
+    """Each family's legend group: itself for the COLOURED_FAMILIES most common ones, else
+    'other', so a zoo of 40 families still has a legend of 10 entries."""
+    counts: dict[str, int] = {}
+    for family in families:
+        counts[family or "unknown"] = counts.get(family or "unknown", 0) + 1
+    ranked = sorted(counts, key=lambda f: (-counts[f], f))
+    coloured = set(ranked[:COLOURED_FAMILIES]) if len(ranked) > COLOURED_FAMILIES + 1 else set(ranked)
+    return {f: f if f in coloured else OTHER for f in ranked}
+
+
+def _group_colours(groups: dict[str, str]) -> dict[str, object]:
+    named = sorted(set(groups.values()) - {OTHER})
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(named)}
+    colours[OTHER] = "tab:gray"
+    return colours
+
+
+def scatter_labels(model_ids: list[str], x: np.ndarray, y: np.ndarray,
+                   named: tuple[str, ...] = (), max_outliers: int = 10,
+                   z: float = 4.0) -> list[str]:
+    """The points worth a name on a scatter: every one in a small zoo; else the models the user
+    named and the outliers, those more than `z` robust standard deviations (1.4826 * MAD) off
+    the least-squares line, at most `max_outliers` of them, the farthest first."""
+    if len(model_ids) <= LABEL_ALL_UP_TO:
+        return list(model_ids)
+    chosen = [m for m in model_ids if m in set(named)]
+    if len(x) >= 3 and np.ptp(x) > 0:
+        residual = y - np.polyval(np.polyfit(x, y, 1), x)
+        spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
+        far = np.abs(residual) > z * max(spread, 1e-12)
+        order = [i for i in np.argsort(-np.abs(residual)) if far[i]][:max_outliers]
+        chosen += [model_ids[i] for i in order if model_ids[i] not in chosen]
+    return chosen
+
+
+def plot_clusterability_vs_top1(report: pa.Table, path: Path, named: tuple[str, ...] = (),
+                                n_boot: int = 1000, seed: int = 0) -> Path:
+    """Clustered fraction of each model (all sizes) against ImageNet top-1: colour = family,
+    marker = pre-training data, a least-squares line with its bootstrap 95% band. Names only on
+    outliers and the `named` models once the zoo is large (scatter_labels)."""
+    overall = [r for r in report.to_pylist() if r["kernel_size"] is None]
+    known = [r for r in overall if r["top1"] is not None and r["clustered_fraction"] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    groups = family_groups([r["family"] for r in known])
+    colours = _group_colours(groups)
+    pretrains = sorted({r["pretrain"] or "unknown" for r in known})
+    x = np.array([r["top1"] for r in known], dtype=float)
+    y = 100 * np.array([r["clustered_fraction"] for r in known], dtype=float)
+    group = [groups[r["family"] or "unknown"] for r in known]
+    pretrain = [r["pretrain"] or "unknown" for r in known]
+    size = 36 if len(known) <= 100 else 14
+    for g in colours:
+        for p_index, p in enumerate(pretrains):
+            mine = [i for i in range(len(known)) if group[i] == g and pretrain[i] == p]
+            if mine:
+                ax.scatter(x[mine], y[mine], s=size, edgecolors="black", linewidths=0.3,
+                           color=colours[g], marker=_MARKERS[p_index % len(_MARKERS)], alpha=0.85)
+    chance = [(r["top1"], 100 * r["chance_fraction"]) for r in known
+              if r["chance_fraction"] is not None]
+    if chance:
+        ax.scatter(*zip(*chance), color="tab:gray", marker="_", s=120 if len(known) <= 100 else 40)
+    ids = [r["model_id"] for r in known]
+    for model_id in scatter_labels(ids, x, y, named):
+        i = ids.index(model_id)
+        ax.annotate(model_id, (x[i], y[i]), fontsize=6, xytext=(4, 3), textcoords="offset points",
+                    fontweight="bold" if model_id in named else "normal")
+    if len(known) >= 3 and np.ptp(x) > 0:
+        grid = np.linspace(x.min(), x.max(), 50)
+        rng = np.random.default_rng(seed)
+        lines = []
+        for _ in range(n_boot):
+            i = rng.integers(0, len(x), len(x))
+            if np.ptp(x[i]) > 0:
+                lines.append(np.polyval(np.polyfit(x[i], y[i], 1), grid))
+        low, high = np.percentile(lines, [2.5, 97.5], axis=0)
+        ax.fill_between(grid, low, high, color="tab:blue", alpha=0.15, label="95% band (bootstrap)")
+        ax.plot(grid, np.polyval(np.polyfit(x, y, 1), grid), color="tab:blue", lw=1,
+                label="least-squares fit")
+    counts = {g: group.count(g) for g in colours}
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[g],
+                          label=f"{g} ({counts[g]})") for g in colours if counts[g]]
+    handles += [plt.Line2D([], [], ls="", marker=_MARKERS[i % len(_MARKERS)], color="black",
+                           markerfacecolor="none", label=p) for i, p in enumerate(pretrains)]
+    handles += ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_xlabel("ImageNet-1k top-1 (%)")
+    ax.set_ylabel("clustered kernels (%)")
+    threshold = overall[0]["threshold"] if overall else float("nan")
+    named_note = "\nnamed: outliers and the models asked for" if len(known) > LABEL_ALL_UP_TO else ""
+    ax.set_title(f"Clusterability at cosine >= {threshold:g}, {len(known)} models "
+                 f"(grey: random-kernel chance){named_note}", fontsize=9)
+    if not known:
+        ax.text(0.5, 0.5, "no model with a known top-1", ha="center", transform=ax.transAxes)
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+MAX_BARS = 60  # label-share groups drawn; the page's table lists every group
+
+
+def plot_label_shares(family_shares: pa.Table, path: Path) -> Path:
+    """Stacked horizontal bars: the mean share of each template label over the models of each
+    family and kernel size (FAMILY_LABEL_SHARES rows), so the plot keeps its size at any zoo."""
+    rows = family_shares.to_pylist()
+    groups = sorted({(r["family"], r["kernel_size"], r["n_models"]) for r in rows},
+                    key=lambda g: (g[0], g[1]))
+    shown = sorted(sorted(groups, key=lambda g: -g[2])[:MAX_BARS], key=lambda g: (g[0], g[1]))
+    names = sorted({r["label"] for r in rows} - {"unclustered"}) + ["unclustered"]
+    shares = np.zeros((len(shown), len(names)))
+    row_of = {g[:2]: i for i, g in enumerate(shown)}
+    for r in rows:
+        if (r["family"], r["kernel_size"]) in row_of:
+            shares[row_of[r["family"], r["kernel_size"]], names.index(r["label"])] = r["share"]
+    fig, ax = plt.subplots(figsize=(8, min(0.26 * len(shown) + 1.6, 18)))
+    colours = plt.get_cmap("tab20")
+    left = np.zeros(len(shown))
+    y = np.arange(len(shown))[::-1]
+    for j, name in enumerate(names):
+        colour = "lightgrey" if name == "unclustered" else colours(j % 20)
+        ax.barh(y, 100 * shares[:, j], left=100 * left, color=colour, label=name, height=0.8)
+        left += shares[:, j]
+    ax.set_yticks(y, [f"{f} {k}x{k} ({n})" for f, k, n in shown], fontsize=7)
+    ax.set_xlabel("valid kernels (%), mean over the models of the group")
+    ax.set_xlim(0, 100)
+    more = f"; the {MAX_BARS} largest of {len(groups)} groups" if len(groups) > len(shown) else ""
+    ax.set_title(f"Template labels per family and kernel size (models in brackets{more})",
+                 fontsize=9)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+PER_MODEL_LINES_UP_TO = 20  # more models than this: the family bands alone
+
+
+def plot_fraction_vs_depth(layers: pa.Table, path: Path, bins: int = 10) -> Path:
+    """Clustered fraction of each depthwise layer against its relative depth, per family: the
+    mean over the family's layers in each depth bin; in a small zoo, one faint line per model
+    as well (a zoo's spread is in the page's per-model layer tables)."""
+    rows = [r for r in layers.to_pylist() if r["clustered_fraction"] is not None]
+    groups = family_groups([r["family"] for r in {r["model_id"]: r for r in rows}.values()])
+    colours = _group_colours(groups)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    edges = np.linspace(0, 1, bins + 1)
+    group = np.array([groups[r["family"] or "unknown"] for r in rows], dtype=object)
+    depth = np.array([r["depth"] for r in rows], dtype=float)
+    fraction = 100 * np.array([r["clustered_fraction"] for r in rows], dtype=float)
+    model = np.array([r["model_id"] for r in rows], dtype=object)
+    few = len(set(model.tolist())) <= PER_MODEL_LINES_UP_TO
+    which = np.clip(np.digitize(depth, edges) - 1, 0, bins - 1)
+    for g in colours:
+        mine = group == g
+        if not mine.any():
+            continue
+        if few:
+            for m in sorted(set(model[mine].tolist())):
+                own = np.flatnonzero(mine & (model == m))
+                own = own[np.argsort(depth[own], kind="stable")]
+                ax.plot(depth[own], fraction[own], color=colours[g], alpha=0.25, lw=0.8)
+        present = [b for b in range(bins) if (mine & (which == b)).any()]
+        centres = [(edges[b] + edges[b + 1]) / 2 for b in present]
+        values = [fraction[mine & (which == b)] for b in present]
+        ax.plot(centres, [v.mean() for v in values], color=colours[g], lw=2, marker="o", ms=3,
+                label=f"{g} ({len(set(model[mine].tolist()))} models)")
+    ax.set_xlabel("relative depth of the depthwise layer (0 = first, 1 = last)")
+    ax.set_ylabel("clustered kernels (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(0, 1)
+    detail = "; thin: each model" if few else ""
+    ax.set_title(f"Clusterability by depth (thick: family mean per depth bin{detail})", fontsize=9)
+    if rows:
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_layer_shares(assignments: pa.Table, templates: pa.Table, model_id: str,
+                      path: Path) -> Path:
+    """Share of each template label in every depthwise layer of one model, layers by depth."""
+    labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
+    mine = assignments.filter(pc.equal(assignments.column("model_id"), model_id)).to_pylist()
+    layers = sorted({(r["layer_index"], r["depth"], r["kernel_size"]) for r in mine})
+    names = sorted({labels[k] for k in labels}) + ["unclustered"]
+    counts = np.zeros((len(layers), len(names)))
+    row_of = {layer[0]: i for i, layer in enumerate(layers)}
+    for r in mine:
+        if r["invalid_reason"] is not None:
+            continue
+        name = ("unclustered" if r["template_id"] is None
+                else labels[r["kernel_size"], r["template_id"]])
+        counts[row_of[r["layer_index"]], names.index(name)] += 1
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.35 * len(layers) + 3), MAX_WIDTH_PX / DPI), 4))
+    colours = plt.get_cmap("tab20")
+    bottom = np.zeros(len(layers))
+    x = np.arange(len(layers))
+    for j, name in enumerate(names):
+        colour = "lightgrey" if name == "unclustered" else colours(j % 20)
+        ax.bar(x, 100 * shares[:, j], bottom=100 * bottom, color=colour, label=name, width=0.85)
+        bottom += shares[:, j]
+    step = -(-len(layers) // 50)  # at most 50 tick labels, however deep the model
+    ax.set_xticks(x[::step], [f"{d:.2f}\n{k}x{k}" for _, d, k in layers[::step]], fontsize=6)
+    ax.set_xlabel("relative depth (and kernel size) of each depthwise layer")
+    ax.set_ylabel("kernels (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{model_id}: template shares per layer", fontsize=10)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """PNG bytes written whole, to a local folder or an object store; the dpi drops below DPI
+    where the figure would otherwise come out wider than MAX_WIDTH_PX."""
+    from dwscan.io.storage import as_location, write_bytes_atomic
+
+    buffer = io.BytesIO()
+    width_inches = fig.get_size_inches()[0]
+    fig.savefig(buffer, format="png", dpi=min(DPI, math.floor(MAX_WIDTH_PX / width_inches)))
+    plt.close(fig)
+    path = as_location(path)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path

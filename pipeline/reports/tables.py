@@ -1,0 +1,217 @@
+"""The analyst tables, from the assignments: clusterability per model (and size), per
+layer, and per template label, each carrying the model's accuracy, family and pre-training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dwscan import schemas
+
+
+def clusterability_table(assignments: pa.Table, threshold: float,
+                         chance: dict[int, float] | None = None,
+                         metadata: pa.Table | None = None,
+                         sign_invariant: bool = False, template_set: str | None = None
+                         ) -> pa.Table:
+    """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
+
+    `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
+    random Gaussian kernels against the same templates (a per-size figure, averaged with the
+    model's valid counts as weights on the all-sizes row). `metadata` (MODEL_METADATA rows) adds
+    accuracy, family and pre-training.
+    """
+    chance = chance or {}
+    grouped = _counts(assignments, ["model_id", "kernel_size"])
+    rows = []
+    per_model: dict[str, list[dict]] = {}
+    for g in grouped.sort_by([("model_id", "ascending"), ("kernel_size", "ascending")]).to_pylist():
+        g["chance_fraction"] = chance.get(g["kernel_size"])
+        per_model.setdefault(g["model_id"], []).append(g)
+    for model_id, size_rows in per_model.items():
+        total = _with_fraction({"model_id": model_id, "kernel_size": None, "chance_fraction": None,
+                                **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS}})
+        weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
+        if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
+            total["chance_fraction"] = float(np.average(
+                [r["chance_fraction"] for r in size_rows], weights=weights))
+        for row in (total, *size_rows):
+            row.update(threshold=threshold, sign_invariant=sign_invariant,
+                       template_set=template_set)
+            rows.append(row)
+    return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
+
+
+def layer_clusterability_table(assignments: pa.Table, metadata: pa.Table | None = None) -> pa.Table:
+    """LAYERS rows: clusterability of every depthwise layer, for the fraction-vs-depth view."""
+    keys = ["model_id", "layer_index", "layer", "depth", "kernel_size"]
+    grouped = _counts(assignments, keys).sort_by([("model_id", "ascending"),
+                                                   ("layer_index", "ascending")])
+    return with_model_metadata(grouped.to_pylist(), metadata, schemas.LAYERS)
+
+
+UNCLUSTERED = "unclustered"
+
+
+def label_shares_table(assignments: pa.Table, templates: pa.Table,
+                       metadata: pa.Table | None = None) -> pa.Table:
+    """LABEL_SHARES rows: each template label's share of a model's valid kernels, per size and
+    over all sizes; kernels under the threshold count as 'unclustered'."""
+    labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
+    valid = assignments.filter(pc.is_null(assignments.column("invalid_reason")))
+    counts = pa.table({"model_id": valid.column("model_id"),
+                       "kernel_size": valid.column("kernel_size"),
+                       "template_id": valid.column("template_id")}).group_by(
+        ["model_id", "kernel_size", "template_id"], use_threads=False).aggregate(
+        [([], "count_all")])
+    tally: dict[tuple[str, int | None, str], int] = {}
+    for g in counts.to_pylist():
+        label = UNCLUSTERED if g["template_id"] is None else labels.get(
+            (g["kernel_size"], g["template_id"]), f"template {g['template_id']}")
+        for k in (g["kernel_size"], None):
+            key = (g["model_id"], k, label)
+            tally[key] = tally.get(key, 0) + g["count_all"]
+    totals: dict[tuple[str, int | None], int] = {}
+    for (model_id, k, _), n in tally.items():
+        totals[model_id, k] = totals.get((model_id, k), 0) + n
+    order = sorted(tally, key=lambda t: (t[0], -1 if t[1] is None else t[1], t[2]))
+    rows = [{"model_id": m, "kernel_size": k, "label": label, "n_kernels": tally[m, k, label],
+             "share": tally[m, k, label] / totals[m, k]} for m, k, label in order]
+    return with_model_metadata(rows, metadata, schemas.LABEL_SHARES)
+
+
+def family_label_shares(label_shares: pa.Table) -> pa.Table:
+    """Each label's mean share over the models of each family and kernel size (a model without
+    the label counts as 0): the label-share view that keeps its size at any zoo. Columns:
+    family ('unknown' when none), kernel_size, n_models, label, share."""
+    per_size = label_shares.filter(pc.is_valid(label_shares.column("kernel_size")))
+    family = pc.fill_null(per_size.column("family"), "unknown")
+    keyed = pa.table({"family": family, "kernel_size": per_size.column("kernel_size"),
+                      "model_id": per_size.column("model_id"), "label": per_size.column("label"),
+                      "share": per_size.column("share")})
+    models = keyed.group_by(["family", "kernel_size"], use_threads=False).aggregate(
+        [("model_id", "count_distinct")])
+    n_models = {(r["family"], r["kernel_size"]): r["model_id_count_distinct"]
+                for r in models.to_pylist()}
+    sums = keyed.group_by(["family", "kernel_size", "label"], use_threads=False).aggregate(
+        [("share", "sum")]).sort_by([("family", "ascending"), ("kernel_size", "ascending"),
+                                     ("label", "ascending")])
+    rows = [{"family": r["family"], "kernel_size": r["kernel_size"],
+             "n_models": n_models[r["family"], r["kernel_size"]], "label": r["label"],
+             "share": r["share_sum"] / n_models[r["family"], r["kernel_size"]]}
+            for r in sums.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=FAMILY_LABEL_SHARES)
+
+
+FAMILY_LABEL_SHARES = pa.schema([("family", pa.string()), ("kernel_size", pa.int32()),
+                                 ("n_models", pa.int64()), ("label", pa.string()),
+                                 ("share", pa.float64())])
+
+
+def with_model_metadata(rows: list[dict], metadata: pa.Table | None,
+                        schema: pa.Schema) -> pa.Table:
+    """`rows` as a `schema` table, with the MODEL_METADATA columns `schema` names filled in."""
+    if metadata is not None and metadata.num_rows:
+        columns = [c for c in schema.names if c in metadata.column_names and c != "model_id"]
+        by_model = {r["model_id"]: r for r in metadata.to_pylist()}
+        for row in rows:
+            info = by_model.get(row["model_id"], {})
+            for c in columns:
+                row.setdefault(c, info.get(c))
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_COUNT_COLUMNS = ("n_filters", "n_invalid", "n_clustered")
+
+
+def _counts(assignments: pa.Table, keys: list[str]) -> pa.Table:
+    """Filters, invalid and clustered kernels per group of `keys`, with the clustered fraction."""
+    flags = pa.table({
+        **{k: assignments.column(k) for k in keys},
+        "invalid": pc.is_valid(assignments.column("invalid_reason")),
+        "clustered": pc.is_valid(assignments.column("template_id")),
+    })
+    grouped = flags.group_by(keys, use_threads=False).aggregate(
+        [("invalid", "count"), ("invalid", "sum"), ("clustered", "sum")])
+    rows = [_with_fraction({**{k: g[k] for k in keys}, "n_filters": g["invalid_count"],
+                            "n_invalid": g["invalid_sum"], "n_clustered": g["clustered_sum"]})
+            for g in grouped.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=pa.schema(
+        [grouped.schema.field(k) for k in keys]
+        + [pa.field(c, pa.int64()) for c in _COUNT_COLUMNS]
+        + [pa.field("clustered_fraction", pa.float64())]))
+
+
+def _with_fraction(row: dict) -> dict:
+    n_valid = row["n_filters"] - row["n_invalid"]
+    row["clustered_fraction"] = row["n_clustered"] / n_valid if n_valid else None
+    return row
+
+
+# Cosine thresholds of the sweep: 0.50, 0.55, ..., 0.95.
+SWEEP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def threshold_sweep_table(assignments: pa.Table,
+                          thresholds: tuple[float, ...] = SWEEP_THRESHOLDS) -> pa.Table:
+    """THRESHOLD_SWEEP rows: how a model's clustered fraction moves with the threshold."""
+    encoded = pc.dictionary_encode(assignments.column("model_id")).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+    model_index = encoded.indices.to_numpy()  # one int per row: no Python strings per kernel
+    sizes = assignments.column("kernel_size").to_numpy()
+    valid = pc.is_null(assignments.column("invalid_reason")).to_numpy(zero_copy_only=False)
+    cosine = pc.fill_null(assignments.column("cosine"), -2.0).to_numpy()
+    by_model = np.argsort(model_index, kind="stable")  # each model's rows, one slice apiece
+    starts = np.searchsorted(model_index[by_model], np.arange(len(names) + 1))
+    rows = []
+    for index in np.argsort(names, kind="stable"):
+        mine = by_model[starts[index]:starts[index + 1]]
+        for k in [None, *sorted(set(np.unique(sizes[mine]).tolist()))]:
+            rows_of = mine[valid[mine] & (True if k is None else sizes[mine] == k)]
+            cos = np.sort(cosine[rows_of])
+            n_valid = len(cos)
+            for t in thresholds:
+                n = int(n_valid - np.searchsorted(cos, np.float32(t), side="left"))
+                rows.append({"model_id": names[index], "kernel_size": k, "threshold": t,
+                             "n_valid": n_valid, "n_clustered": n,
+                             "clustered_fraction": n / n_valid if n_valid else None})
+    return pa.Table.from_pylist(rows, schema=schemas.THRESHOLD_SWEEP)
+
+
+def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
+    """The table as text, models in rows; the all-sizes row first for each model. Above
+    `max_models` models (a zoo, where a terminal or a job log cannot hold every row), only the
+    all-sizes rows of the most and the least clustered max_models/2 each, and where the rest are."""
+    header = ["model", "k", "filters", "invalid", "clustered", "chance", "top1"]
+    lines = [header]
+    rows = table.to_pylist()
+    n_models = len({r["model_id"] for r in rows})
+    note = ""
+    if n_models > max_models:
+        overall = sorted((r for r in rows if r["kernel_size"] is None),
+                         key=lambda r: -(r["clustered_fraction"] or 0.0))
+        half = max_models // 2
+        rows = overall[:half] + overall[-half:]
+        note = (f"\n({n_models} models: the {half} most and the {half} least clustered, all kernel "
+                f"sizes; every row is in reports/clusterability.parquet and on the report page)")
+    for r in rows:
+        lines.append([
+            r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
+            f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
+            _pct(r["clustered_fraction"]), _pct(r["chance_fraction"]),
+            "-" if r["top1"] is None else f"{r['top1']:.3f}"])
+    return format_text_table(lines) + note
+
+
+def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) -> str:
+    """Rows of cells as aligned text: the first `left_aligned` columns (or those whose indices
+    it holds) to the left, the rest right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    left = set(range(left_aligned)) if isinstance(left_aligned, int) else left_aligned
+    return "\n".join("  ".join(c.ljust(w) if i in left else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

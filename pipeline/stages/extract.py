@@ -1,0 +1,184 @@
+"""Stage 1: pull every depthwise convolution kernel out of a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dwscan import schemas
+from dwscan.io.arrays import matrices_to_list_array
+from dwscan.io.catalogue import model_row
+from dwscan.io.checkpoints import (
+    DEFAULT_LIMITS,
+    FLOAT_DTYPES,
+    CheckpointError,
+    ReadLimits,
+    TensorInfo,
+    open_checkpoint,
+)
+from dwscan.io.storage import OutputLayout, OutputWriteError, pending_path, write_table
+from dwscan.io.zoo import HUB_PREFIX, ModelSpec, config_beside, timm_metadata
+from dwscan.text import one_line
+
+
+@dataclass
+class Extraction:
+    """What one checkpoint gave: its kernels and the depthwise-like layers that were not kept."""
+
+    kernels: pa.Table
+    n_layers: int
+    skipped_layers: list[dict] = field(default_factory=list)
+
+    @property
+    def n_filters(self) -> int:
+        return self.kernels.num_rows
+
+
+def depthwise_verdict(info: TensorInfo) -> str | None:
+    """'keep', a skip reason, or None when the tensor is not a depthwise conv weight at all.
+
+    A depthwise weight has shape (C*m, 1, kh, kw): one input channel per group. Shape alone cannot
+    tell it from an ordinary conv on a 1-channel input, which is rare in DS-CNNs.
+    """
+    shape = info.shape
+    if len(shape) != 4 or shape[1] != 1 or max(shape[2], shape[3]) < 2:
+        return None
+    if shape[2] != shape[3]:
+        return f"non-square kernel {shape[2]}x{shape[3]}"
+    if info.dtype not in FLOAT_DTYPES:
+        return f"dtype {info.dtype} not supported"
+    return "keep"
+
+
+def extract_depthwise_kernels(checkpoint: str | Path, model_id: str,
+                              limits: ReadLimits = DEFAULT_LIMITS) -> Extraction:
+    """Read the depthwise kernels of one local checkpoint, in network order, as a KERNELS table."""
+    with open_checkpoint(checkpoint, limits) as ckpt:
+        return extract_from_reader(ckpt, model_id, limits)
+
+
+def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS) -> Extraction:
+    """Depthwise kernels from any reader with `tensor_infos()` and `read(name)` (and, if it has
+    one, `prefetch(names)`, called once with every tensor it will be asked for). The kernel caps
+    are checked on the declared shapes, before anything is read."""
+    kept: list[TensorInfo] = []
+    skipped: list[dict] = []
+    for info in ckpt.tensor_infos():
+        verdict = depthwise_verdict(info)
+        if verdict == "keep":
+            kept.append(info)
+        elif verdict is not None:
+            skipped.append({"layer": info.name, "shape": "x".join(map(str, info.shape)),
+                            "reason": verdict})
+    _check_kernel_caps(kept, limits)
+    if hasattr(ckpt, "prefetch"):
+        ckpt.prefetch([info.name for info in kept])
+    columns: dict[str, list] = {name: [] for name in schemas.KERNELS.names}
+    n_layers = len(kept)
+    for index, info in enumerate(kept):
+        channels, _, k, _ = info.shape
+        values = ckpt.read(info.name).reshape(channels, k * k).astype(np.float32, copy=False)
+        columns["model_id"].append(np.full(channels, model_id, dtype=object))
+        columns["layer"].append(np.full(channels, info.name, dtype=object))
+        columns["layer_index"].append(np.full(channels, index, dtype=np.int32))
+        columns["depth"].append(np.full(channels, index / max(n_layers - 1, 1), np.float32))
+        columns["channel"].append(np.arange(channels, dtype=np.int32))
+        columns["kernel_size"].append(np.full(channels, k, dtype=np.int32))
+        columns["weights"].append(values)
+    return Extraction(kernels=_kernels_table(columns), n_layers=n_layers, skipped_layers=skipped)
+
+
+def _check_kernel_caps(kept: list[TensorInfo], limits: ReadLimits) -> None:
+    kernels = sum(info.shape[0] for info in kept)
+    values = sum(info.shape[0] * info.shape[2] * info.shape[3] for info in kept)
+    if kernels > limits.max_kernels:
+        raise CheckpointError(f"{kernels} depthwise kernels, over the cap of {limits.max_kernels} "
+                              f"per model (--max-kernels)")
+    if values > limits.max_kernel_values:
+        raise CheckpointError(f"{values} depthwise weights, over the cap of "
+                              f"{limits.max_kernel_values} per model")
+
+
+def _kernels_table(columns: dict[str, list]) -> pa.Table:
+    if not columns["weights"]:
+        return schemas.KERNELS.empty_table()
+    arrays = {}
+    for name, parts in columns.items():
+        if name == "weights":
+            arrays[name] = matrices_to_list_array(parts)
+        else:
+            arrays[name] = pa.array(np.concatenate(parts), type=schemas.KERNELS.field(name).type)
+    return pa.table(arrays, schema=schemas.KERNELS)
+
+
+def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimits = DEFAULT_LIMITS,
+                             token: str | None = None) -> dict:
+    """Extract one model into OUT/kernels/<model>.parquet; its MODELS row, failed or not.
+
+    With a `token` the kernels go to the model's pending file (`storage.pending_path`), which
+    the run moves into place only once models.parquet records this scan (`run.scan_models`),
+    so nothing stored earlier is touched here. Any failure to read the model is this model's
+    alone: it is recorded with a one-line reason. A failure to write OUT raises
+    OutputWriteError: the run then commits nothing. A model with no depthwise convolution is
+    'skipped'. The row carries the worker's peak memory while reading it (VmHWM).
+    """
+    _reset_peak_memory()
+    layout = OutputLayout(out)
+    row = model_row(spec)
+    try:
+        if spec.source.startswith(HUB_PREFIX):
+            from dwscan.io.hub import open_hub_checkpoint
+
+            with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision,
+                                     limits=limits) as hub:
+                extraction = extract_from_reader(hub.reader, spec.model_id, limits)
+                config, warnings = hub.config, hub.config_warnings
+                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched)
+        else:
+            config, warnings = config_beside(spec.source)
+            extraction = extract_depthwise_kernels(spec.source, spec.model_id, limits)
+    except Exception as exc:  # noqa: BLE001 - one model's failure must not end the run
+        reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        return {**row, "status": "failed", "error": one_line(reason),
+                "peak_memory_bytes": peak_memory_bytes()}
+    metadata = timm_metadata(config)
+    warnings = warnings + metadata["warnings"]
+    row.update(architecture=metadata["architecture"], pretrained_tag=metadata["pretrained_tag"],
+               input_size=metadata["input_size"], warnings=one_line("; ".join(warnings)) or None,
+               accuracy_key=spec.accuracy_key or metadata["accuracy_key"] or spec.model_id,
+               n_layers=extraction.n_layers, n_filters=extraction.n_filters,
+               skipped_layers=extraction.skipped_layers)
+    if extraction.n_layers:
+        target = layout.kernels_path(spec.model_id)
+        try:
+            write_table(extraction.kernels, pending_path(target, token) if token else target,
+                        schemas.KERNELS)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write the kernels of {spec.model_id} to "
+                                   f"{layout.root}: {one_line(str(exc), 200)}") from None
+    else:
+        row.update(status="skipped", error="no depthwise convs")
+    return {**row, "peak_memory_bytes": peak_memory_bytes()}
+
+
+def _reset_peak_memory() -> None:
+    """Start this model's peak from the current size (Linux: clear_refs 5); a worker that cannot
+    keeps its lifetime peak, still an upper bound."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident memory (VmHWM) in bytes; None where /proc has none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -1,0 +1,117 @@
+"""Stage 3: train one autoencoder per kernel size from the kernel shards."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from dwscan.executor.ray_executor import run_one_task, run_ray_train
+from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
+from dwscan.io.storage import as_location
+from dwscan.memory import release_free_memory
+from dwscan.method.autoencoder import (
+    AutoencoderConfig,
+    TrainingLog,
+    autoencoder_path,
+    save_autoencoder,
+    train_autoencoder,
+)
+
+
+def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
+                       rank: int = 0, world_size: int = 1,
+                       wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+                       device: str = "cpu",
+                       on_check: Callable[[int, int, int, float, float | None], None] | None = None,
+                       ) -> dict[int, TrainingLog]:
+    """Train and (on rank 0) save one autoencoder per kernel size; returns each size's log.
+
+    `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
+    """
+    logs: dict[int, TrainingLog] = {}
+    for k in kernel_sizes_of(kernel_paths):
+        data = None  # the last size's kernels go before this size's are read
+        data = load_normalised_kernels(kernel_paths, k, seed=config.seed)
+        release_free_memory()  # what reading the files left in Arrow's and malloc's pools
+        if len(data) == 0:
+            continue
+        report = (lambda *args, k=k: on_check(k, *args)) if on_check else None
+        start = time.perf_counter()
+        model, logs[k] = train_autoencoder(data, config, rank=rank, world_size=world_size,
+                                           wrap_model=wrap_model, device=device, on_check=report)
+        if rank == 0:
+            log = logs[k]
+            save_autoencoder(model, autoencoder_path(out_dir, k), extra={
+                "kernel_size": k, "n_kernels": len(data), "world_size": world_size,
+                "device": device, "config": config, **log.as_record(),
+                "final_loss": log.losses[-1], "train_seconds": time.perf_counter() - start})
+    return logs
+
+
+TRAIN_PROGRESS_EVERY_S = 15.0  # at most one training progress line per this many seconds
+
+
+def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
+                 num_workers: int = 1, use_gpu: bool = False) -> dict[int, float]:
+    """Train one autoencoder per kernel size on the cluster; rank 0 writes the weights to
+    `out_dir`. Returns the final training loss per kernel size.
+
+    One worker (the default): one Ray task, asking for one CPU (or one GPU), using every CPU of
+    its node. Ray Train's controller and helper actors would add five processes and about 0.7
+    GiB of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
+    on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
+    on a cluster is what makes the autoscaler start gpu_worker nodes.
+    """
+    if num_workers < 1:
+        raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
+    loop_config = {"kernel_paths": [str(p) for p in kernel_paths], "out_dir": str(out_dir),
+                   "config": asdict(config),
+                   "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)}
+    if num_workers == 1:
+        return run_one_task(_train_single_worker, loop_config, use_gpu,
+                            num_gpus=1 if use_gpu else 0, what="autoencoder training")
+    losses = run_ray_train(_train_rank, loop_config, num_workers, use_gpu,
+                           what="autoencoder training")
+    return {int(k): v for k, v in losses.items()}
+
+
+def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
+    import torch
+
+    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU; the threads are this node's CPUs
+    device = torch.device("cuda" if use_gpu else "cpu")
+    loop_config = {**loop_config, "cpus_per_worker": os.cpu_count() or 1}
+    losses = _train_rank(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
+    release_free_memory()  # the worker lingers a few seconds while it exits (max_calls=1)
+    return {int(k): v for k, v in losses.items()}
+
+
+def _train_rank(loop_config: dict, rank: int, world_size: int, device,
+                wrap_model: Callable | None) -> dict[str, float]:
+    """One rank's share of training, with plain progress lines (no redrawn bar) that reach the
+    driver's log at most every TRAIN_PROGRESS_EVERY_S seconds and at each size's last step.
+    Returns each size's final loss (keys as text: Ray Train reports them as JSON)."""
+    import torch
+
+    if device.type == "cpu":
+        torch.set_num_threads(loop_config["cpus_per_worker"])
+    last_line = {"at": float("-inf")}
+
+    def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
+        now = time.monotonic()
+        if rank == 0 and (now - last_line["at"] >= TRAIN_PROGRESS_EVERY_S or step >= budget):
+            last_line["at"] = now
+            moved = "-" if cosine is None else f"{cosine:.4f}"
+            print(f"train {k}x{k}: step {step} of at most {budget}, loss {loss:.4f}, "
+                  f"templates vs last check cosine {moved}", flush=True)
+
+    logs = train_autoencoders(
+        [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
+        AutoencoderConfig.from_dict(loop_config["config"]), rank=rank, world_size=world_size,
+        wrap_model=wrap_model, device=str(device), on_check=on_check)
+    return {str(k): log.losses[-1] for k, log in logs.items()}

@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+
+from dwscan.cli import build_parser, main
+from dwscan.cli.flags import specs_from_args
+
+
+@pytest.mark.parametrize("argv", [["dwscan", "--help"], ["dwscan", "run", "--help"],
+                                  ["dwscan", "report", "--help"], ["dwscan", "query", "--help"],
+                                  [sys.executable, "-m", "dwscan.jobs.run", "--help"]])
+def test_every_command_has_help(argv):
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and ("--out" in out.stdout or "query" in out.stdout)
+
+
+def test_model_id_names_the_checkpoint_just_before_it(tmp_path):
+    args = build_parser().parse_args(["run", "--checkpoint", "a.pth", "--model-id", "first",
+                                      "--checkpoint", str(tmp_path / "b.safetensors")])
+    specs = specs_from_args(args)
+    assert [(s.model_id, s.source) for s in specs] == [
+        ("first", "a.pth"), ("b", str(tmp_path / "b.safetensors"))]
+
+
+def test_no_checkpoint_means_the_demo_zoo():
+    specs = specs_from_args(build_parser().parse_args(["run"]))
+    assert [s.model_id for s in specs] == [f"efficientnet-lite{i}" for i in range(3)]
+    assert [s.accuracy_key for s in specs] == [f"tf_efficientnet_lite{i}.in1k" for i in range(3)]
+
+
+@pytest.mark.parametrize("argv", [["run", "--model-id", "x"],
+                                  ["run", "--checkpoint", "a", "--model-id", "x", "--model-id", "y"]])
+def test_a_model_id_without_its_checkpoint_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "--model-id must follow" in capsys.readouterr().err
+
+
+def test_repeated_model_ids_are_refused():
+    args = build_parser().parse_args(["run", "--checkpoint", "x/m.pth", "--checkpoint", "y/m.pth"])
+    with pytest.raises(SystemExit, match="must be unique"):
+        specs_from_args(args)
+
+
+def test_an_unreadable_accuracy_table_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), "--accuracy-csv", str(tmp_path / "nope.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not out.exists()  # nothing scanned, no Ray started
+
+
+def test_with_gpu_train_workers_counts_gpus_one_worker_each():
+    from dwscan.cli.flags import run_options
+    from dwscan.executor.ray_executor import train_scaling
+
+    options = run_options(build_parser().parse_args(["run", "--gpu", "--train-workers", "2"]))
+    assert (options.use_gpu, options.train_workers) == (True, 2)
+    scaling = train_scaling(options.train_workers, options.use_gpu)
+    assert scaling.num_workers == 2 and scaling._resources_per_worker_not_none["GPU"] == 1
+    assert scaling.total_resources["GPU"] == 2
+    default = run_options(build_parser().parse_args(["run"]))
+    assert (default.use_gpu, default.train_workers) == (False, 1)
+    assert train_scaling(default.train_workers, default.use_gpu).total_resources.get("GPU", 0) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        train_scaling(0, True)

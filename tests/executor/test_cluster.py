@@ -1,0 +1,177 @@
+"""dwscan on real multi-node local Ray clusters (token authentication on): the autoscaler sees a
+zoo's demand and adds nodes; a node that does not see `--out` stops the run before any work;
+joining a cluster without its token, or an address nobody answers on, is one clear line; a job
+log is plain lines that end with the summary; outputs get the user's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+from safetensors.torch import save
+
+from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
+from dwscan.io.storage import OutputLayout, read_table, read_tables
+from dwscan.testing.hub_server import Fault, Repo, shared_hub
+from tests.ray_cluster import LocalCluster, fake_autoscaling_config, free_port, node_ip
+
+pytestmark = pytest.mark.slow
+# no network, no Ray Train: k-means templates keep each run to seconds
+FAST = ["--templates", "kmeans", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
+        "--pretrain-csv", str(DEMO_PRETRAIN_CSV)]
+ZOO_SIZE = 50
+
+
+def tiny_state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"blocks.0.conv_dw.weight": torch.randn(16, 1, 3, 3, generator=g),
+            "blocks.1.conv_dw.weight": torch.randn(16, 1, 5, 5, generator=g),
+            "head.fc.weight": torch.randn(4, 16, generator=g)}
+
+
+def dwscan(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+           **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": "", **(env or {})}
+    return subprocess.run(["dwscan", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def _tables(out: Path) -> dict[str, list]:
+    """Every table a run writes, in a fixed order, without when-and-how-often bookkeeping."""
+    layout = OutputLayout(out)
+    models = read_table(layout.models_path).drop_columns(["scanned_at", "attempts",
+                                                          "peak_memory_bytes"])
+    tables = {"models": models.sort_by("model_id"),
+              "kernels": read_tables(sorted(layout.kernels_dir.glob("*.parquet")), None),
+              "templates": read_table(layout.templates_path),
+              "assignments": read_tables(sorted(layout.assignments_dir.glob("*.parquet")), None),
+              "clusterability": read_table(layout.clusterability_path)}
+    return {name: table.to_pylist() for name, table in tables.items()}
+
+
+def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tmp_path):
+    """Head with CPU 0, worker nodes from 0 up to 4: only the scan's pending tasks can make the
+    autoscaler start nodes, and the tasks must spread over more than one of them."""
+    hub = shared_hub()
+    for i in range(ZOO_SIZE):
+        hub.add_repo(f"scale-org/net{i:02d}", Repo({"model.safetensors": save(tiny_state(i))}))
+    select = ["--hub", "--author", "scale-org", *FAST]
+    local = dwscan(["run", "--out", str(tmp_path / "local"), *select], cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    # The cluster's nodes start with an empty Hub cache, and each checkpoint takes a second to
+    # arrive, as over a real network: cached or loopback-fast tasks could drain the queue on the
+    # first node before the autoscaler's next ones join, and nothing would show the spread.
+    slow_downloads = Fault(path="/model.safetensors", kind="stall", times=10 * ZOO_SIZE,
+                           seconds=1.0)
+    hub.faults.append(slow_downloads)
+    port = free_port()
+    config = fake_autoscaling_config(f"{node_ip()}:{port}", max_workers=4, worker_cpus=1)
+    try:
+        with LocalCluster(autoscaling=config, port=port, dashboard=True,
+                          env={"HF_HUB_CACHE": str(tmp_path / "node-hf-cache")}) as cluster:
+            on_cluster = dwscan(["run", "--address", cluster.address, "--out",
+                                 str(tmp_path / "cluster"), *select], cwd=tmp_path,
+                                env=cluster.env)
+            assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
+            seen = json.loads(cluster.python(
+                "import json\n"
+                "from ray.util.state import list_tasks\n"
+                "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
+                f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
+                "                   filters=[('func_or_class_name', '=',"
+                " 'extract_model_to_parquet')])\n"
+                "print(json.dumps({'workers': len(nodes),"
+                " 'task_nodes': [t.node_id for t in tasks]}))"
+            ).splitlines()[-1])
+    finally:
+        hub.faults.remove(slow_downloads)
+    assert seen["workers"] >= 2, seen  # the head has no CPU: every worker node was autoscaled
+    assert len(seen["task_nodes"]) == ZOO_SIZE
+    assert len(set(seen["task_nodes"])) >= 2, seen
+    assert _tables(tmp_path / "cluster") == _tables(tmp_path / "local")
+    models = read_table(OutputLayout(tmp_path / "cluster").models_path)
+    assert pc.all(pc.equal(models["status"], "ok")).as_py() and models.num_rows == ZOO_SIZE
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "net.safetensors"
+    save_file(tiny_state(0), str(path))
+    return path
+
+
+def test_a_node_that_sees_another_out_folder_stops_the_run_before_any_work(tmp_path):
+    """Three nodes; one (a `ray start` in its own mount namespace, a tmpfs over the output
+    folder) sees an empty folder where the others see the driver's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    checkpoint = _checkpoint(tmp_path)
+    isolated = "ab" * 28  # the node id Ray gives that node
+    in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
+    with LocalCluster(head_cpus=1) as cluster:
+        cluster.add_node(cpus=1)
+        cluster.add_node(cpus=1, wrapper=in_own_mounts,
+                         env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
+        result = dwscan(["scan", "--address", cluster.address, "--out", str(out),
+                         "--checkpoint", str(checkpoint)], cwd=tmp_path, env=cluster.env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("dwscan: error:")]
+    assert len(error) == 1, result.stderr[-3000:]
+    assert f"--out {out} is not one folder for every node: 1 of 3 nodes" in error[0]
+    assert f"(node {isolated[:12]})" in error[0] and "s3://" in error[0]
+    assert list(out.iterdir()) == []  # nothing scanned, no probe or lock left behind
+
+
+def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp_path):
+    checkpoint = _checkpoint(tmp_path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+
+    def scan(address: str, **auth: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["dwscan", "scan", "--address", address, "--out",
+                               str(tmp_path / "out"), "--checkpoint", str(checkpoint)],
+                              env={**base, **auth}, capture_output=True, text=True, timeout=300)
+
+    with LocalCluster() as cluster:
+        no_token = scan(cluster.address)
+        wrong_token = scan(cluster.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    nobody = scan(f"127.0.0.1:{free_port()}")
+    for result in (no_token, wrong_token, nobody):
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        # ray.init alone would retry for 20 s, one warning a second, then raise
+        assert result.stderr.count("Failed to get cluster ID") <= 1, result.stderr[-3000:]
+        error = [line for line in result.stderr.splitlines() if line.startswith("dwscan: error:")]
+        assert len(error) == 1, result.stderr[-3000:]
+    for result in (no_token, wrong_token):
+        assert "requires its authentication token" in result.stderr
+        assert "RAY_AUTH_MODE=token" in result.stderr and "ray get-auth-token" in result.stderr
+    assert "cannot join the Ray cluster at 127.0.0.1:" in nobody.stderr
+    assert "nothing answers there" in nobody.stderr
+    assert not (tmp_path / "out" / "kernels").exists()
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])
+def test_a_scan_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):
+    """Ray's workers write the kernels, the driver the tables: all with the umask's modes."""
+    out = tmp_path / "out"
+    done = subprocess.run(["dwscan", "scan", "--out", str(out), "--checkpoint",
+                           str(_checkpoint(tmp_path))], cwd=tmp_path,
+                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=600, preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = list(out.rglob("*"))
+    assert {p.name for p in written} >= {"models.parquet", "kernels", "net.parquet"}
+    for path in [out, *written]:
+        expected = dir_mode if path.is_dir() else file_mode
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

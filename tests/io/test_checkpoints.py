@@ -1,0 +1,141 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from dwscan.io.checkpoints import CheckpointError, natural_key, open_checkpoint
+from tests.helpers import write_torch
+
+
+def _read_all(path) -> dict[str, np.ndarray]:
+    with open_checkpoint(path) as ckpt:
+        return {info.name: ckpt.read(info.name) for info in ckpt.tensor_infos()}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth", "pt-state_dict", "bin-model", "hf-folder",
+                                 "sharded"])
+def test_every_format_reads_the_same_tensors(tmp_path, tiny_state, fmt):
+    if fmt == "safetensors":
+        path = tmp_path / "m.safetensors"
+        save_file(tiny_state, str(path))
+    elif fmt == "pth":
+        path = tmp_path / "m.pth"
+        write_torch(tiny_state, path)
+    elif fmt == "pt-state_dict":
+        path = tmp_path / "m.pt"
+        write_torch(tiny_state, path, wrapper="state_dict")
+    elif fmt == "bin-model":
+        path = tmp_path / "m.bin"
+        write_torch(tiny_state, path, wrapper="model")
+    elif fmt == "hf-folder":
+        path = tmp_path / "repo"
+        path.mkdir()
+        (path / "config.json").write_text('{"architecture": "x"}')
+        save_file(tiny_state, str(path / "model.safetensors"))
+    else:
+        path = tmp_path / "sharded"
+        path.mkdir()
+        names = list(tiny_state)
+        shards = {"model-00001-of-00002.safetensors": names[:3],
+                  "model-00002-of-00002.safetensors": names[3:]}
+        for shard, keys in shards.items():
+            save_file({k: tiny_state[k] for k in keys}, str(path / shard))
+        weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+        (path / "model.safetensors.index.json").write_text(
+            __import__("json").dumps({"weight_map": weight_map}))
+    got = _read_all(path)
+    assert set(got) == set(tiny_state)
+    for name, value in tiny_state.items():
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_half_precision_is_read_as_float32(tmp_path):
+    value = torch.randn(4, 1, 3, 3).to(torch.bfloat16)
+    path = tmp_path / "bf16.pth"
+    torch.save({"w": value}, path)
+    got = _read_all(path)["w"]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, value.float().numpy())
+
+
+def test_natural_order_puts_block_2_before_block_10():
+    names = ["blocks.10.w", "blocks.2.w", "blocks.1.w", "head"]
+    assert sorted(names, key=natural_key) == ["blocks.1.w", "blocks.2.w", "blocks.10.w", "head"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"conv.weight": torch.zeros(2, 1, 3, 3), "x": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        _read_all(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_a_truncated_file_gives_a_one_line_reason(tmp_path, tiny_state, fmt):
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "safetensors":
+        save_file(tiny_state, str(path))
+    else:
+        write_torch(tiny_state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        _read_all(path)
+    assert "corrupt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_garbage_missing_and_unknown_files_are_clear_errors(tmp_path):
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="corrupt safetensors"):
+        _read_all(garbage)
+    with pytest.raises(CheckpointError, match="file not found"):
+        _read_all(tmp_path / "absent.pth")
+    unknown = tmp_path / "weights.pkl"
+    unknown.write_bytes(b"whatever")
+    with pytest.raises(CheckpointError, match="unsupported checkpoint format"):
+        _read_all(unknown)
+    with pytest.raises(CheckpointError, match="has none of"):
+        _read_all(tmp_path)
+
+
+def test_a_torch_file_without_a_state_dict_is_rejected(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(3)], path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        _read_all(path)
+
+
+@pytest.mark.parametrize("shard", ["../x.safetensors", "/etc/passwd", "a/../../x.safetensors",
+                                   "a\\..\\x.safetensors", ""])
+def test_a_shard_index_names_only_files_inside_its_folder(tmp_path, tiny_state, shard):
+    save_file(tiny_state, str(tmp_path.parent / "x.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        __import__("json").dumps({"weight_map": {"w": shard}}))
+    with pytest.raises(CheckpointError, match="not a file name inside the checkpoint"):
+        _read_all(tmp_path)
+
+
+def test_views_that_share_elements_are_refused_before_they_are_read(tmp_path):
+    path = tmp_path / "views.pth"
+    storage = torch.arange(9000, dtype=torch.float32)
+    torch.save({"ok": storage[:900].reshape(100, 1, 3, 3),
+                "transposed": storage[:900].reshape(1, 1, 30, 30).transpose(2, 3),
+                "overlap": storage.as_strided((1000, 1, 3, 3), (1, 1, 3, 1))}, path)
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.read("ok").shape == (100, 1, 3, 3)
+        assert ckpt.read("transposed").shape == (1, 1, 30, 30)  # permuted, not overlapping
+        with pytest.raises(CheckpointError, match="strides \\(1, 1, 3, 1\\): refused"):
+            ckpt.read("overlap")

@@ -1,0 +1,288 @@
+"""Hub ingestion against a hub stand-in on 127.0.0.1 (tests/hub_server.py): discovery, header-first
+range reads, every weight layout, retries under injected faults, and the byte floor."""
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from dwscan import schemas
+from dwscan.io.accuracy import DEMO_PRETRAIN_CSV
+from dwscan.io.checkpoints import COALESCE_GAP
+from dwscan.io.storage import OutputLayout, read_table
+from dwscan.io.zoo import hub_spec
+from dwscan.stages.extract import extract_depthwise_kernels, extract_from_reader, extract_model_to_parquet
+from dwscan.testing.hub_server import Fault, HubStandIn, Repo, shared_hub
+
+timm = pytest.importorskip("timm")
+
+ARCHS = {"convnext_atto": "d2_in1k", "mobilenetv3_small_050": "lamb_in1k",
+         "efficientnet_b0": "ra_in1k", "resnet18": "a1_in1k"}
+
+
+def timm_state(arch: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def timm_config(arch: str, tag: str) -> bytes:
+    return json.dumps({"architecture": arch, "num_classes": 1000, "pretrained_cfg": {
+        "tag": tag, "input_size": [3, 224, 224]}}).encode()
+
+
+def build_zoo(hub: HubStandIn, local: Path) -> None:
+    """The test zoo on the stand-in, and the same weights as local files under `local`."""
+    for arch, tag in ARCHS.items():
+        state = timm_state(arch)
+        folder = local / arch  # the same repo as a local Hugging Face style folder
+        folder.mkdir()
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_bytes(timm_config(arch, tag))
+        hub.add_repo(f"timm/{arch}.{tag}", Repo({"model.safetensors": save(state),
+                                                 "config.json": timm_config(arch, tag)}))
+    # sharded: the efficientnet weights split over two files, with the index
+    state = timm_state("efficientnet_b0")
+    names = list(state)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    files = {shard: save({k: state[k] for k in keys}) for shard, keys in shards.items()}
+    files["model.safetensors.index.json"] = json.dumps(
+        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}).encode()
+    files["config.json"] = timm_config("efficientnet_b0", "sharded")
+    hub.add_repo("timm/efficientnet_b0.sharded", Repo(files))
+    # torch file only
+    buffer = io.BytesIO()
+    torch.save(timm_state("mobilenetv3_small_050"), buffer)
+    hub.add_repo("timm/mobilenetv3_small_050.binonly", Repo({
+        "pytorch_model.bin": buffer.getvalue(),
+        "config.json": timm_config("mobilenetv3_small_050", "binonly")}))
+    # half precision, and a depthwise tensor in int8
+    state = timm_state("convnext_atto")
+    half = {k: (v.half() if i % 2 else v.bfloat16()) if v.is_floating_point() else v
+            for i, (k, v) in enumerate(state.items())}
+    hub.add_repo("timm/convnext_atto.half", Repo({"model.safetensors": save(half)}))
+    hub.add_repo("someone/int8-dw", Repo({"model.safetensors": save({
+        "a.conv_dw.weight": torch.ones(4, 1, 3, 3, dtype=torch.int8),
+        "b.conv_dw.weight": torch.randn(4, 1, 3, 3)})}, tags=["pytorch"]))
+    hub.add_repo("timm/convnext_atto.gated", Repo({"model.safetensors": save(state)}, gated=True))
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder)
+        build_zoo(shared_hub(), local)
+        yield shared_hub(), local
+
+
+@pytest.fixture
+def hub(zoo):
+    """The stand-in that HF_ENDPOINT points at (see conftest), with its counters reset."""
+    server, _ = zoo
+    server.bytes_sent.clear()
+    server.requests.clear()
+    server.faults.clear()
+    return server
+
+
+def _hub_kernels(repo_id: str, **options):
+    from dwscan.io.hub import HubOptions, open_hub_checkpoint
+
+    with open_hub_checkpoint(repo_id, options=HubOptions(**options)) as opened:
+        return extract_from_reader(opened.reader, "m"), opened
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_hub_kernels_equal_the_local_read_value_for_value(hub, zoo, arch):
+    _, local = zoo
+    from_hub, opened = _hub_kernels(f"timm/{arch}.{ARCHS[arch]}")
+    from_disk = extract_depthwise_kernels(local / arch, "m")
+    assert from_hub.kernels.equals(from_disk.kernels)
+    assert opened.revision == hub.repos[f"timm/{arch}.{ARCHS[arch]}"].sha
+    assert opened.config["architecture"] == arch
+
+
+def test_convnext_atto_costs_its_depthwise_bytes_and_header_only(hub):
+    repo = "timm/convnext_atto.d2_in1k"
+    extraction, opened = _hub_kernels(repo)
+    depthwise_bytes = extraction.n_filters * 49 * 4
+    floor = depthwise_bytes + opened.reader.header_bytes
+    sent = hub.bytes_sent[repo]
+    assert floor <= sent <= 1.1 * floor
+    assert sent < 0.05 * len(hub.repos[repo].files["model.safetensors"])
+    assert opened.bytes_fetched == sent
+    ranges = [p for m, p, s in hub.requests if p.endswith("model.safetensors")]
+    assert len(ranges) <= 2 + extraction.n_layers  # header (2 reads) + at most one per layer
+
+
+def test_a_model_without_depthwise_convs_is_skipped_without_weights(hub, tmp_path):
+    row = extract_model_to_parquet(hub_spec("timm/resnet18.a1_in1k"), tmp_path)
+    assert (row["status"], row["error"]) == ("skipped", "no depthwise convs")
+    weights = len(hub.repos["timm/resnet18.a1_in1k"].files["model.safetensors"])
+    assert hub.bytes_sent["timm/resnet18.a1_in1k"] < 0.01 * weights
+    assert not OutputLayout(tmp_path).kernels_path("timm/resnet18.a1_in1k").exists()
+
+
+def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path):
+    _, local = zoo
+    effnet = extract_depthwise_kernels(local / "efficientnet_b0", "m")
+    sharded, _ = _hub_kernels("timm/efficientnet_b0.sharded")
+    assert sharded.kernels.equals(effnet.kernels)
+
+    mobilenet = extract_depthwise_kernels(local / "mobilenetv3_small_050", "m")
+    before = set(Path(tempfile.gettempdir()).glob("dwscan-hub-*"))
+    bin_only, opened = _hub_kernels("timm/mobilenetv3_small_050.binonly")
+    assert bin_only.kernels.equals(mobilenet.kernels)
+    assert set(Path(tempfile.gettempdir()).glob("dwscan-hub-*")) == before  # .bin deleted
+
+    half, _ = _hub_kernels("timm/convnext_atto.half")
+    full = extract_depthwise_kernels(local / "convnext_atto", "m")
+    got = np.array(half.kernels.column("weights").to_pylist())
+    want = np.array(full.kernels.column("weights").to_pylist())
+    assert half.n_filters == full.n_filters and np.allclose(got, want, rtol=1e-2, atol=1e-2)
+
+    int8, _ = _hub_kernels("someone/int8-dw")
+    assert int8.n_layers == 1 and int8.skipped_layers[0]["reason"] == "dtype I8 not supported"
+
+
+def test_gated_and_missing_repos_fail_with_their_reason_and_are_not_retried(hub, tmp_path):
+    gated = extract_model_to_parquet(hub_spec("timm/convnext_atto.gated"), tmp_path)
+    missing = extract_model_to_parquet(hub_spec("timm/no-such-model"), tmp_path)
+    assert gated["status"] == "failed" and gated["error"].startswith("gated or private")
+    assert missing["status"] == "failed" and missing["error"].startswith("not found")
+    info_calls = [p for m, p, s in hub.requests if p.startswith("/api/models/timm/convnext_atto.g")]
+    assert len(info_calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["error500", "rate429", "stall", "truncate", "reset"])
+def test_faults_are_retried_and_the_kernels_still_come_back_whole(hub, zoo, kind):
+    _, local = zoo
+    hub.faults.append(Fault("model.safetensors", kind, times=2, seconds=3.0))
+    extraction, _ = _hub_kernels("timm/convnext_atto.d2_in1k", timeout=1.0, backoff=0.05)
+    from_disk = extract_depthwise_kernels(local / "convnext_atto", "m")
+    assert extraction.kernels.equals(from_disk.kernels)
+    assert hub.faults[0].times == 0  # both faults were met, and retried past
+    if kind == "rate429":
+        assert [s for _, p, s in hub.requests if p.endswith("model.safetensors")][:2] == [429, 429]
+
+
+def test_a_fault_that_never_ends_fails_that_model_with_the_reason(hub, tmp_path):
+    from dwscan.io.hub import HubError
+
+    hub.faults.append(Fault("model.safetensors", "error500", times=100))
+    with pytest.raises(HubError, match="gave up after 3 attempts"):
+        _hub_kernels("timm/convnext_atto.d2_in1k", max_attempts=3, backoff=0.01)
+
+
+def test_discovery_filters(hub):
+    from dwscan.io.hub import list_hub_models
+
+    timm_repos = list_hub_models(author="timm")
+    assert "timm/convnext_atto.d2_in1k" in timm_repos and "someone/int8-dw" not in timm_repos
+    assert list_hub_models(search="convnext") == [
+        "timm/convnext_atto.d2_in1k", "timm/convnext_atto.gated", "timm/convnext_atto.half"]
+    assert "someone/int8-dw" not in list_hub_models(filter="timm")
+    assert len(list_hub_models(author="timm", limit=2)) == 2
+
+
+def test_coalescing_joins_only_near_neighbours():
+    from dwscan.io.checkpoints import RemoteSafetensorsCheckpoint
+
+    # laid out a, b, c: b is wider than the coalescing gap, so a and c are not neighbours
+    state = {"a": torch.zeros(16), "b": torch.ones(2 * COALESCE_GAP // 4), "c": torch.full((4,), 2.0)}
+    blob = save(state)
+    calls = []
+
+    def fetch(file, start, stop):
+        calls.append((start, stop))
+        return blob[start:stop]
+
+    reader = RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"])
+    calls.clear()
+    reader.prefetch(["a", "c"])
+    assert len(calls) == 2 and sum(b - a for a, b in calls) == 16 * 4 + 4 * 4
+    calls.clear()
+    reader.prefetch(["b", "c"])
+    assert len(calls) == 1
+    assert reader.read("c").tolist() == [2.0] * 4 and reader.read("a").tolist() == [0.0] * 16
+    assert len(calls) == 1  # both came from the cache
+
+
+def _dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": ""}  # HF_ENDPOINT (conftest) points at the stand-in
+    return subprocess.run(["dwscan", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_scan_the_hub_through_ray(hub, tmp_path):
+    result = _dwscan(["scan", "--hub", "--author", "timm", "--concurrency", "4",
+                      "--out", str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # the gated repo failed
+    models = {r["model_id"]: r for r in read_table(tmp_path / "out" / "models.parquet").to_pylist()}
+    assert set(models) == {r for r in hub.repos if r.startswith("timm/")}
+    status = {m: r["status"] for m, r in models.items()}
+    assert status.pop("timm/resnet18.a1_in1k") == "skipped"
+    assert status.pop("timm/convnext_atto.gated") == "failed"
+    assert set(status.values()) == {"ok"}
+    assert models["timm/convnext_atto.gated"]["error"].startswith("gated or private")
+    for model_id, row in models.items():
+        assert row["revision"] == hub.repos[model_id].sha or row["status"] == "failed"
+    atto = models["timm/convnext_atto.d2_in1k"]
+    assert (atto["accuracy_key"], atto["architecture"], atto["input_size"]) == (
+        "convnext_atto.d2_in1k", "convnext_atto", "3x224x224")
+    floor = atto["n_filters"] * 49 * 4
+    assert floor < atto["bytes_fetched"] < 1.1 * floor
+    assert "FAILED timm/convnext_atto.gated" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
+    _, local = zoo
+    chosen = ["convnext_atto", "mobilenetv3_small_050", "efficientnet_b0"]
+    repo_ids = [f"timm/{arch}.{ARCHS[arch]}" for arch in chosen]
+    # timm's published top-1 of these keys (results-imagenet.csv, commit aa4b5850); the weights
+    # here are random, so only the join is under test
+    accuracy = tmp_path / "results.csv"
+    accuracy.write_text(
+        "model,img_size,top1,top1_err,top5,top5_err,param_count,crop_pct,interpolation\n"
+        "convnext_atto.d2_in1k,288,77.016,22.984,93.704,6.296,3.70,0.950,bicubic\n"
+        "convnext_atto.d2_in1k,224,75.672,24.328,92.914,7.086,3.70,0.875,bicubic\n"
+        "mobilenetv3_small_050.lamb_in1k,224,57.918,42.082,80.144,19.856,1.59,0.875,bicubic\n"
+        "efficientnet_b0.ra_in1k,224,77.698,22.302,93.538,6.462,5.29,0.875,bicubic\n")
+    sources = ["--accuracy-csv", str(accuracy), "--pretrain-csv", str(DEMO_PRETRAIN_CSV),
+               "--no-stability-check",  # the same tables either way; the check is tested elsewhere
+               "--epochs", "40"]  # random timm weights never converge: a fixed run, not the cap
+    from_hub = _dwscan(["run", "--out", str(tmp_path / "hub"), *sources,
+                        *[a for r in repo_ids for a in ("--model", r)]], tmp_path)
+    assert from_hub.returncode == 0, from_hub.stderr[-3000:]
+    from_disk = _dwscan(["run", "--out", str(tmp_path / "disk"), *sources,
+                         *[a for arch, r in zip(chosen, repo_ids)
+                           for a in ("--checkpoint", str(local / arch), "--model-id", r)]],
+                        tmp_path)
+    assert from_disk.returncode == 0, from_disk.stderr[-3000:]
+    a, b = OutputLayout(tmp_path / "hub"), OutputLayout(tmp_path / "disk")
+    for repo_id in repo_ids:
+        assert read_table(a.kernels_path(repo_id)).equals(read_table(b.kernels_path(repo_id)))
+        assert read_table(a.assignments_path(repo_id)).equals(
+            read_table(b.assignments_path(repo_id)))
+    assert read_table(a.templates_path).equals(read_table(b.templates_path))
+    assert read_table(a.clusterability_path).equals(read_table(b.clusterability_path))
+    keys = ["model_id", "accuracy_key", "architecture", "n_layers", "n_filters", "status"]
+    assert read_table(a.models_path).select(keys).equals(read_table(b.models_path).select(keys))
+    overall = {r["model_id"]: r for r in read_table(a.clusterability_path).to_pylist()
+               if r["kernel_size"] is None}
+    assert {m: (r["family"], r["pretrain"], r["top1"], r["img_size"]) for m, r in overall.items()} == {
+        "timm/convnext_atto.d2_in1k": ("convnext", "in1k", 75.672, 224),  # its config says 224
+        "timm/mobilenetv3_small_050.lamb_in1k": ("mobilenetv3", "in1k", 57.918, 224),
+        "timm/efficientnet_b0.ra_in1k": ("efficientnet", "in1k", 77.698, 224)}
+    assert (a.reports_dir / "index.html").exists()
+    assert read_table(a.table_path(schemas.CORRELATION)).num_rows > 0

@@ -1,0 +1,222 @@
+import numpy as np
+import pytest
+import torch
+
+from dwscan.method.autoencoder import (
+    STOP_CONVERGED,
+    STOP_EPOCHS,
+    STOP_PLATEAU,
+    AutoencoderConfig,
+    ConvergenceRule,
+    KernelAutoencoder,
+    batch_size_for,
+    cosine_loss,
+    decode_sweep,
+    load_autoencoder,
+    save_autoencoder,
+    step_budget,
+    train_autoencoder,
+)
+from dwscan.method.preprocess import centre_and_normalise
+from dwscan.stages.templates import discover_templates
+from dwscan.testing.synthetic import noisy_copies, planted_templates
+
+
+def test_cosine_loss_by_hand():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # cosines 1 and 0
+    assert cosine_loss(x, y).item() == pytest.approx(0.5)
+
+
+def test_the_code_is_one_number_in_0_1():
+    model = KernelAutoencoder(25)
+    code = model.encode(torch.randn(7, 25))
+    assert code.shape == (7, 1) and bool(((code > 0) & (code < 1)).all())
+
+
+def test_same_input_and_seed_give_the_same_model():
+    kernels, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(600, 9)))
+    config = AutoencoderConfig(seed=3, min_steps=50, epochs=2)
+    a, _ = train_autoencoder(kernels, config)
+    b, _ = train_autoencoder(kernels, config)
+    c, _ = train_autoencoder(kernels, AutoencoderConfig(seed=4, min_steps=50, epochs=2))
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     c.state_dict().values()))
+
+
+def test_the_batch_size_follows_the_device():
+    config = AutoencoderConfig()
+    assert (config.batch_size, config.gpu_batch_size) == (512, 8192)
+    assert batch_size_for(config, "cpu") == 512
+    assert batch_size_for(config, torch.device("cpu")) == 512
+    # device names are only parsed, so the CUDA choice is checked without a GPU
+    assert batch_size_for(config, "cuda") == 8192
+    assert batch_size_for(AutoencoderConfig(gpu_batch_size=2048), "cuda:1") == 2048
+
+
+def test_the_cpu_path_is_unchanged_by_the_gpu_work():
+    """The GPU changes (epoch order on the device, batch by device) leave a CPU run as it was:
+    the check losses below were recorded from the code before them (commit fc1c19b, same
+    seed; bit-identical weights there), and the GPU batch size plays no part on the CPU."""
+    kernels, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(3000, 9)))
+    config = AutoencoderConfig(seed=5, min_steps=0, check_every=5, max_steps=40, batch_size=256)
+    model, log = train_autoencoder(kernels, config)
+    np.testing.assert_allclose(log.losses, [0.96363, 0.88153, 0.73512, 0.74764, 0.73267, 0.71396,
+                                            0.71467, 0.70914], atol=2e-4)
+    other, _ = train_autoencoder(kernels, AutoencoderConfig(**{**config.__dict__,
+                                                                "gpu_batch_size": 64}))
+    for x, y in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = KernelAutoencoder(9)
+    path = save_autoencoder(model, tmp_path / "k3.safetensors", extra={"kernel_size": 3})
+    loaded, meta = load_autoencoder(path)
+    assert meta["kernel_size"] == 3 and meta["dim"] == 9
+    _, a = decode_sweep(model, 11)
+    _, b = decode_sweep(loaded, 11)
+    np.testing.assert_array_equal(a, b)
+
+
+def _replay(config: AutoencoderConfig, checks: list[tuple[float, float | None]]) -> int | None:
+    """Feed (loss, template cosine) checks, one every `check_every` steps; the step it stops at."""
+    rule = ConvergenceRule(config)
+    for i, (loss, cosine) in enumerate(checks, start=1):
+        if rule.observe(i * config.check_every, loss, cosine):
+            return i * config.check_every
+    return None
+
+
+def test_the_rule_stops_after_patience_checks_that_are_still_and_flat():
+    config = AutoencoderConfig(check_every=100, min_steps=0, patience=2)
+    falling = [(0.5, None), (0.4, 0.90), (0.3, 0.95)]
+    settled = [(0.299, 0.995), (0.2985, 0.998)]
+    assert _replay(config, falling + settled) == 500
+    # one still check is not enough
+    assert _replay(config, falling + settled[:1]) is None
+    # templates still moving (cosine below 0.99) although the loss is flat: go on
+    assert _replay(config, falling + [(0.299, 0.98), (0.299, 0.985), (0.299, 0.97)]) is None
+    # templates still but the loss still falling by more than 0.002 a check: go on
+    assert _replay(config, falling + [(0.29, 0.999), (0.28, 0.999), (0.27, 0.999)]) is None
+    # a moving check in between restarts the count
+    assert _replay(config, falling + [(0.299, 0.995), (0.299, 0.9), (0.299, 0.995),
+                                      (0.299, 0.995)]) == 700
+    # a loss that rises counts as plateaued
+    assert _replay(config, falling + [(0.31, 0.995), (0.32, 0.995)]) == 500
+    # noise: up, then back down to the best, is no progress
+    assert _replay(config, falling + [(0.31, 0.995), (0.3005, 0.995)]) == 500
+    # a new best by more than the tolerance is progress, whatever came between
+    assert _replay(config, falling + [(0.31, 0.995), (0.29, 0.995), (0.2895, 0.995),
+                                      (0.2893, 0.995)]) == 700
+
+
+def test_a_loss_flat_for_plateau_patience_checks_stops_although_templates_move():
+    config = AutoencoderConfig(check_every=100, min_steps=0, patience=2, plateau_patience=4)
+    falling = [(0.5, None), (0.4, 0.5), (0.3, 0.6)]
+    wandering = [(0.2995, 0.7), (0.301, 0.6), (0.2999, 0.8), (0.3, 0.5)]
+    rule = ConvergenceRule(config)
+    reasons = [rule.observe(i * 100, loss, cos)
+               for i, (loss, cos) in enumerate(falling + wandering, start=1)]
+    assert reasons == [None] * 6 + [STOP_PLATEAU]
+    # one new best (by more than the tolerance) restarts the count
+    assert _replay(config, falling + wandering[:3] + [(0.29, 0.7)] + wandering) == 1100
+    # still templates on a flat loss converge first, with their own reason
+    rule = ConvergenceRule(config)
+    assert [rule.observe(i * 100, loss, cos) for i, (loss, cos) in enumerate(
+        falling + [(0.3, 0.995), (0.3, 0.995)], start=1)][-1] == STOP_CONVERGED
+
+
+def test_training_on_structureless_kernels_stops_long_before_the_cap():
+    """Gaussian noise kernels hold no pattern: the sweep wanders and never settles, and
+    training must stop on the flat loss instead of running to max_steps (a zoo of random-weight
+    models once paid the full 20,000-step cap)."""
+    data, _ = centre_and_normalise(np.random.default_rng(3).normal(size=(8192, 9)))
+    config = AutoencoderConfig(min_steps=500, check_every=100, plateau_patience=6,
+                               max_steps=20_000)
+    _, log = train_autoencoder(data, config)
+    assert log.stop_reason in (STOP_PLATEAU, STOP_CONVERGED), log.stop_reason
+    assert log.steps <= 5_000, log.steps
+
+
+def test_the_rule_never_stops_before_min_steps():
+    config = AutoencoderConfig(check_every=100, min_steps=1000, patience=2)
+    flat = [(0.1, None)] + [(0.1, 0.999)] * 12
+    assert _replay(config, flat) == 1000
+
+
+def test_explicit_epochs_give_exactly_that_many_passes():
+    data, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(2048, 9)))
+    config = AutoencoderConfig(epochs=3, batch_size=256, check_every=5)
+    assert step_budget(len(data), config) == 24
+    _, log = train_autoencoder(data, config)
+    assert (log.steps, log.epochs, log.stop_reason) == (24, 3.0, STOP_EPOCHS)
+    assert log.check_steps == [5, 10, 15, 20, 24] and log.template_cosines[0] is None
+
+
+@pytest.mark.slow
+def test_convergence_stopped_training_finds_the_templates_of_a_long_run():
+    """Planted patterns plus 10% random kernels: training stopped at convergence gives the
+    templates a long fixed run gives (each matched at cosine >= 0.98), far below the cap."""
+    truth = planted_templates(5)
+    rng = np.random.default_rng(5)
+    raw, _ = noisy_copies(truth, 1000, noise=0.3, rng=rng)
+    raw = np.concatenate([raw, rng.normal(size=(900, 25)).astype(np.float32)])
+    kernels, _ = centre_and_normalise(raw)
+    stopped_model, log = train_autoencoder(kernels, AutoencoderConfig(seed=1))
+    assert log.stop_reason == STOP_CONVERGED and log.converged_step is not None
+    assert log.steps <= AutoencoderConfig().max_steps // 4, log
+    long_epochs = 3 * log.steps // (len(kernels) // 512)  # three times the steps, fixed
+    long_model, long_log = train_autoencoder(kernels, AutoencoderConfig(seed=1, epochs=long_epochs))
+    assert long_log.steps >= 3 * log.steps - 20
+    stopped = discover_templates(stopped_model, kernels).weights
+    long = discover_templates(long_model, kernels).weights
+    cosines = long @ stopped.T
+    assert cosines.max(axis=1).min() >= 0.98, cosines.max(axis=1)  # every long-run template
+    assert (stopped @ truth.T).max(axis=0).min() >= 0.98  # and every planted pattern
+    # any template the long run lacks is a minor one (random kernels), not a planted pattern
+    extra = cosines.max(axis=0) < 0.98
+    assert (stopped[extra] @ truth.T).max(initial=0.0) < 0.9
+
+
+def _train_rank(rank: int, port: int, data: np.ndarray, results) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        _, log = train_autoencoder(data, AutoencoderConfig(seed=2, min_steps=300, check_every=100),
+                                   rank=rank, world_size=2, wrap_model=DistributedDataParallel)
+        results.put((rank, log.steps, log.stop_reason, log.losses))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_take_the_same_stop_decision():
+    """Two gloo ranks with different data shards stop at the same step (no deadlock)."""
+    import multiprocessing
+    import socket
+
+    truth = planted_templates(3)
+    raw, _ = noisy_copies(truth, 400, noise=0.3, rng=np.random.default_rng(0))
+    data, _ = centre_and_normalise(raw)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_train_rank, args=(r, port, data, results)) for r in (0, 1)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=300) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (_, steps0, why0, losses0), (_, steps1, why1, losses1) = got
+    assert (steps0, why0) == (steps1, why1) and why0 == STOP_CONVERGED
+    assert losses0 == losses1  # the check's numbers are averaged over ranks
