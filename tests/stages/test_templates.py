@@ -137,17 +137,35 @@ def test_a_second_seed_gives_the_same_set(k):
 
 
 def test_compare_runs_marks_a_moved_or_missing_template_unstable():
-    e = np.eye(4, dtype=np.float32)
-    shares = np.array([0.4, 0.3, 0.3])
-    found = TemplateSet(e[:3], np.zeros(3), np.ones(3), np.ones(3), shares, shares)
-    # the other run: template 0 again, template 1 with a share 5 points lower, no template 2
-    other_weights = np.stack([e[0], (e[1] + 0.05 * e[3]) / np.linalg.norm(e[1] + 0.05 * e[3])])
-    other = TemplateSet(other_weights, np.zeros(2), np.ones(2), np.ones(2),
-                        np.array([0.4, 0.25]), np.array([0.4, 0.25]))
+    """Each clause of the rule is the only one a template fails: a share that moved, a match
+    that is not mutual (two templates on one of the other run's), a match under
+    stable_cosine (0.95), and no match at all."""
+    e = np.eye(6, dtype=np.float32)
+
+    def unit(v):
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    near_0 = unit(e[0] + 0.1 * e[5])  # cosine 0.995 to e[0], but e[0] is template 0's match
+    loose_3 = unit(e[3] + 0.5 * e[5])  # mutual best match of template 3, at cosine 0.894
+    found_weights = np.stack([e[0], e[1], e[2], e[3], near_0])
+    shares = np.array([0.3, 0.2, 0.2, 0.2, 0.1])
+    found = TemplateSet(found_weights, np.zeros(5), np.ones(5), np.ones(5), shares, shares)
+    # the other run: template 0 again, template 1 with a share 5 points lower, no template 2,
+    # template 3 only loosely, and nothing of its own for near_0
+    other_weights = np.stack([e[0], unit(e[1] + 0.05 * e[4]), loose_3])
+    other_shares = np.array([0.3, 0.15, 0.2])
+    other = TemplateSet(other_weights, np.zeros(3), np.ones(3), np.ones(3), other_shares,
+                        other_shares)
     stability = compare_runs(found, other, TemplateConfig())
-    assert stability.stable.tolist() == [True, False, False]
+    assert stability.stable.tolist() == [True, False, False, False, False]
     assert stability.cosine[0] == pytest.approx(1.0) and stability.cosine[1] > 0.99
     assert stability.cosine[2] == pytest.approx(0.0)
+    assert stability.cosine[3] == pytest.approx(1 / np.sqrt(1.25), abs=1e-6)
+    assert stability.cosine[4] > 0.99 and stability.other_share[4] == pytest.approx(0.3)
+    assert abs(stability.other_share[4] - shares[4]) > 0.02  # fails the share clause too...
+    stability = compare_runs(found, other, TemplateConfig(stable_share_moved=1.0))
+    # ...so with shares ignored, only the mutual and cosine clauses mark 4 and 3
+    assert stability.stable.tolist() == [True, True, False, False, False]
 
 
 @pytest.mark.slow
