@@ -1,6 +1,6 @@
 """Report stage at zoo scale: wall time and peak RSS of `write_reports` (every analyst table,
 the correlations with their bootstrap intervals, the zoo plots and index.html) over a finished
-scan of 300 and 1,000 synthetic models written table by table without Ray (tests/helpers.py
+scan of 300 and 1,000 synthetic models written table by table without Ray (pipeline/testing/scanned_zoo.py
 `zoo_of`: 5 families, 4 pre-training tags, 3x3/5x5/7x7 layers, 12 depthwise layers of 400
 kernels per model, so 4.8M kernels at 1,000 models). No per-model plot, as by default; the
 timed code runs in a fresh child process after its imports. Also the page's size, the number

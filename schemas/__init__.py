@@ -127,7 +127,7 @@ _ANGLES = ("x to the right, y down the image, measured from +x towards +y (90 = 
 
 
 def _family_fit(with_parameters: bool = True) -> list[pa.Field]:
-    """The fitted-family columns (pipeline/families.py; METHOD.md section 4)."""
+    """The fitted-family columns (pipeline/method/families.py; METHOD.md section 4)."""
     fields = [
         _col("label", pa.string(), "name built from the fitted family: e.g. 'off-centre DoG "
              "sigma 0.9', 'on-centre spike', 'd/dtheta 30 deg sigma 1.2', '+d2/dtheta2 0 deg sigma "

@@ -1,5 +1,5 @@
 """Shared fixtures. The hub stand-in starts here, at import, before any test module can import
-huggingface_hub (see tests/helpers.py:shared_hub)."""
+huggingface_hub (see pipeline/testing/scanned_zoo.py:shared_hub)."""
 
 from __future__ import annotations
 

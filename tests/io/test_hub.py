@@ -1,4 +1,4 @@
-"""Hub ingestion against a hub stand-in on 127.0.0.1 (tests/hub_server.py): discovery, header-first
+"""Hub ingestion against a hub stand-in on 127.0.0.1 (pipeline/testing/hub_server.py): discovery, header-first
 range reads, every weight layout, retries under injected faults, and the byte floor."""
 
 import io

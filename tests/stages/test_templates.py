@@ -77,7 +77,7 @@ def test_planted_patterns_give_one_template_each_named_by_their_family(k):
     for row, best in zip(table.to_pylist(), cosines.argmax(axis=1)):
         want = planted_patterns(k)[best].expected(k)
         assert (row["family"], row["polarity"]) == (want.family, want.polarity), row["label"]
-        if k > 3:  # at 3x3 sigma is not told (tests/test_families.py)
+        if k > 3:  # at 3x3 sigma is not told (tests/method/test_families.py)
             assert row["sigma"] == pytest.approx(want.sigma, rel=0.2), row["label"]
             if want.orientation_deg is not None:
                 period = 360.0 if row["family"] == "first-derivative" else 180.0
