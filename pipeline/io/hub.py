@@ -179,6 +179,8 @@ def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
         except _HttpStatus as exc:
             _raise_final(exc.status, exc.error_code, what)
             last, wait = f"HTTP {exc.status}", exc.retry_after
+        except _ShortFile as exc:
+            raise HubError(f"{what}: {exc}") from None
         except _RangeMismatch as exc:
             mismatches += 1
             if mismatches >= options.mismatch_attempts:
@@ -202,6 +204,11 @@ class _HttpStatus(Exception):
 
 class _ShortRead(Exception):
     """The body ended before the bytes the range asked for."""
+
+
+class _ShortFile(Exception):
+    """The server says the file ends before the range does: a truncated or lying checkpoint,
+    which no retry can mend."""
 
 
 class _RangeMismatch(Exception):
@@ -351,14 +358,19 @@ def _check_answer(response, start: int, stop: int) -> None:
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise _RangeMismatch(f"Content-Encoding {encoding[:40]}")
+    length = response.headers.get("Content-Length")
     if response.status_code == 200:
+        if length is not None and length.strip().isdigit() and int(length) < stop:
+            raise _ShortFile(f"the file ends at byte {int(length)}, before byte {stop} asked")
         return
     content_range = response.headers.get("Content-Range", "")
     match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is not None and int(match[1]) == start and match[3] == str(int(match[2]) + 1) \
+            and int(match[2]) + 1 < stop:  # a server cuts a range at the end of the file
+        raise _ShortFile(f"the file ends at byte {match[3]}, before byte {stop} asked")
     if match is None or (int(match[1]), int(match[2]) + 1) != (start, stop):
         raise _RangeMismatch(f"asked bytes {start}-{stop - 1}, "
                              f"got Content-Range {content_range[:80]!r}")
-    length = response.headers.get("Content-Length")
     if length is not None and length.strip() != str(stop - start):
         raise _RangeMismatch(f"asked {stop - start} bytes, got Content-Length {length[:40]}")
 

@@ -341,6 +341,17 @@ def test_a_server_that_ignores_range_costs_one_pass_and_liars_fail_beside_a_good
     assert "Content-Range 'bytes 4-11/" in rows["shift"]["error"]
 
 
+def test_a_file_shorter_than_its_header_says_fails_at_once(hub, tmp_path):
+    """A 206 cut at the end of the file is an honest answer about a truncated file: the model
+    fails with that reason at once, not after every retry, and not as a lying server."""
+    hub.add_repo("cut/short", Repo({"model.safetensors": save(timm_state("convnext_atto"))[:300]}))
+    row = extract_model_to_parquet(hub_spec("cut/short"), tmp_path)
+    assert row["status"] == "failed", row
+    assert row["error"].startswith("model.safetensors of cut/short: the file ends at byte 300, "
+                                   "before byte "), row["error"]
+    assert len([p for m, p, s in hub.requests if p.endswith("model.safetensors")]) == 2
+
+
 def test_a_range_longer_than_the_request_cap_takes_several_requests(hub):
     from dwscan.io.hub import HubCheckpoint, HubOptions, RangeReader
 
