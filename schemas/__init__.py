@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.5.1"
+SCHEMA_VERSION = "1.6.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -106,6 +106,10 @@ MODELS = _schema("models", "models.parquet", "one row per scanned checkpoint, fa
     _col("n_layers", pa.int32(), "depthwise layers extracted", nullable=False),
     _col("n_filters", pa.int64(), "depthwise filters extracted", nullable=False),
     _col("bytes_fetched", pa.int64(), "bytes downloaded from the hub; null for local files"),
+    _col("range_support", pa.string(),
+         "yes: the hub answered every range read with exactly the range | no: it sent whole "
+         "files (Range ignored, as some mirrors do), each read in one pass up to its last wanted "
+         "byte | null: local files, or no range read (pytorch_model.bin only, or failed before)"),
     _col("attempts", pa.int32(),
          "scans of this revision so far (a failed model is retried up to --max-attempts)"),
     _col("scanned_at", pa.timestamp("ms", tz="UTC"),

@@ -25,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     from dwscan.io.accuracy import SourceError
     from dwscan.io.lock import OutputLocked
     from dwscan.io.storage import as_location, check_writable
+    from dwscan.io.zoo import HubListingError
 
     args = build_parser().parse_args(argv)
     try:
         if args.command in _WRITERS:
             check_writable(as_location(args.out))
         return args.handler(args)
-    except (SourceError, ModelIdError, OutputWriteError) as error:
+    except (SourceError, ModelIdError, OutputWriteError, HubListingError) as error:
         print(f"dwscan {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OutputLocked as error:

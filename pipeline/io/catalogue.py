@@ -16,7 +16,8 @@ def model_row(spec: ModelSpec, error: str | None = None, status: str | None = No
             "accuracy_key": spec.accuracy_key, "architecture": None, "pretrained_tag": None,
             "input_size": None, "status": status or ("failed" if error else "ok"),
             "error": one_line(error) if error else None, "warnings": None,
-            "n_layers": 0, "n_filters": 0, "bytes_fetched": None, "skipped_layers": [],
+            "n_layers": 0, "n_filters": 0, "bytes_fetched": None, "range_support": None,
+            "skipped_layers": [],
             "peak_memory_bytes": None,
             "attempts": None, "scanned_at": None}  # set when merged into models.parquet
 

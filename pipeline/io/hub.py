@@ -5,23 +5,31 @@ Only this module imports huggingface_hub, so HF_ENDPOINT, HF_TOKEN and the cache
 commit sha that `model_info` reports, so a scan is reproducible. Safetensors are read header
 first, then only the byte ranges of the depthwise tensors; `pytorch_model.bin` is downloaded only
 where a repo has no safetensors, into a temporary folder that is deleted afterwards.
+
+Range reads trust nothing the server says beyond what they check: a body is streamed and read
+only up to the range's end; a 206 must name exactly the range asked (Content-Range, length, no
+Content-Encoding) or its bytes are never used; a server that ignores Range (answers 200 with the
+whole file, as mirrors such as olah do) is read in one forward pass per file, each wanted range
+taken as it goes by. A model read like that records `range_support` 'no'.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, hf_hub_url, try_to_load_from_cache
+from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.utils import HfHubHTTPError, build_hf_headers, get_session
 
 from dwscan.io.checkpoints import (
@@ -34,9 +42,15 @@ from dwscan.io.checkpoints import (
     choose_weight_file,
     shard_names,
 )
-from dwscan.io.zoo import read_config
+from dwscan.io.zoo import HubListingError, read_config
+from dwscan.text import one_line
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# x-error-code values that mean the repo, revision or file does not exist (huggingface.co answers
+# 401 RepoNotFound for a missing repo, so the status alone cannot tell it from a gated one)
+NOT_FOUND_CODES = {"RepoNotFound", "EntryNotFound", "RevisionNotFound"}
+STREAM_CHUNK = 1 << 20  # bytes taken from a response body at a time
+MAX_OPEN_PASSES = 4  # whole-file answers kept open per model, for the next ranges of their files
 T = TypeVar("T")
 
 
@@ -46,6 +60,9 @@ class HubOptions:
     max_attempts: int = 6  # tries per request, the first included
     backoff: float = 0.5  # first wait between tries, doubled each time, with +-50% jitter
     max_backoff: float = 30.0  # longest wait between tries (a Retry-After header wins)
+    max_range_bytes: int = 64 << 20  # one range request at most; a longer range takes several
+    mismatch_attempts: int = 2  # tries of a range whose answer is not the range asked (a lying
+    # server rarely stops lying: these are not worth max_attempts)
 
 
 class HubError(CheckpointError):
@@ -60,6 +77,8 @@ class HubCheckpoint:
     config: dict = field(default_factory=dict)  # config.json, {} when absent or unusable
     config_warnings: list[str] = field(default_factory=list)  # why config.json was unusable
     bytes_fetched: int = 0  # payload bytes received from the hub for this model
+    range_support: str | None = None  # 'yes': every range read answered 206 with the range;
+    # 'no': some answered with the whole file (read in one pass); None: no range read
 
 
 def list_hub_models(author: str | None = None, filter: str | None = None,
@@ -67,8 +86,8 @@ def list_hub_models(author: str | None = None, filter: str | None = None,
                     options: HubOptions | None = None) -> list[str]:
     """Repo ids of the hub models that match, in the hub's order."""
     options = options or HubOptions()
-    return with_retries(lambda: [m.id for m in HfApi().list_models(
-        author=author, filter=filter, search=search, limit=limit)], options, "list models")
+    return _listing(lambda: [m.id for m in HfApi().list_models(
+        author=author, filter=filter, search=search, limit=limit)], options)
 
 
 def list_hub_revisions(author: str | None = None, filter: str | None = None,
@@ -77,9 +96,23 @@ def list_hub_revisions(author: str | None = None, filter: str | None = None,
     """Repo id -> current commit sha of the matching models, from one listing call: what a
     re-scan compares with models.parquet without touching any repo."""
     options = options or HubOptions()
-    return with_retries(lambda: {m.id: m.sha for m in HfApi().list_models(
-        author=author, filter=filter, search=search, limit=limit, expand=["sha"])},
-        options, "list models")
+    return _listing(lambda: {m.id: m.sha for m in HfApi().list_models(
+        author=author, filter=filter, search=search, limit=limit, expand=["sha"])}, options)
+
+
+def _listing(call: Callable[[], T], options: HubOptions) -> T:
+    """A listing call, or HubListingError in one line: mirrors often serve repos but no listing
+    (olah answers an empty 200, others 404), and huggingface_hub then raises whatever its JSON
+    parsing meets; none of that is worth a traceback, the user can name the repos instead."""
+    try:
+        return with_retries(call, options, "list models")
+    except HubError as exc:
+        reason = str(exc)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # empty or not a listing
+        reason = f"its answer is not a model listing: {type(exc).__name__}: {exc}"
+    raise HubListingError(
+        f"the hub endpoint HF_ENDPOINT={constants.ENDPOINT} cannot list models "
+        f"({one_line(reason, 200)}); name the repos with --model REPO_ID instead")
 
 
 def hub_revision(repo_id: str, options: HubOptions | None = None) -> str | None:
@@ -103,11 +136,12 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
     files = {s.rfilename for s in (info.siblings or [])}
     opened = HubCheckpoint(repo_id=repo_id, revision=sha, reader=None)
     scratch = Path(tempfile.mkdtemp(prefix="dwscan-hub-"))
+    fetch = RangeReader(lambda file: hf_hub_url(repo_id, file, revision=sha), options, opened,
+                        f" of {repo_id}")
     try:
         if "config.json" in files:
             config_path = _download(repo_id, "config.json", sha, None, options, opened)
             opened.config, opened.config_warnings = read_config(config_path)
-        fetch = _range_fetcher(repo_id, sha, options, opened)
         name = choose_weight_file(files)
         if name is None:
             raise HubError(f"no weights file ({', '.join(FOLDER_WEIGHT_FILES)})")
@@ -121,25 +155,38 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
                 _download(repo_id, name, sha, scratch, options, opened), limits)
         yield opened
     finally:
+        fetch.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
     """Run `call`, retrying 5xx, 429 (honouring Retry-After), timeouts and broken connections
-    with exponential backoff and jitter; 404 ends as 'not found', 401/403 as 'gated or private'."""
+    with exponential backoff and jitter; a range answer that does not match the request is tried
+    `options.mismatch_attempts` times. 404 and the not-found error codes end as 'not found',
+    other 401/403 as 'gated or private'."""
     last = ""
+    mismatches = 0
     for attempt in range(options.max_attempts):
         wait = None
         try:
             return call()
         except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            _raise_final(status, what)
+            response = exc.response
+            status = response.status_code if response is not None else None
+            _raise_final(status, _error_code(response), what)
             last = f"HTTP {status}"
-            wait = _retry_after(exc.response)
+            wait = _retry_after(response)
         except _HttpStatus as exc:
-            _raise_final(exc.status, what)
+            _raise_final(exc.status, exc.error_code, what)
             last, wait = f"HTTP {exc.status}", exc.retry_after
+        except _ShortFile as exc:
+            raise HubError(f"{what}: {exc}") from None
+        except _RangeMismatch as exc:
+            mismatches += 1
+            if mismatches >= options.mismatch_attempts:
+                raise HubError(f"{what}: range response does not match the request ({exc}); "
+                               f"tried {mismatches} times") from None
+            last = f"range response does not match the request ({exc})"
         except (httpx2.TransportError, _ShortRead) as exc:
             last = f"{type(exc).__name__}: {exc}"
         if attempt + 1 < options.max_attempts:
@@ -150,22 +197,38 @@ def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
 
 
 class _HttpStatus(Exception):
-    def __init__(self, status: int, retry_after: float | None):
+    def __init__(self, status: int, retry_after: float | None, error_code: str | None = None):
         super().__init__(f"HTTP {status}")
-        self.status, self.retry_after = status, retry_after
+        self.status, self.retry_after, self.error_code = status, retry_after, error_code
 
 
 class _ShortRead(Exception):
     """The body ended before the bytes the range asked for."""
 
 
-def _raise_final(status: int | None, what: str) -> None:
-    if status == 404:
+class _ShortFile(Exception):
+    """The server says the file ends before the range does: a truncated or lying checkpoint,
+    which no retry can mend."""
+
+
+class _RangeMismatch(Exception):
+    """A range answer that is not the bytes asked for (another range, another length, an encoded
+    body): its bytes are never used."""
+
+
+def _raise_final(status: int | None, error_code: str | None, what: str) -> None:
+    """HubError for a status that retrying cannot change. The hub's x-error-code decides between
+    'not found' and 'gated or private': huggingface.co and mirrors answer 401 for a missing repo."""
+    if error_code in NOT_FOUND_CODES or status == 404:
         raise HubError(f"not found ({what})")
-    if status in (401, 403):
+    if status in (401, 403) or error_code == "GatedRepo":
         raise HubError(f"gated or private ({what})")
     if status is not None and status not in RETRY_STATUSES:
         raise HubError(f"{what}: HTTP {status}")
+
+
+def _error_code(response) -> str | None:
+    return response.headers.get("X-Error-Code") if response is not None else None
 
 
 def _retry_after(response) -> float | None:
@@ -176,28 +239,157 @@ def _retry_after(response) -> float | None:
         return None
 
 
-def _range_fetcher(repo_id: str, sha: str, options: HubOptions,
-                   opened: HubCheckpoint) -> Callable[[str, int, int], bytes]:
-    def fetch(file: str, start: int, stop: int) -> bytes:
-        url = hf_hub_url(repo_id, file, revision=sha)
-        headers = {**build_hf_headers(), "Range": f"bytes={start}-{stop - 1}"}
+class RangeReader:
+    """`fetch(file, start, stop) -> bytes` for RemoteSafetensorsCheckpoint, over HTTP Range.
 
-        def once() -> bytes:
-            response = get_session().get(url, headers=headers, timeout=options.timeout,
-                                         follow_redirects=True)
-            if response.status_code not in (200, 206):
-                raise _HttpStatus(response.status_code, _retry_after(response))
-            body = response.content
-            opened.bytes_fetched += len(body)
-            if response.status_code == 200:  # the server ignored the range: cut it ourselves
-                body = body[start:stop]
-            if len(body) != stop - start:
-                raise _ShortRead(f"{file} bytes {start}-{stop}: got {len(body)}")
-            return body
+    A range longer than `options.max_range_bytes` is read in several requests. A 206 is used
+    only if it is exactly the range asked. A 200 (the server ignored Range) is kept open as the
+    file's one pass: this range and every later one of that file at or after it are taken from
+    it as they go by, bytes in between dropped, so such a file costs one read up to its last
+    wanted byte (RemoteSafetensorsCheckpoint asks in file order: header, then tensors by offset).
+    Bytes received count into `opened.bytes_fetched`; close() ends the open passes."""
 
-        return with_retries(once, options, f"{file} of {repo_id}")
+    def __init__(self, url_of: Callable[[str], str], options: HubOptions, opened: HubCheckpoint,
+                 what: str = ""):
+        self._url_of, self._options, self._opened = url_of, options, opened
+        self._what = what
+        self._passes: OrderedDict[str, _WholeFilePass] = OrderedDict()
 
-    return fetch
+    def __call__(self, file: str, start: int, stop: int) -> bytearray:
+        out = bytearray(stop - start)  # the one copy of the range held: returned as it is
+        at = start
+        while at < stop:
+            at = with_retries(lambda at=at: self._read_some(file, at, start, stop,
+                                                            memoryview(out)),
+                              self._options, f"{file}{self._what}")
+        return out
+
+    def close(self) -> None:
+        while self._passes:
+            self._passes.popitem()[1].close()
+
+    def _read_some(self, file: str, at: int, start: int, stop: int, out: memoryview) -> int:
+        """Fill out[at - start:] as far as one answer goes; the file offset reached."""
+        open_pass = self._passes.get(file)
+        if open_pass is not None and open_pass.position <= at:
+            return self._from_pass(file, open_pass, at, start, stop, out)
+        if open_pass is not None:  # asked to go back: that pass is of no further use
+            self._passes.pop(file).close()
+        end = min(stop, at + self._options.max_range_bytes)
+        stack = ExitStack()
+        try:
+            response = stack.enter_context(get_session().stream(
+                "GET", self._url_of(file), timeout=self._options.timeout, follow_redirects=True,
+                headers={**build_hf_headers(), "Range": f"bytes={at}-{end - 1}",
+                         "Accept-Encoding": "identity"}))
+            _check_answer(response, at, end)
+            if response.status_code == 200:
+                self._keep_pass(file, _WholeFilePass(response, stack, self._count))
+                stack = ExitStack()  # the pass owns the response now
+                return self._from_pass(file, self._passes[file], at, start, stop, out)
+            _read_exactly(response.iter_raw(STREAM_CHUNK), out[at - start:end - start],
+                          self._count)
+            self._opened.range_support = self._opened.range_support or "yes"
+            return end
+        finally:
+            stack.close()
+
+    def _from_pass(self, file: str, open_pass: _WholeFilePass, at: int, start: int, stop: int,
+                   out: memoryview) -> int:
+        self._passes.move_to_end(file)
+        try:
+            open_pass.read_into(at, out[at - start:stop - start])
+        except BaseException:
+            self._passes.pop(file).close()  # a broken pass is retried from a fresh request
+            raise
+        return stop
+
+    def _keep_pass(self, file: str, open_pass: _WholeFilePass) -> None:
+        self._opened.range_support = "no"
+        self._passes[file] = open_pass
+        while len(self._passes) > MAX_OPEN_PASSES:
+            self._passes.popitem(last=False)[1].close()
+
+    def _count(self, n: int) -> None:
+        self._opened.bytes_fetched += n
+
+
+class _WholeFilePass:
+    """A whole-file answer read forward once: `read_into` copies the bytes of a range at or
+    after the current position and drops those before it; at most one chunk is held."""
+
+    def __init__(self, response, stack: ExitStack, count: Callable[[int], None]):
+        self.position = 0  # file offset of the first byte of self._pending
+        self._pending = memoryview(b"")
+        self._chunks = response.iter_raw(STREAM_CHUNK)
+        self._stack, self._count = stack, count
+
+    def read_into(self, start: int, out: memoryview) -> None:
+        want, stop = start, start + len(out)
+        while want < stop:
+            if not self._pending:
+                chunk = next(self._chunks, b"")
+                if not chunk:
+                    raise _ShortRead(f"the whole-file answer ended at byte {self.position}, "
+                                     f"before byte {stop}")
+                self._count(len(chunk))
+                self._pending = memoryview(chunk)
+            end = self.position + len(self._pending)
+            if end > want:
+                upto = min(stop, end)
+                out[want - start:upto - start] = self._pending[want - self.position:
+                                                               upto - self.position]
+                want = upto
+            used = min(end, want) - self.position
+            self._pending, self.position = self._pending[used:], self.position + used
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _check_answer(response, start: int, stop: int) -> None:
+    """Raise unless `response` can hold bytes start..stop-1 as asked: a 206 naming exactly
+    that range with as many bytes, or a 200 (the whole file); never an encoded body."""
+    if response.status_code not in (200, 206):
+        raise _HttpStatus(response.status_code, _retry_after(response), _error_code(response))
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _RangeMismatch(f"Content-Encoding {encoding[:40]}")
+    length = response.headers.get("Content-Length")
+    if response.status_code == 200:
+        if length is not None and length.strip().isdigit() and int(length) < stop:
+            raise _ShortFile(f"the file ends at byte {int(length)}, before byte {stop} asked")
+        return
+    content_range = response.headers.get("Content-Range", "")
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is not None and int(match[1]) == start and match[3] == str(int(match[2]) + 1) \
+            and int(match[2]) + 1 < stop:  # a server cuts a range at the end of the file
+        raise _ShortFile(f"the file ends at byte {match[3]}, before byte {stop} asked")
+    if match is None or (int(match[1]), int(match[2]) + 1) != (start, stop):
+        raise _RangeMismatch(f"asked bytes {start}-{stop - 1}, "
+                             f"got Content-Range {content_range[:80]!r}")
+    if length is not None and length.strip() != str(stop - start):
+        raise _RangeMismatch(f"asked {stop - start} bytes, got Content-Length {length[:40]}")
+
+
+def _read_exactly(chunks: Iterator[bytes], out: memoryview, count: Callable[[int], None]) -> None:
+    """Fill `out` from a 206 body that must hold exactly len(out) bytes: shorter is a short
+    read (retried), longer a mismatch; at most one chunk past the end is ever taken."""
+    filled = 0
+    for chunk in chunks:
+        count(len(chunk))
+        if filled + len(chunk) > len(out):
+            raise _RangeMismatch(f"the body is longer than the {len(out)} bytes asked")
+        out[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+        if filled == len(out):
+            if next(chunks, b""):
+                raise _RangeMismatch(f"the body is longer than the {len(out)} bytes asked")
+            return
+    raise _ShortRead(f"got {filled} of {len(out)} bytes")
 
 
 def _download(repo_id: str, filename: str, sha: str, folder: Path | None, options: HubOptions,

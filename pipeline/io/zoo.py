@@ -12,6 +12,12 @@ from pathlib import Path
 HUB_PREFIX = "hf://"
 
 
+class HubListingError(Exception):
+    """The hub endpoint cannot list models (a mirror without listing, a body that is not a
+    listing): the command ends with this one line and exit code 2. Defined here, not in
+    `dwscan.io.hub`, so the command line can catch it without importing huggingface_hub."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     model_id: str  # the name in every output table

@@ -136,7 +136,8 @@ def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimit
                                      limits=limits) as hub:
                 extraction = extract_from_reader(hub.reader, spec.model_id, limits)
                 config, warnings = hub.config, hub.config_warnings
-                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched)
+                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched,
+                           range_support=hub.range_support)
         else:
             config, warnings = config_beside(spec.source)
             extraction = extract_depthwise_kernels(spec.source, spec.model_id, limits)

@@ -1,10 +1,15 @@
 """A Hugging Face Hub stand-in on 127.0.0.1 for tests: the endpoints huggingface_hub and dwscan
 use (model listing, model info, file HEAD/GET with Range under resolve/<revision>/), repos that
-the tests create, a count of the bytes it sends, and faults it can inject on request."""
+the tests create, a count of the bytes it sends, and faults it can inject on request.
+
+Like huggingface.co (and the olah mirror) it answers 401 RepoNotFound for a repo it does not
+have. Hostile or limited servers are switchable: per repo, how it answers Range (`Repo.range_mode`),
+and for the whole stand-in, what its listing answers (`HubStandIn.listing`)."""
 
 from __future__ import annotations
 
 import atexit
+import gzip
 import hashlib
 import json
 import os
@@ -27,6 +32,11 @@ class Repo:
     gated: bool = False
     sha: str = ""
     last_modified: str = "2026-01-01T00:00:00.000Z"
+    # how file GETs with a Range header are answered: 'honest' (206 with the range), 'ignore'
+    # (200, the whole file, chunked and without Content-Length, as olah does), 'shift' (206 with
+    # the bytes 4 further on and an honest Content-Range for them) or 'gzip' (206, the range
+    # gzip-encoded, whatever Accept-Encoding says)
+    range_mode: str = "honest"
 
     def __post_init__(self):
         if not self.sha:
@@ -57,6 +67,9 @@ class HubStandIn:
         self.faults: list[Fault] = []
         self.bytes_sent: dict[str, int] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        # what GET /api/models answers: 'json' (the listing), 'empty' (200 with no body, as olah
+        # does), 'malformed' (200 with a JSON object, not a list) or 'none' (404, no such route)
+        self.listing = "json"
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -145,8 +158,8 @@ def _handler_for(hub: HubStandIn):
 
         def _repo(self, repo_id: str) -> Repo | None:
             repo = hub.repos.get(repo_id)
-            if repo is None:
-                self._send(404, b'{"error": "Repository not found"}',
+            if repo is None:  # huggingface.co: 401 whether the repo is missing or private
+                self._send(401, b'{"error": "Repository not found"}',
                            {"X-Error-Code": "RepoNotFound"}, path=self.path)
             elif repo.gated:
                 self._send(401, b'{"error": "Access to this repo is restricted"}',
@@ -155,6 +168,10 @@ def _handler_for(hub: HubStandIn):
             return repo
 
         def _list(self, query: dict, head: bool):
+            if hub.listing != "json":
+                status, body = {"empty": (200, b""), "malformed": (200, b'{"models": "none"}'),
+                                "none": (404, b"Not Found")}[hub.listing]
+                return self._send(status, body, head=head, path=self.path)
             author = query.get("author", [None])[0]
             search = query.get("search", [None])[0]
             filters = query.get("filter", [])
@@ -203,6 +220,9 @@ def _handler_for(hub: HubStandIn):
                        "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
             status, body = 200, data
             wanted = self.headers.get("Range")
+            if wanted and repo.range_mode == "ignore":
+                return self._send(200, data, headers, head=head, path=self.path,
+                                  repo_id=repo_id, truncate=truncate, chunked=True)
             if wanted:
                 match = _RANGE.match(wanted.strip())
                 if not match:
@@ -212,13 +232,19 @@ def _handler_for(hub: HubStandIn):
                 if start > end:
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"},
                                       path=self.path)
+                if repo.range_mode == "shift":
+                    start, end = start + 4, min(end + 4, len(data) - 1)
                 status, body = 206, data[start:end + 1]
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                if repo.range_mode == "gzip":
+                    body = gzip.compress(body)
+                    headers["Content-Encoding"] = "gzip"
             self._send(status, body, headers, head=head, path=self.path, repo_id=repo_id,
                        truncate=truncate)
 
         def _send(self, status: int, body: bytes, headers: dict | None = None, head=False,
-                  path: str = "", repo_id: str | None = None, truncate: bool = False):
+                  path: str = "", repo_id: str | None = None, truncate: bool = False,
+                  chunked: bool = False):
             hub.requests.append((self.command, path, status))
             self.send_response(status)
             for key, value in (headers or {}).items():
@@ -226,11 +252,16 @@ def _handler_for(hub: HubStandIn):
             if status >= 400 or "Content-Range" not in (headers or {}):
                 self.send_header("Content-Type", "application/json" if status >= 400
                                  or path.startswith("/api/") else "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            if chunked and not head:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if head:
                 return
             sent = body[: len(body) // 2] if truncate else body
+            if chunked:
+                return self._send_chunked(sent, repo_id, last=not truncate)
             try:
                 self.wfile.write(sent)
                 self.wfile.flush()
@@ -239,6 +270,26 @@ def _handler_for(hub: HubStandIn):
             if repo_id:
                 hub.count(repo_id, len(sent))
             if truncate:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _send_chunked(self, body: bytes, repo_id: str | None, last: bool):
+            """The body in 64 KiB chunks, each counted once written: a client that stops
+            reading (and closes) costs only what reached it."""
+            try:
+                for at in range(0, len(body), 1 << 16):
+                    piece = body[at:at + (1 << 16)]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+                    if repo_id:
+                        hub.count(repo_id, len(piece))
+                if last:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+                return
+            if not last:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
 

@@ -73,6 +73,16 @@ def build_zoo(hub: HubStandIn, local: Path) -> None:
         "a.conv_dw.weight": torch.ones(4, 1, 3, 3, dtype=torch.int8),
         "b.conv_dw.weight": torch.randn(4, 1, 3, 3)})}, tags=["pytorch"]))
     hub.add_repo("timm/convnext_atto.gated", Repo({"model.safetensors": save(state)}, gated=True))
+    # servers that do not answer Range as asked (Repo.range_mode): the same mobilenet weights
+    mobilenet = save(timm_state("mobilenetv3_small_050"))
+    for mode in RANGE_MODES:
+        hub.add_repo(f"timm/mobilenetv3_small_050.range-{mode}", Repo({
+            "model.safetensors": mobilenet,
+            "config.json": timm_config("mobilenetv3_small_050", f"range-{mode}")},
+            range_mode=mode))
+
+
+RANGE_MODES = ("ignore", "shift", "gzip")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +100,7 @@ def hub(zoo):
     server.bytes_sent.clear()
     server.requests.clear()
     server.faults.clear()
+    server.listing = "json"
     return server
 
 
@@ -226,13 +237,24 @@ def _dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_scan_the_hub_through_ray(hub, tmp_path):
     result = _dwscan(["scan", "--hub", "--author", "timm", "--concurrency", "4",
                       "--out", str(tmp_path / "out")], tmp_path)
-    assert result.returncode == 1, result.stderr[-3000:]  # the gated repo failed
+    assert result.returncode == 1, result.stderr[-3000:]  # the gated and lying repos failed
     models = {r["model_id"]: r for r in read_table(tmp_path / "out" / "models.parquet").to_pylist()}
     assert set(models) == {r for r in hub.repos if r.startswith("timm/")}
     status = {m: r["status"] for m, r in models.items()}
     assert status.pop("timm/resnet18.a1_in1k") == "skipped"
     assert status.pop("timm/convnext_atto.gated") == "failed"
+    for mode in ("shift", "gzip"):  # a 206 that is not the range asked: never stored
+        lying = models[f"timm/mobilenetv3_small_050.range-{mode}"]
+        assert "range response does not match the request" in lying["error"]
+        assert status.pop(f"timm/mobilenetv3_small_050.range-{mode}") == "failed"
     assert set(status.values()) == {"ok"}
+    assert {m: r["range_support"] for m, r in models.items() if r["status"] == "ok"
+            and "range-" in m} == {"timm/mobilenetv3_small_050.range-ignore": "no"}
+    assert {r["range_support"] for m, r in models.items() if r["status"] == "ok"
+            and "range-" not in m and not m.endswith("binonly")} == {"yes"}
+    ignored = models["timm/mobilenetv3_small_050.range-ignore"]
+    assert ignored["bytes_fetched"] <= 1.1 * len(
+        hub.repos["timm/mobilenetv3_small_050.range-ignore"].files["model.safetensors"])
     assert models["timm/convnext_atto.gated"]["error"].startswith("gated or private")
     for model_id, row in models.items():
         assert row["revision"] == hub.repos[model_id].sha or row["status"] == "failed"
@@ -286,3 +308,190 @@ def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
         "timm/efficientnet_b0.ra_in1k": ("efficientnet", "in1k", 77.698, 224)}
     assert (a.reports_dir / "index.html").exists()
     assert read_table(a.table_path(schemas.CORRELATION)).num_rows > 0
+
+
+def test_a_server_that_ignores_range_costs_one_pass_and_liars_fail_beside_a_good_repo(
+        hub, zoo, tmp_path):
+    """Issues 22 and 23: a mirror that answers Range with the whole file is read in one pass (one
+    GET, at most the file's bytes); a shifted or gzip-encoded 206 is never stored, the model
+    fails with the reason; the honest repo beside them reads as before."""
+    _, local = zoo
+    want = extract_depthwise_kernels(local / "mobilenetv3_small_050", "m").kernels
+    good = extract_model_to_parquet(hub_spec("timm/mobilenetv3_small_050.lamb_in1k"), tmp_path)
+    assert (good["status"], good["range_support"]) == ("ok", "yes")
+    whole_file = len(hub.repos["timm/mobilenetv3_small_050.range-ignore"].files["model.safetensors"])
+    rows = {mode: extract_model_to_parquet(hub_spec(f"timm/mobilenetv3_small_050.range-{mode}"),
+                                           tmp_path) for mode in RANGE_MODES}
+    ignore = rows["ignore"]
+    assert (ignore["status"], ignore["range_support"]) == ("ok", "no"), ignore
+    assert good["bytes_fetched"] < ignore["bytes_fetched"] <= 1.1 * whole_file
+    layout = OutputLayout(tmp_path)
+    assert read_table(layout.kernels_path("timm/mobilenetv3_small_050.range-ignore")).column(
+        "weights").equals(want.column("weights"))
+    gets = [p for m, p, s in hub.requests if m == "GET" and "range-ignore" in p
+            and p.endswith("model.safetensors")]
+    assert len(gets) == 1  # header and every depthwise tensor from the one whole-file answer
+    for mode in ("shift", "gzip"):
+        row = rows[mode]
+        assert row["status"] == "failed", row
+        assert "range response does not match the request" in row["error"], row["error"]
+        assert "\n" not in row["error"]
+        assert not layout.kernels_path(f"timm/mobilenetv3_small_050.range-{mode}").exists()
+    assert "Content-Encoding gzip" in rows["gzip"]["error"]
+    assert "Content-Range 'bytes 4-11/" in rows["shift"]["error"]
+
+
+def test_a_file_shorter_than_its_header_says_fails_at_once(hub, tmp_path):
+    """A 206 cut at the end of the file is an honest answer about a truncated file: the model
+    fails with that reason at once, not after every retry, and not as a lying server."""
+    hub.add_repo("cut/short", Repo({"model.safetensors": save(timm_state("convnext_atto"))[:300]}))
+    row = extract_model_to_parquet(hub_spec("cut/short"), tmp_path)
+    assert row["status"] == "failed", row
+    assert row["error"].startswith("model.safetensors of cut/short: the file ends at byte 300, "
+                                   "before byte "), row["error"]
+    assert len([p for m, p, s in hub.requests if p.endswith("model.safetensors")]) == 2
+
+
+def test_a_range_longer_than_the_request_cap_takes_several_requests(hub):
+    from dwscan.io.hub import HubCheckpoint, HubOptions, RangeReader
+
+    repo_id = "timm/convnext_atto.d2_in1k"
+    data = hub.repos[repo_id].files["model.safetensors"]
+    opened = HubCheckpoint(repo_id, hub.repos[repo_id].sha, None)
+    url = f"{hub.endpoint}/{repo_id}/resolve/main/model.safetensors"
+    reader = RangeReader(lambda file: url, HubOptions(max_range_bytes=1000), opened)
+    assert reader("model.safetensors", 100, 3600) == data[100:3600]
+    ranges = [p for m, p, s in hub.requests if p.endswith("model.safetensors")]
+    assert len(ranges) == 4 and opened.bytes_fetched == 3500 and opened.range_support == "yes"
+
+
+class _EndlessFile:
+    """A server whose one file declares 1 GiB and streams it for as long as anyone reads: as a
+    whole-file 200 ('whole'), or as a 206 with the Content-Range asked but no Content-Length and
+    a body that goes on past it ('long206')."""
+
+    SIZE = 1 << 30
+
+    def __init__(self, mode: str):
+        import http.server
+        import threading
+
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                first, last = self.headers["Range"].removeprefix("bytes=").split("-")
+                self.send_response(200 if mode == "whole" else 206)
+                if mode == "whole":
+                    self.send_header("Content-Length", str(owner.SIZE))
+                else:
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{owner.SIZE}")
+                self.end_headers()
+                piece = bytes(range(256)) * 256  # 64 KiB: byte i of the file is i % 256
+                try:
+                    for _ in range(owner.SIZE // len(piece)):
+                        self.wfile.write(piece)
+                        owner.sent += len(piece)
+                except OSError:
+                    pass
+                self.close_connection = True
+
+        self.sent = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/f"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["whole", "long206"])
+def test_a_huge_range_answer_is_read_only_up_to_the_range_end(mode):
+    """Issue 22: a body of 1 GiB (declared or streamed) costs the reader only up to the end of
+    the range it asked for, in bytes received and in memory."""
+    import tracemalloc
+
+    from dwscan.io.hub import STREAM_CHUNK, HubCheckpoint, HubError, HubOptions, RangeReader
+
+    server = _EndlessFile(mode)
+    opened = HubCheckpoint("x/y", "0" * 40, None)
+    reader = RangeReader(lambda file: server.url, HubOptions(backoff=0.01), opened)
+    tracemalloc.start()
+    try:
+        if mode == "whole":
+            far = 5 << 20
+            assert reader("f", 0, 8) == bytes(range(8))
+            assert reader("f", 100, 200) == bytes(range(100, 200))
+            assert reader("f", far, far + 300) == bytes(i % 256 for i in range(300))
+            assert opened.bytes_fetched <= far + 2 * STREAM_CHUNK
+            assert opened.range_support == "no"
+        else:
+            with pytest.raises(HubError, match="range response does not match the request "
+                                               r"\(the body is longer than the 100 bytes asked"):
+                reader("f", 0, 100)
+            assert opened.bytes_fetched <= 2 * (100 + STREAM_CHUNK)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        reader.close()
+        server.close()
+    assert peak < 16 << 20, peak
+
+
+@pytest.mark.parametrize(("status", "code", "reason"), [
+    (401, "RepoNotFound", "not found"), (404, "RepoNotFound", "not found"),
+    (401, "RevisionNotFound", "not found"), (404, "EntryNotFound", "not found"),
+    (404, None, "not found"), (401, "GatedRepo", "gated or private"),
+    (403, "GatedRepo", "gated or private"), (401, None, "gated or private"),
+    (403, None, "gated or private")])
+def test_not_found_codes_are_not_found_and_only_real_gating_is_gated(status, code, reason):
+    """Issue 23: huggingface.co and mirrors answer 401 RepoNotFound for a missing repo."""
+    from dwscan.io.hub import HubError, HubOptions, _HttpStatus, with_retries
+
+    def call():
+        raise _HttpStatus(status, None, code)
+
+    with pytest.raises(HubError) as raised:
+        with_retries(call, HubOptions(max_attempts=1), "model info of a/b")
+    assert str(raised.value) == f"{reason} (model info of a/b)"
+
+
+@pytest.mark.parametrize("listing", ["empty", "malformed", "none"])
+def test_an_endpoint_without_a_model_listing_says_so_in_one_line(hub, listing):
+    from dwscan.io.hub import list_hub_models, list_hub_revisions
+    from dwscan.io.zoo import HubListingError
+
+    hub.listing = listing
+    for lister in (list_hub_models, list_hub_revisions):
+        with pytest.raises(HubListingError) as raised:
+            lister(author="timm")
+        message = str(raised.value)
+        assert message.startswith(f"the hub endpoint HF_ENDPOINT={hub.endpoint} cannot list "
+                                  "models (") and message.endswith(
+            "; name the repos with --model REPO_ID instead"), message
+        assert "\n" not in message
+
+
+def test_scan_and_rescan_hub_over_an_endpoint_without_listing_exit_2_in_one_line(tmp_path):
+    """The command line: `dwscan scan --hub` and `dwscan rescan --hub` end with that line and
+    exit code 2, before Ray starts (a stand-in of its own whose listing is empty, as olah's)."""
+    with HubStandIn() as mirror:
+        mirror.listing = "empty"
+        env = {**os.environ, "RAY_ADDRESS": "", "HF_ENDPOINT": mirror.endpoint}
+        for command in ("scan", "rescan"):
+            result = subprocess.run(["dwscan", command, "--hub", "--author", "timm", "--out",
+                                     str(tmp_path / "out")], env=env, capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode == 2, result.stderr[-3000:]
+            error = result.stderr.strip()
+            assert error == (f"dwscan {command}: error: the hub endpoint HF_ENDPOINT="
+                             f"{mirror.endpoint} cannot list models (its answer is not a model "
+                             f"listing: JSONDecodeError: Expecting value: line 1 column 1 (char "
+                             f"0)); name the repos with --model REPO_ID instead"), error
