@@ -29,7 +29,7 @@ from dwscan.io.zoo import ModelSpec, local_checkpoint_spec, read_config
 from dwscan.run import scan_models
 from dwscan.stages.extract import extract_depthwise_kernels, extract_model_to_parquet
 from dwscan.text import one_line
-from tests.helpers import tiny_state_dict
+from tests.helpers import many_tiny_tensors, tiny_state_dict
 
 TINY_FILTERS = 8 + 16  # depthwise kernels of tiny_state_dict (its 1x7 layer is skipped)
 
@@ -62,19 +62,9 @@ def test_ids_with_any_control_character_are_refused(model_id):
     assert one_line(str(info.value)) == str(info.value)  # the message itself is plain
 
 
-def _many_tensors(path: Path, n: int) -> None:
-    """A safetensors file of n tiny depthwise tensors, written directly (fast at 10^6)."""
-    header = json.dumps({f"b.{i}.w": {"dtype": "F32", "shape": [1, 1, 2, 2],
-                                      "data_offsets": [16 * i, 16 * i + 16]}
-                         for i in range(n)}).encode()
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(header)) + header)
-        handle.write(bytes(16 * n))
-
-
 def test_safetensors_headers_and_tensor_counts_are_capped_before_parsing(tmp_path):
     path = tmp_path / "many.safetensors"
-    _many_tensors(path, 1000)
+    many_tiny_tensors(path, 1000)
     header_bytes = struct.unpack("<Q", path.read_bytes()[:8])[0]
     with pytest.raises(CheckpointError, match=r"over the cap of 1000 per model "
                                               r"\(ReadLimits.max_header_bytes\)"):
