@@ -48,6 +48,10 @@ def plan_rescan(listed: dict[str, str | None], models: pa.Table,
         row = known.get(repo_id)
         if row is None:
             plan.new.append(repo_id)
+        elif row["last_error"] is not None and row["failed_revision"] == sha:
+            # its last good scan is kept; this revision failed: retried like a failed model
+            attempts = row["failed_attempts"] or 1
+            (plan.retry if attempts < max_attempts else plan.exhausted).append(repo_id)
         elif sha is None or row["revision"] != sha:
             plan.changed.append(repo_id)
         elif row["status"] == "failed":

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from dwscan import schemas
 from dwscan.executor import ray_executor
 from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, read_accuracy_tables
-from dwscan.io.catalogue import model_row, ok_model_ids
+from dwscan.io.catalogue import kept_last_good_scan, model_row, ok_model_ids, scan_failures
 from dwscan.io.checkpoints import DEFAULT_LIMITS, ReadLimits
 from dwscan.io.lock import output_lock
 from dwscan.io.storage import (
@@ -102,8 +102,8 @@ class RunSummary:
 
     @property
     def failed(self) -> list[tuple[str, str]]:
-        return [(r["model_id"], r["error"]) for r in self.models.to_pylist()
-                if r["status"] == "failed"]
+        """(model id, reason) of the models whose scan failed, kept last good scans included."""
+        return scan_failures(self.models.to_pylist())
 
 
 def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | None = None,
@@ -320,21 +320,31 @@ def _scan_progress(results: list) -> str:
 
 def _merge_models(layout: OutputLayout, run_models: pa.Table,
                   now: datetime.datetime) -> tuple[pa.Table, pa.Table]:
-    """models.parquet = this run's rows (attempts counted per revision, time stamped) + earlier
-    rows of models this run did not touch. Returns (this run's rows, the merged table)."""
+    """models.parquet = this run's rows (see `_recorded_row`) + earlier rows of models this run
+    did not touch. Returns (this run's rows as recorded, the merged table)."""
     earlier = read_table_as(layout.models_path, schemas.MODELS, missing_ok=True)
     before = {r["model_id"]: r for r in earlier.to_pylist()}
-    rows = run_models.to_pylist()
-    for row in rows:
-        previous = before.get(row["model_id"])
-        same_revision = previous is not None and previous["revision"] == row["revision"]
-        row["attempts"] = (previous["attempts"] or 1) + 1 if same_revision else 1
-        row["scanned_at"] = now
+    rows = [_recorded_row(row, before.get(row["model_id"]), now) for row in run_models.to_pylist()]
     run_models = pa.Table.from_pylist(rows, schema=schemas.MODELS)
     keep = pc.invert(pc.is_in(earlier.column("model_id"), run_models.column("model_id")))
     merged = pa.concat_tables([earlier.filter(keep), run_models])
     write_table(merged, layout.models_path, schemas.MODELS)
     return run_models, merged
+
+
+def _recorded_row(row: dict, previous: dict | None, now: datetime.datetime) -> dict:
+    """A scan's row as models.parquet records it: attempts counted per revision, time stamped.
+    A failed scan of a model whose last scan was good keeps that scan's row (so its kernels and
+    assignment stay, `commit_pending_kernels`) with the failure beside it; only a successful
+    scan replaces data."""
+    if kept_last_good_scan(row, previous):
+        again = previous["last_error"] is not None and previous["failed_revision"] == row["revision"]
+        return {**previous, "last_error": row["error"], "last_attempt_at": now,
+                "failed_revision": row["revision"],
+                "failed_attempts": (previous["failed_attempts"] or 1) + 1 if again else 1}
+    same_revision = previous is not None and previous["revision"] == row["revision"]
+    return {**row, "attempts": (previous["attempts"] or 1) + 1 if same_revision else 1,
+            "scanned_at": now}
 
 
 def log_run(layout: OutputLayout, command: str, started: datetime.datetime, counts: ScanCounts,
@@ -343,7 +353,7 @@ def log_run(layout: OutputLayout, command: str, started: datetime.datetime, coun
     row = {"run_id": uuid.uuid4().hex[:12], "command": command, "started": started,
            "ended": now_utc(), "n_new": counts.new, "n_changed": counts.changed,
            "n_unchanged": counts.unchanged, "n_retried": counts.retried,
-           "n_failed": sum(s == "failed" for s in run_models.column("status").to_pylist()),
+           "n_failed": len(scan_failures(run_models.to_pylist())),
            "retrained": retrained, "template_set": template_set}
     earlier = read_table_as(layout.runs_path, schemas.RUNS, missing_ok=True)
     write_table(pa.concat_tables([earlier, pa.Table.from_pylist([row], schema=schemas.RUNS)]),

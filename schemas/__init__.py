@@ -120,6 +120,17 @@ MODELS = _schema("models", "models.parquet", "one row per scanned checkpoint, fa
          "null where /proc is not available"),
     _col("skipped_layers", pa.list_(_SKIPPED_LAYER),
          "depthwise-like weights not kept (non-square), with the reason", nullable=False),
+    _col("last_error", pa.string(),
+         "one-line reason the latest scan of this model failed while the row is 'ok': its data "
+         "(this row, its kernels and assignment) is from its last good scan (scanned_at), kept; "
+         "null once a scan succeeds"),
+    _col("last_attempt_at", pa.timestamp("ms", tz="UTC"),
+         "when that failed scan started (UTC, whole seconds); null with last_error"),
+    _col("failed_revision", pa.string(),
+         "hub commit sha that failed scan read; null for local files and with last_error"),
+    _col("failed_attempts", pa.int32(),
+         "failed scans of failed_revision since the last good scan (a re-scan retries it up "
+         "to --max-attempts); null with last_error"),
 ])
 
 def _template_set() -> pa.Field:

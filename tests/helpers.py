@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import torch
 
@@ -26,3 +29,11 @@ def write_torch(state: dict[str, np.ndarray], path, wrapper: str | None = None) 
     torch.save({wrapper: tensors, "epoch": 3} if wrapper else tensors, path)
 
 
+def many_tiny_tensors(path, n: int) -> None:
+    """A safetensors file of n tiny depthwise tensors, written directly (fast at 10^6)."""
+    header = json.dumps({f"b.{i}.w": {"dtype": "F32", "shape": [1, 1, 2, 2],
+                                      "data_offsets": [16 * i, 16 * i + 16]}
+                         for i in range(n)}).encode()
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(header)) + header)
+        handle.write(bytes(16 * n))

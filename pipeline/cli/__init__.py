@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from dwscan.cli import query, scan, stages
-from dwscan.io.storage import ModelIdError, OutputWriteError
+from dwscan.io.storage import ModelIdError, OutputWriteError, UnreadableTableError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in _WRITERS:
             check_writable(as_location(args.out))
         return args.handler(args)
-    except (SourceError, ModelIdError, OutputWriteError, HubListingError) as error:
+    except (SourceError, ModelIdError, OutputWriteError, HubListingError,
+            UnreadableTableError) as error:
         print(f"dwscan {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OutputLocked as error:

@@ -147,6 +147,7 @@ def command_rescan(args: argparse.Namespace) -> int:
 
 def command_scan(args: argparse.Namespace) -> int:
     from dwscan.executor import ray_executor
+    from dwscan.io.catalogue import scan_failures
     from dwscan.io.lock import output_lock
     from dwscan.io.storage import OutputLayout
     from dwscan.run import check_scan_ids, scan_models
@@ -160,9 +161,9 @@ def command_scan(args: argparse.Namespace) -> int:
                                     args.model_timeout or None)
     rows = run_models.to_pylist()
     print(format_models(rows))
-    failed = [r for r in rows if r["status"] == "failed"]
-    for r in failed:
-        print(f"FAILED {r['model_id']}: {r['error']}", file=sys.stderr)
+    failed = scan_failures(rows)
+    for model_id, reason in failed:
+        print(f"FAILED {model_id}: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -170,7 +171,8 @@ def format_models(rows: list[dict]) -> str:
     lines = [["model", "status", "layers", "filters", "fetched", "revision"]]
     for r in rows:
         fetched = "-" if r["bytes_fetched"] is None else f"{r['bytes_fetched'] / 1e6:.2f} MB"
-        lines.append([r["model_id"], r["status"], str(r["n_layers"]), str(r["n_filters"]),
+        status = "failed, last good scan kept" if r["last_error"] is not None else r["status"]
+        lines.append([r["model_id"], status, str(r["n_layers"]), str(r["n_filters"]),
                       fetched, (r["revision"] or "-")[:12]])
     return format_text_table(lines, left_aligned=2)
 

@@ -6,8 +6,11 @@ nothing in a hostile file runs. Every failure becomes a `CheckpointError` with a
 
 A hostile file may also claim more than it holds, so before anything is allocated: every file a
 checkpoint folder names must resolve inside the folder, a torch zip may inflate to at most
-`ReadLimits.max_torch_bytes`, and a tensor must be backed by as many bytes as it declares (no
-stride-0 or overlapping views); `dwscan.stages.extract` caps the kernels per model.
+`ReadLimits.max_torch_bytes`, a torch pickle may hold at most `ReadLimits.max_pickle_ops`
+opcodes (counted by a scan of the pickle, before `torch.load` builds anything), safetensors
+headers and tensor counts are capped before they are parsed, a shard index before it is read,
+and a tensor must be backed by as many bytes as it declares (no stride-0 or overlapping views);
+`dwscan.stages.extract` caps the kernels per model.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -25,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from dwscan.io.small_files import FileTooLarge, read_regular_file
 from dwscan.text import one_line
 
 SAFETENSORS_SUFFIXES = {".safetensors"}
@@ -50,6 +55,13 @@ class ReadLimits:
     max_torch_bytes: int = 1 << 30  # a torch file's bytes held in memory: its pickle, inflated
     # (compressed) storages, or all of a legacy (non-zip) file
     max_pickle_bytes: int = 64 << 20  # a torch zip's data.pkl, uncompressed
+    # Parsed structures cost a multiple of what a file declares (a safetensors header ~10x its
+    # bytes, an unpickled object up to ~100 bytes per opcode, a parsed JSON index ~4x its bytes),
+    # so each is capped before it is parsed. A state dict costs ~38 pickle opcodes per tensor.
+    max_tensors: int = 100_000  # tensors a checkpoint declares, all its files together
+    max_header_bytes: int = 16 << 20  # its safetensors headers, all its files together
+    max_pickle_ops: int = 2_000_000  # opcodes of a torch file's pickles (~50,000 tensors)
+    max_index_bytes: int = 32 << 20  # a model.safetensors.index.json
 
 
 DEFAULT_LIMITS = ReadLimits()
@@ -70,13 +82,17 @@ def natural_key(name: str) -> tuple:
 class SafetensorsCheckpoint:
     """One or more safetensors files (a sharded checkpoint), read lazily through mmap."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
         from safetensors import safe_open
 
         self._handles = []
         self._where: dict[str, object] = {}
         self._infos: dict[str, TensorInfo] = {}
+        header_bytes = 0
         for file in files:
+            header_bytes = _within_cap(header_bytes + _local_header_length(file),
+                                       limits.max_header_bytes, "bytes of safetensors header",
+                                       "ReadLimits.max_header_bytes")
             try:
                 handle = safe_open(str(file), framework="pt")
             except FileNotFoundError as exc:
@@ -85,7 +101,10 @@ class SafetensorsCheckpoint:
                 raise CheckpointError(f"corrupt safetensors file {file.name}: {one_line(exc)}") \
                     from exc
             self._handles.append(handle)
-            for name in handle.keys():
+            names = handle.keys()
+            _within_cap(len(self._infos) + len(names), limits.max_tensors, "tensors",
+                        "ReadLimits.max_tensors")
+            for name in names:
                 sl = handle.get_slice(name)
                 self._where[name] = handle
                 self._infos[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()))
@@ -101,29 +120,58 @@ class SafetensorsCheckpoint:
         return tensor.float().numpy()
 
 
+def _local_header_length(file: Path) -> int:
+    """The header length a local safetensors file declares in its first 8 bytes (0 when it has
+    fewer: safetensors then says why the file is corrupt); one past the file's end is corrupt."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"file not found: {file}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {file.name}: {one_line(exc, 200)}") from exc
+    if len(head) < 8:
+        return 0
+    length = struct.unpack("<Q", head)[0]
+    if length > size - 8:
+        raise CheckpointError(f"corrupt safetensors file {file.name}: header length {length} "
+                              f"past the end of the file ({size} bytes)")
+    return length
+
+
+def _within_cap(amount: int, cap: int, what: str, cap_name: str) -> int:
+    """`amount`, or a CheckpointError naming the cap when it is over it (checked before the
+    thing counted is parsed or built)."""
+    if amount > cap:
+        raise CheckpointError(f"{amount} {what}, over the cap of {cap} per model ({cap_name})")
+    return amount
+
+
 # Safetensors dtype names this module can turn into float32 kernels.
 FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": None}
 _TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # Fetch two tensors in one request when at most this many unwanted bytes lie between them.
 COALESCE_GAP = 4096
-# A safetensors header larger than this is not a header.
-MAX_HEADER_BYTES = 100_000_000
 
 
 class RemoteSafetensorsCheckpoint:
     """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`: the
     header first, then only the tensors asked for, neighbours coalesced into one request."""
 
-    def __init__(self, fetch, files: list[str]):
+    def __init__(self, fetch, files: list[str], limits: ReadLimits = DEFAULT_LIMITS):
         self._fetch = fetch
         self._infos: dict[str, TensorInfo] = {}
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file, start, stop)
         self._cache: dict[str, bytes] = {}
-        self.header_bytes = 0
+        self.header_bytes = 0  # fetched: the headers and their length fields
+        declared = 0  # the header lengths the files declare, together
         for file in files:
             length = struct.unpack("<Q", self._fetch(file, 0, 8))[0]
-            if not 0 < length <= MAX_HEADER_BYTES:
-                raise CheckpointError(f"corrupt safetensors file {file}: header length {length}")
+            if length == 0:
+                raise CheckpointError(f"corrupt safetensors file {file}: header length 0")
+            declared = _within_cap(declared + length, limits.max_header_bytes,
+                                   "bytes of safetensors header", "ReadLimits.max_header_bytes")
             try:
                 header = json.loads(self._fetch(file, 8, 8 + length))
             except ValueError as exc:
@@ -131,6 +179,8 @@ class RemoteSafetensorsCheckpoint:
             self.header_bytes += 8 + length
             if not isinstance(header, dict):
                 raise CheckpointError(f"corrupt safetensors header in {file}: not a JSON object")
+            _within_cap(len(self._infos) + len(header) - ("__metadata__" in header),
+                        limits.max_tensors, "tensors", "ReadLimits.max_tensors")
             for name, meta in header.items():
                 if name == "__metadata__":
                     continue
@@ -213,6 +263,7 @@ class TorchCheckpoint:
         if not file.is_file():
             raise CheckpointError(f"file not found: {file}")
         use_mmap = _check_torch_size(file, limits)
+        _check_pickle_ops(file, limits)
         try:
             obj = torch.load(file, map_location="cpu", weights_only=True, mmap=use_mmap)
         except pickle.UnpicklingError as exc:
@@ -228,7 +279,11 @@ class TorchCheckpoint:
         return [TensorInfo(n, tuple(t.shape), _dtype_name(t.dtype)) for n, t in self._tensors.items()]
 
     def read(self, name: str) -> np.ndarray:
-        tensor = self._tensors[name]
+        import torch
+
+        # a state dict saved with keep_vars=True holds Parameters that require grad (numpy()
+        # refuses those); the weights are the same as a plain tensor's
+        tensor = self._tensors[name].detach().as_subclass(torch.Tensor)
         _check_backing(name, tensor)
         return tensor.float().numpy()
 
@@ -259,6 +314,41 @@ def _check_torch_size(file: Path, limits: ReadLimits) -> bool:
         raise CheckpointError(f"{file.name} inflates to {in_memory} bytes in memory, over the cap "
                               f"of {limits.max_torch_bytes} (--max-torch-mb)")
     return not compressed
+
+
+# A legacy (non-zip) torch file is five pickles in a row: magic number, protocol version,
+# system info, the object, its storage keys (then raw storage bytes).
+_LEGACY_PICKLES = 5
+
+
+def _check_pickle_ops(file: Path, limits: ReadLimits) -> None:
+    """Refuse a torch file whose pickles hold more than `limits.max_pickle_ops` opcodes, counted
+    by a streamed scan of the opcodes (nothing is built): a few MB of one-byte opcodes would
+    otherwise unpickle into GBs of containers, memo entries or marks."""
+    ops = 0
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                for entry in archive.infolist():
+                    if entry.filename.endswith("data.pkl"):
+                        with archive.open(entry) as stream:
+                            ops = _count_pickle_ops(stream, ops, file.name, limits)
+        else:
+            with open(file, "rb") as stream:
+                for _ in range(_LEGACY_PICKLES):
+                    ops = _count_pickle_ops(stream, ops, file.name, limits)
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"corrupt torch file {file.name}: {one_line(exc, 200)}") from exc
+
+
+def _count_pickle_ops(stream, ops: int, file_name: str, limits: ReadLimits) -> int:
+    """`ops` plus the opcodes of the one pickle at `stream`'s position, up to the cap."""
+    for _ in pickletools.genops(stream):
+        ops += 1
+        if ops > limits.max_pickle_ops:
+            raise CheckpointError(f"{file_name}: its pickles hold more opcodes than the cap of "
+                                  f"{limits.max_pickle_ops} per model (ReadLimits.max_pickle_ops)")
+    return ops
 
 
 def _check_backing(name: str, tensor) -> None:
@@ -311,7 +401,7 @@ def choose_weight_file(names: Iterable[str]) -> str | None:
     return next((name for name in FOLDER_WEIGHT_FILES if name in names), None)
 
 
-def weight_files(path: Path) -> tuple[str, list[Path]]:
+def weight_files(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> tuple[str, list[Path]]:
     """Which reader and which files a checkpoint path needs: ('safetensors'|'torch', files).
 
     Files a folder (or a shard index) names must resolve inside it, symlinks followed."""
@@ -319,15 +409,11 @@ def weight_files(path: Path) -> tuple[str, list[Path]]:
         name = choose_weight_file(n for n in FOLDER_WEIGHT_FILES if (path / n).is_file())
         if name is None:
             raise CheckpointError(f"folder {path} has none of {', '.join(FOLDER_WEIGHT_FILES)}")
-        kind, files = weight_files(path / name)
+        kind, files = weight_files(path / name, limits)
         return kind, [confined(path, f) for f in [path / name, *files]][1:]
     if path.name.endswith(".safetensors.index.json"):
-        try:
-            index = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as exc:
-            raise CheckpointError(f"bad shard index {path.name}: {one_line(exc)[:200]}") from exc
         return "safetensors", [confined(path.parent, path.parent / s)
-                               for s in shard_names(index, path.name)]
+                               for s in shard_names(read_shard_index(path, limits), path.name)]
     if path.suffix in SAFETENSORS_SUFFIXES:
         return "safetensors", [path]
     if path.suffix in TORCH_SUFFIXES:
@@ -337,6 +423,19 @@ def weight_files(path: Path) -> tuple[str, list[Path]]:
     raise CheckpointError(
         f"unsupported checkpoint format {path.suffix or path.name!r}: expected .safetensors, "
         f"{', '.join(sorted(TORCH_SUFFIXES))} or a folder with {FOLDER_WEIGHT_FILES[0]}")
+
+
+def read_shard_index(path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> object:
+    """A shard index, parsed: a regular file of at most `limits.max_index_bytes` (checked
+    before it is read: a parsed index costs ~4x its size)."""
+    try:
+        return json.loads(read_regular_file(path, limits.max_index_bytes))
+    except FileTooLarge as exc:
+        raise CheckpointError(f"bad shard index {path.name}: over the cap of "
+                              f"{limits.max_index_bytes} bytes (ReadLimits.max_index_bytes)") \
+            from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"bad shard index {path.name}: {one_line(exc, 200)}") from exc
 
 
 def shard_names(index: object, index_name: str) -> list[str]:
@@ -373,7 +472,7 @@ def confined(folder: Path, file: Path) -> Path:
 @contextmanager
 def open_checkpoint(path: str | Path, limits: ReadLimits = DEFAULT_LIMITS
                     ) -> Iterator[SafetensorsCheckpoint | TorchCheckpoint]:
-    kind, files = weight_files(Path(path))
-    yield (SafetensorsCheckpoint(files) if kind == "safetensors"
+    kind, files = weight_files(Path(path), limits)
+    yield (SafetensorsCheckpoint(files, limits) if kind == "safetensors"
            else TorchCheckpoint(files[0], limits))
 

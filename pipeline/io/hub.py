@@ -15,7 +15,6 @@ taken as it goes by. A model read like that records `range_support` 'no'.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -40,6 +39,7 @@ from dwscan.io.checkpoints import (
     RemoteSafetensorsCheckpoint,
     TorchCheckpoint,
     choose_weight_file,
+    read_shard_index,
     shard_names,
 )
 from dwscan.io.zoo import HubListingError, read_config
@@ -146,10 +146,10 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
         if name is None:
             raise HubError(f"no weights file ({', '.join(FOLDER_WEIGHT_FILES)})")
         if name.endswith(".safetensors.index.json"):
-            index = _read_json(_download(repo_id, name, sha, None, options, opened))
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, shard_names(index, name))
+            index = read_shard_index(_download(repo_id, name, sha, None, options, opened), limits)
+            opened.reader = RemoteSafetensorsCheckpoint(fetch, shard_names(index, name), limits)
         elif name.endswith(".safetensors"):
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, [name])
+            opened.reader = RemoteSafetensorsCheckpoint(fetch, [name], limits)
         else:
             opened.reader = TorchCheckpoint(
                 _download(repo_id, name, sha, scratch, options, opened), limits)
@@ -403,12 +403,3 @@ def _download(repo_id: str, filename: str, sha: str, folder: Path | None, option
     if not cached:
         opened.bytes_fetched += path.stat().st_size
     return path
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
-        raise HubError(f"bad JSON in {Path(path).name}: {' '.join(str(exc).split())[:200]}") \
-            from exc
-    return value if isinstance(value, dict) else {}

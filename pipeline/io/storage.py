@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 from dwscan import schemas
+from dwscan.text import has_control_characters, one_line
 
 Location = Path | UPath  # a local path, or a path on an fsspec filesystem
 
@@ -104,6 +105,11 @@ class ModelIdError(ValueError):
     """Model ids that cannot name a file, or that would share one; refused before any work."""
 
 
+class UnreadableTableError(ValueError):
+    """A table in OUT that cannot be read (corrupt, truncated, not Parquet): the command stops
+    with one line naming the file, before it changes anything."""
+
+
 class OutputWriteError(OSError):
     """OUT could not be written (full, read-only, not a folder): nothing of the run is committed."""
 
@@ -115,7 +121,7 @@ def model_stem(model_id: str) -> str:
     if not safe or safe.startswith(".") or any(c in safe for c in "\\\0"):
         raise ModelIdError(f"model id {shown!r} cannot name a file (empty, starts with '.', or "
                            f"holds a backslash or NUL)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in safe):
+    if has_control_characters(safe):  # C0, DEL and C1: a terminal would act on them
         raise ModelIdError(f"model id {shown!r} cannot name a file (control characters)")
     if len(safe.encode()) > MAX_STEM_BYTES:
         raise ModelIdError(f"model id {shown!r} cannot name a file (longer than "
@@ -345,7 +351,12 @@ def read_table_as(path: str | os.PathLike | Location, schema: pa.Schema,
     written yet reads as an empty table."""
     if missing_ok and not as_location(path).exists():
         return schema.empty_table()
-    table = pq.read_table(_source(path))
+    try:
+        table = pq.read_table(_source(path))
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise UnreadableTableError(f"cannot read {path}: {one_line(exc, 300)}") from None
     for f in schema:
         if f.name not in table.column_names:
             filler = ([[]] * table.num_rows if pa.types.is_list(f.type) and not f.nullable

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dwscan.io.small_files import FileTooLarge, NotARegularFile, read_regular_file
+from dwscan.text import one_line
+
 # Sources that name a hub repo instead of a local path (`hf://owner/name`).
 HUB_PREFIX = "hf://"
 
@@ -73,21 +76,24 @@ MAX_CONFIG_BYTES = 10_000_000
 
 def read_config(path: Path) -> tuple[dict, list[str]]:
     """config.json as a dict and the warnings about it: ({}, []) when there is none, ({}, [why])
-    when it is unreadable, too large, not JSON (deep nesting included) or not an object."""
+    when it is not a regular file (a FIFO, a device, a link to one: never opened in a way that
+    blocks), unreadable, too large, not JSON (deep nesting included) or not an object."""
     try:
-        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
-            return {}, [f"config.json over {MAX_CONFIG_BYTES} bytes: ignored"]
-        text = Path(path).read_text()
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode()
     except FileNotFoundError:
         return {}, []
+    except NotARegularFile as exc:
+        return {}, [f"{one_line(exc)}: ignored"]
+    except FileTooLarge:
+        return {}, [f"config.json over {MAX_CONFIG_BYTES} bytes: ignored"]
     except (OSError, UnicodeDecodeError) as exc:
-        return {}, [f"config.json unreadable ({_squash(exc)}): ignored"]
+        return {}, [f"config.json unreadable ({one_line(exc, 200)}): ignored"]
     try:
         config = json.loads(text)
     except RecursionError:
         return {}, ["config.json nested too deeply: ignored"]
     except ValueError as exc:
-        return {}, [f"config.json is not JSON ({_squash(exc)}): ignored"]
+        return {}, [f"config.json is not JSON ({one_line(exc, 200)}): ignored"]
     if not isinstance(config, dict):
         return {}, [f"config.json is a JSON {type(config).__name__}, not an object: ignored"]
     return config, []
@@ -101,6 +107,8 @@ def timm_metadata(config: dict) -> dict:
 
     def field(parent: dict, name: str, kind: type, where: str):
         value = parent.get(name)
+        if isinstance(value, str) and kind is str:
+            return one_line(value, 200) or None  # stored and shown: plain text only
         if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
             return value
         warnings.append(f"config.json {where}{name} is a {type(value).__name__}, "
@@ -119,7 +127,3 @@ def timm_metadata(config: dict) -> dict:
     return {"architecture": arch, "pretrained_tag": tag,
             "input_size": "x".join(map(str, size)) if size else None,
             "accuracy_key": f"{arch}.{tag}" if arch and tag else arch, "warnings": warnings}
-
-
-def _squash(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]

@@ -71,8 +71,8 @@ def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS
         if verdict == "keep":
             kept.append(info)
         elif verdict is not None:
-            skipped.append({"layer": info.name, "shape": "x".join(map(str, info.shape)),
-                            "reason": verdict})
+            skipped.append({"layer": one_line(info.name, None),
+                            "shape": "x".join(map(str, info.shape)), "reason": one_line(verdict)})
     _check_kernel_caps(kept, limits)
     if hasattr(ckpt, "prefetch"):
         ckpt.prefetch([info.name for info in kept])
@@ -82,7 +82,8 @@ def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS
         channels, _, k, _ = info.shape
         values = ckpt.read(info.name).reshape(channels, k * k).astype(np.float32, copy=False)
         columns["model_id"].append(np.full(channels, model_id, dtype=object))
-        columns["layer"].append(np.full(channels, info.name, dtype=object))
+        # a state-dict key is text from the file: stored (and shown) plain
+        columns["layer"].append(np.full(channels, one_line(info.name, None), dtype=object))
         columns["layer_index"].append(np.full(channels, index, dtype=np.int32))
         columns["depth"].append(np.full(channels, index / max(n_layers - 1, 1), np.float32))
         columns["channel"].append(np.arange(channels, dtype=np.int32))
@@ -136,8 +137,8 @@ def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimit
                                      limits=limits) as hub:
                 extraction = extract_from_reader(hub.reader, spec.model_id, limits)
                 config, warnings = hub.config, hub.config_warnings
-                row.update(revision=hub.revision, bytes_fetched=hub.bytes_fetched,
-                           range_support=hub.range_support)
+                row.update(revision=one_line(hub.revision or "", 100) or None,
+                           bytes_fetched=hub.bytes_fetched, range_support=hub.range_support)
         else:
             config, warnings = config_beside(spec.source)
             extraction = extract_depthwise_kernels(spec.source, spec.model_id, limits)

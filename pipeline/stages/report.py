@@ -98,6 +98,7 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
                                   layout.layer_shares_plot_path(m))
              for m in shown}
     sections = _page_sections(layout, tables, templates, missed, record, plots)
+    sections += _kept_scans_section(models)
     about = (f"{len(ok)} models; template set {record.template_set} ({record.method}, cosine "
              f">= {record.threshold:g}{', sign-invariant' if record.sign_invariant else ''}); "
              f"accuracy from {accuracy.sources[0]}, pre-training from {accuracy.sources[1]}.")
@@ -189,6 +190,25 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
                                              ("share", "share", percent), ("label", "label", None),
                                              ("fit_cosine", "fit cosine", number(2))])))
     return sections
+
+
+def _kept_scans_section(models: pa.Table) -> list[tuple[str, str, list[Path], str]]:
+    """The page's note on models whose latest scan failed: their figures are from the last good
+    scan, kept (none: no section)."""
+    kept = models.filter(pc.is_valid(models.column("last_error")))
+    if not kept.num_rows:
+        return []
+    return [("Models whose latest scan failed",
+             "Their latest scan failed, so everything on this page about them is from their last "
+             "good scan, kept as it was; the next successful scan replaces it.", [],
+             html_table(kept, [("model_id", "model", None),
+                               ("scanned_at", "data from the scan of", _utc_minute),
+                               ("last_attempt_at", "failed scan", _utc_minute),
+                               ("last_error", "why it failed", None)]))]
+
+
+def _utc_minute(value) -> str:
+    return "" if value is None else f"{value:%Y-%m-%d %H:%M} UTC"
 
 
 _SIZE_COLUMNS_STATIC = [("kernel_size", "k (blank: all)", None), ("n_filters", "filters", None),
