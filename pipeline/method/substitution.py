@@ -3,7 +3,7 @@
 A kernel k is replaced by a*P + b, P a pattern (a template, a family member, a master key), with
 a and b chosen by least squares: the pattern at the kernel's own scale and offset, so what changes
 is only the shape. The controls keep a and b and change the shape: another template, or Gaussian
-noise of the kernel's own mean and norm (METHOD.md section 7).
+noise of the kernel's own mean and norm (METHOD.md section 8).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Stage 7: what the patterns do. Each model is rebuilt, its depthwise kernels are swapped for
 patterns (its templates, their fitted family members, ...), and the swapped network is compared
 with the unmodified one on images: top-1 agreement, mean KL divergence, and top-1 accuracy on a
-labelled folder. One Ray task per model (`measure_model`); METHOD.md section 7 says what the
+labelled folder. One Ray task per model (`measure_model`); METHOD.md section 8 says what the
 measure shows and what it does not.
 
 It reads what OUT holds (models, templates, assignments, template_set.json) and the whole
@@ -126,7 +126,7 @@ def _replace(rows: KernelRows, mask: np.ndarray,
 def build_variants(rows: KernelRows, templates: pa.Table, threshold: float,
                    sign_invariant: bool = False, master_keys: np.ndarray | None = None,
                    master_key_reason: str | None = None, seed: int = 0) -> list[Variant]:
-    """Every variant of one model, in the order of the table (METHOD.md section 7)."""
+    """Every variant of one model, in the order of the table (METHOD.md section 8)."""
     rng = np.random.default_rng(seed)
     patterns = template_matrices(templates)
     members = template_matrices(templates, "fit_weights")
