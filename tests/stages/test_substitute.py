@@ -269,11 +269,17 @@ def test_substitute_command_end_to_end(tmp_path, capsys):
     good = {**model_row(spec), "n_filters": kernels.num_rows, "n_layers": 1}
     write_table(pa.Table.from_pylist([good], schema=schemas.MODELS), out.models_path,
                 schemas.MODELS)
-    assert main(["substitute", "--out", str(out.root)]) == 0
+    images = tmp_path / "images"  # 4 labelled images keep the test short; the default set is 48
+    for wnid in ("n01440764", "n01443537"):
+        (images / wnid).mkdir(parents=True)
+        for i in range(2):
+            _images(4).sources[i]().save(images / wnid / f"{i}.png")
+    assert main(["substitute", "--out", str(out.root), "--images", str(images)]) == 0
     printed = capsys.readouterr().out
     assert any(line.split()[:2] == ["tiny", "identity"] for line in printed.splitlines())
-    assert "over 48 images" in printed
+    assert "over 4 images" in printed
     table = pq.read_table(out.table_path(schemas.SUBSTITUTION)).to_pylist()
     identity = next(r for r in table if r["variant"] == "identity")
-    assert identity["top1_agreement"] == 1.0 and identity["n_images"] == 48
+    assert identity["top1_agreement"] == 1.0 and identity["n_images"] == 4
+    assert identity["top1_accuracy"] == identity["baseline_top1_accuracy"] is not None
     assert (out.reports_dir / "substitution.png").exists()
