@@ -313,9 +313,48 @@ RUNS = _schema("runs", "runs.parquet", "one row per run on this output folder", 
     _col("template_set", pa.string(), "template set the outputs use after this run"),
 ])
 
+SUBSTITUTION = _schema("substitution", "reports/substitution.parquet",
+                       "what the patterns do: each model run with kernels swapped for patterns "
+                       "(dwscan substitute), one row per model and variant", [
+    _model_id(),
+    _col("variant", pa.string(), "identity | templates | families | master-keys | "
+         "shuffled-templates | noise, with '>=T' for a threshold sweep row and ':early', "
+         "':middle', ':late' for a third of the depthwise layers; null on the one row of a "
+         "model that could not be measured"),
+    _col("kind", pa.string(), "the replacement alone: identity | templates | families | "
+         "master-keys | shuffled-templates | noise"),
+    _col("threshold", pa.float64(), "cosine at or above which a kernel counts as clustered "
+         "(and is replaced); null for identity"),
+    _col("scope", pa.string(), "depthwise layers replaced: all | early | middle | late "
+         "(relative depth < 1/3, < 2/3, else)"),
+    _col("status", pa.string(), "ok | skipped (the variant or model cannot be measured: "
+         "reason) | failed (the model: reason)", nullable=False),
+    _col("reason", pa.string(), "one line: why skipped or failed"),
+    _col("architecture", pa.string(), "timm architecture the network was rebuilt with"),
+    _col("n_kernels", pa.int64(), "depthwise kernels of the model"),
+    _col("n_replaced", pa.int64(), "kernels this variant replaced"),
+    _col("replaced_fraction", pa.float64(), "n_replaced / n_kernels, 0 to 1"),
+    _col("n_images", pa.int64(), "images every measure of the row is over", nullable=False),
+    _col("image_set", pa.string(), "which images: the default smoke set (crops of one photo) "
+         "or the --images folder"),
+    _col("top1_agreement", pa.float64(), "share of images whose top-1 class is the unmodified "
+         "model's, 0 to 1 (identity: exactly 1)"),
+    _col("mean_kl", pa.float64(), "mean over images of KL(unmodified softmax || variant "
+         "softmax), nats"),
+    _col("top1_accuracy", pa.float64(), "variant's top-1 accuracy on a labelled --images "
+         "folder, 0 to 1; null without labels"),
+    _col("baseline_top1_accuracy", pa.float64(), "the unmodified model's top-1 accuracy on "
+         "the same images; null without labels"),
+    _col("device", pa.string(), "cpu or cuda"),
+    _col("model_seconds", pa.float64(), "wall seconds for the model: read, rebuild, every "
+         "variant over every image"),
+    _template_set(),
+    _col("measured_at", pa.timestamp("ms", tz="UTC"), "when the model was measured (UTC)"),
+])
+
 ALL = {s.metadata[TABLE_KEY].decode(): s for s in (
     KERNELS, MODELS, TEMPLATES, ASSIGNMENTS, CLUSTERABILITY, LAYERS, LABEL_SHARES, MODEL_METADATA,
-    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS, RUNS)}
+    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS, RUNS, SUBSTITUTION)}
 
 
 def table_path(schema: pa.Schema) -> str:

@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that write under --out: refused at once, with one line, when it cannot be written.
-_WRITERS = {"run", "scan", "rescan", "train", "assign", "report"}
+_WRITERS = {"run", "scan", "rescan", "train", "assign", "report", "substitute"}

@@ -46,7 +46,29 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                         help="also draw this model's template shares per layer and give it its own "
                              "section of index.html (a model_id of models.parquet); repeat for "
                              "several. Every model's tables are in the page's model table anyway")
-    return {"train": command_train, "assign": command_assign, "report": command_report}
+    substitute = commands.add_parser(
+        "substitute", help="what the patterns do: swap kernels for templates, run the network",
+        description="Rebuild each ok model of OUT (timm architecture from its config.json, the "
+                    "demo zoo's EfficientNet-Lite, or --arch), swap its depthwise kernels for "
+                    "their templates and controls, and compare it with the unmodified network "
+                    "on images: top-1 agreement, mean KL divergence, and top-1 accuracy with a "
+                    "labelled --images folder. Reads each model's whole checkpoint. Writes "
+                    "reports/substitution.parquet and reports/substitution.png.")
+    add_out(substitute, address=True)
+    substitute.add_argument("--images", default=None, metavar="DIR",
+                            help="labelled images in ImageNet layout (class folders named by "
+                                 "WordNet id or class index 0-999); default: 48 crops and "
+                                 "mirror images of one sample photo (a smoke-scale check)")
+    substitute.add_argument("--model", action="append", dest="models", default=[],
+                            metavar="MODEL_ID", help="measure this model of OUT (repeat for "
+                                                     "several; default: every ok model)")
+    substitute.add_argument("--arch", default=None, metavar="NAME",
+                            help="timm architecture to rebuild the models with (for local "
+                                 "checkpoints without a timm config.json)")
+    substitute.add_argument("--concurrency", type=int, default=None,
+                            help="models measured at once (default: one per CPU)")
+    return {"train": command_train, "assign": command_assign, "report": command_report,
+            "substitute": command_substitute}
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -113,3 +135,22 @@ def command_report(args: argparse.Namespace) -> int:
         print(f"wrote {plot} ({model_id})")
     print(f"\nwrote {reports.index_html}")
     return 0
+
+
+def command_substitute(args: argparse.Namespace) -> int:
+    from dwscan import schemas
+    from dwscan.executor import ray_executor
+    from dwscan.io.lock import output_lock
+    from dwscan.stages.substitute import format_substitution, substitute, summary_lines
+
+    layout = finished_layout(args.out)
+    with output_lock(layout.root, "substitute"), ray_session():
+        ray_executor.init_ray(args.address, out=layout.root)
+        result = substitute(layout, args.models, args.images, args.arch, args.concurrency)
+    print(format_substitution(result.table))
+    print()
+    for line in summary_lines(result.table):
+        print(line)
+    print(f"\nwrote {layout.table_path(schemas.SUBSTITUTION)} and {result.plot}")
+    failed = [r for r in result.table.to_pylist() if r["status"] == "failed"]
+    return 1 if failed else 0

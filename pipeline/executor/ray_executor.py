@@ -146,7 +146,7 @@ class TaskTimeout(Exception):
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
               max_in_flight: int | None = None,
               summarise: Callable[[list[Any]], str] | None = None,
-              timeout: float | None = None) -> list[Any]:
+              timeout: float | None = None, num_gpus: float = 0) -> list[Any]:
     """Run fn(*args) as one Ray task per call, with progress (`summarise(results so far)` is
     shown beside the count).
 
@@ -161,7 +161,8 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     object in its place (the task's own exception, not Ray's wrapper with the remote traceback),
     so one bad input never stops the others. A task not finished `timeout` seconds after it
     started running is cancelled (its worker killed: a read stuck in the kernel cannot be
-    interrupted otherwise) and gives TaskTimeout.
+    interrupted otherwise) and gives TaskTimeout. `num_gpus`: GPUs each task asks for besides
+    its CPU share (a task that needs a GPU to be fast; 0: none).
     """
     import ray
 
@@ -170,7 +171,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
         window, num_cpus = max_in_flight, min(1.0, max(1, max_cpus) / max_in_flight)
     else:
         window, num_cpus = max(_MIN_WINDOW, _PENDING_PER_CPU * max_cpus), 1.0
-    remote = ray.remote(max_retries=0, num_cpus=num_cpus)(fn)
+    remote = ray.remote(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus)(fn)
     calls = _put_shared_arguments(calls)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}

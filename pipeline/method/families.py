@@ -12,6 +12,7 @@ towards +y, so 90 degrees points down the image.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,6 +255,11 @@ def _label(fit: FamilyFit) -> str:
 # The universal 7x7 filters of Babaiee et al., NeurIPS 2025 (shared/README.md cites the source);
 # dwscan does not ship them: give the file's path (README, "Templates").
 MASTER_KEY_SIZE = 7
+
+
+def default_master_key_filters() -> str | None:
+    """The master-key filter file from $DWSCAN_MASTER_KEY_FILTERS, else None (not shipped)."""
+    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or None
 
 
 def read_master_key_filters(path: str | Path) -> np.ndarray:

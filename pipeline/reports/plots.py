@@ -288,3 +288,29 @@ def _save(fig, path: Path) -> Path:
     path = as_location(path)
     write_bytes_atomic(path, buffer.getvalue())
     return path
+
+
+def plot_substitution(table: pa.Table, path: Path) -> Path:
+    """Top-1 agreement with the unmodified network for each variant, one bar group per model
+    (dwscan substitute); the image count is in the title, since every bar is over those images."""
+    rows = [r for r in table.to_pylist() if r["status"] == "ok"]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    models = list(dict.fromkeys(r["model_id"] for r in rows))
+    fig, ax = plt.subplots(figsize=(min(20, 3 + 0.45 * len(variants) * max(1, len(models))), 4.5))
+    width = 0.8 / max(1, len(models))
+    colours = plt.get_cmap("tab10")
+    for m, model_id in enumerate(models):
+        mine = {r["variant"]: r for r in rows if r["model_id"] == model_id}
+        xs = [i + (m - (len(models) - 1) / 2) * width for i, v in enumerate(variants) if v in mine]
+        ax.bar(xs, [100 * mine[v]["top1_agreement"] for v in variants if v in mine], width,
+               color=colours(m % 10), label=model_id)
+    ax.set_xticks(range(len(variants)), variants, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("top-1 agreement with the unmodified model (%)")
+    ax.set_ylim(0, 100)
+    images = sorted({r["n_images"] for r in rows})
+    ax.set_title(f"Kernels swapped for patterns (images per model: "
+                 f"{', '.join(map(str, images)) or 'none'})", fontsize=9)
+    if models:
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)

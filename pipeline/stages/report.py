@@ -184,6 +184,19 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         sections.append((f"Model {model_id}", "Template shares in each depthwise layer, layers by "
                          "depth (drawn because the report was asked for this model).", [plot],
                          html_table(mine, _SIZE_COLUMNS_STATIC)))
+    substitution = layout.table_path(schemas.SUBSTITUTION)
+    if substitution.exists() and (reports / "substitution.png").exists():
+        sections.append(("What the patterns do (dwscan substitute)",
+                         "Top-1 agreement with the unmodified network when kernels are swapped "
+                         "for their templates and controls; n_images in every row (METHOD.md "
+                         "section 8).", [reports / "substitution.png"],
+                         html_table(read_table_as(substitution, schemas.SUBSTITUTION), [
+                             ("model_id", "model", None), ("variant", "variant", None),
+                             ("status", "status", None), ("n_replaced", "replaced", None),
+                             ("replaced_fraction", "share", percent),
+                             ("n_images", "images", None),
+                             ("top1_agreement", "agreement", number(3)),
+                             ("mean_kl", "mean KL", number(4))])))
     if missed is not None and missed.num_rows:
         sections.append(("Missed patterns", "Recurring patterns that no template reaches.", [],
                          html_table(missed, [("kernel_size", "k", None),

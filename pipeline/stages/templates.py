@@ -14,7 +14,6 @@ explains each choice.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,16 +37,12 @@ from dwscan.method.autoencoder import (
 from dwscan.method.families import (
     MASTER_KEY_SIZE,
     FamilyFit,
+    default_master_key_filters,
     fit_families,
     nearest_master_keys,
     read_master_key_filters,
 )
 from dwscan.method.preprocess import VALID, centre_and_normalise
-
-
-def default_master_key_filters() -> str | None:
-    """The master-key filter file from $DWSCAN_MASTER_KEY_FILTERS, else None (not shipped)."""
-    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or None
 
 
 @dataclass
