@@ -1,8 +1,11 @@
-"""Helpers the tests import: small checkpoints."""
+"""Helpers the tests import: small checkpoints, and the one local Ray that dwscan commands of
+this test process can share."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import struct
 
 import numpy as np
@@ -37,3 +40,24 @@ def many_tiny_tensors(path, n: int) -> None:
     with open(path, "wb") as handle:
         handle.write(struct.pack("<Q", len(header)) + header)
         handle.write(bytes(16 * n))
+
+
+_RAY = None
+
+
+def shared_ray_env() -> dict[str, str]:
+    """The environment of a `dwscan` subprocess that joins this test process's one local Ray
+    (a head started on first use, token authentication on, stopped at exit), so that a command
+    does not pay for starting its own Ray (seconds on 2 cores, dozens of commands).
+
+    The head's workers see the environment of the moment it started (the hub stand-in's
+    HF_ENDPOINT and caches from conftest): a test that gives its command's workers anything else
+    (another hub, S3 credentials) or kills its driver mid-run keeps a Ray of its own
+    (`RAY_ADDRESS=""`)."""
+    global _RAY
+    if _RAY is None:
+        from tests.ray_cluster import LocalCluster
+
+        _RAY = LocalCluster(head_cpus=os.cpu_count() or 2, dashboard=True).__enter__()
+        atexit.register(_RAY.__exit__)
+    return {**_RAY.env, "RAY_ADDRESS": _RAY.address}

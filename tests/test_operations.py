@@ -23,6 +23,7 @@ from safetensors.torch import save
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table
 from dwscan.testing.hub_server import Repo, shared_hub
+from tests.helpers import shared_ray_env
 
 pytestmark = pytest.mark.slow
 # no network, no Ray Train: k-means templates keep each run to seconds
@@ -39,7 +40,7 @@ def small_state(seed: int) -> dict[str, torch.Tensor]:
 
 
 def dwscan(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}  # a private local Ray, whatever runs around us
+    env = shared_ray_env()  # the killed runs alone keep a Ray of their own
     return subprocess.run(["dwscan", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600, **kwargs)
 

@@ -21,16 +21,15 @@ from safetensors.torch import save
 
 from dwscan.io.storage import OutputLayout, read_table
 from dwscan.testing.hub_server import Repo, shared_hub
-from tests.helpers import many_tiny_tensors, tiny_state_dict
+from tests.helpers import many_tiny_tensors, shared_ray_env, tiny_state_dict
 
 pytestmark = pytest.mark.slow
 TINY_FILTERS = 8 + 16  # depthwise kernels of tiny_state_dict (its 1x7 layer is skipped)
 
 
 def dwscan(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}  # never join a cluster that happens to be running
-    return subprocess.run(["dwscan", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(["dwscan", *args], env=shared_ray_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def good_folder(root: Path, name: str = "good", config: object | None = None) -> Path:

@@ -17,13 +17,14 @@ from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table, read_tables, schema_version_of
 from dwscan.io.zoo import demo_zoo
 from dwscan.method.autoencoder import AutoencoderConfig
+from tests.helpers import shared_ray_env
 from tests.io.test_checkpoints import _Payload
 
 README = Path(__file__).parents[1] / "README.md"
 
 
 def run_dwscan(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}  # never join a cluster that happens to be running
+    env = shared_ray_env()  # the demo run below starts its own, as a user's does
     return subprocess.run(["dwscan", "run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -47,7 +48,7 @@ def test_demo_zoo_end_to_end(tmp_path):
                               stderr=subprocess.STDOUT, timeout=900)
     text = log.read_text()
     assert done.returncode == 0, text[-3000:]
-    assert "\r" not in text
+    assert "\r" not in text and "\x1b" not in text  # no redraws, no colour codes
     lines = text.splitlines()
     assert len(lines) <= 100, text
     assert lines[-1].startswith("3 of 3 models scanned; outputs in dwscan-out/"), text[-3000:]

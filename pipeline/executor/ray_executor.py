@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -47,6 +48,10 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *
     """
     # Ray's tqdm patches print() to redraw its bars around every line; our summary stays plain.
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # a log file, `ray job logs` or cron mail: worker lines without colour codes around
+        # their `(task pid=...)` prefix
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     import ray
 
     if not ray.is_initialized():
