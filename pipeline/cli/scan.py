@@ -103,8 +103,6 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         print(f"WARNING: {k}x{k}: a recurring pattern ({r['label']}, {100 * r['share']:.1f}% of "
               f"kernels) is within cosine {args.threshold} of no template; {remedy} (see "
               f"reports/missed_patterns.parquet)")
-    from dwscan.stages.train import format_training_record
-
     for k, record in sorted(summary.training.items()):
         print(format_training_record(k, record))
     print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"

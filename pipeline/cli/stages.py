@@ -66,8 +66,8 @@ def command_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"dwscan: error: no ok model in {args.out} to train on")
         templates, _ = train_templates(layout, options, ok, {})
     if args.templates == "autoencoder":
+        from dwscan.cli.scan import format_training_record
         from dwscan.method.autoencoder import read_training_records
-        from dwscan.stages.train import format_training_record
 
         sizes = sorted(set(templates.column("kernel_size").to_pylist()))
         for k, record in read_training_records(layout.autoencoders_dir, sizes).items():
