@@ -37,6 +37,7 @@ from dwscan.method.autoencoder import (
 )
 from dwscan.method.families import (
     MASTER_KEY_SIZE,
+    SHIPPED_MASTER_KEY_FILTERS,
     FamilyFit,
     fit_families,
     nearest_master_keys,
@@ -46,8 +47,9 @@ from dwscan.method.preprocess import VALID, centre_and_normalise
 
 
 def default_master_key_filters() -> str | None:
-    """The master-key filter file from $DWSCAN_MASTER_KEY_FILTERS, else None (not shipped)."""
-    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or None
+    """The master-key filter file: $DWSCAN_MASTER_KEY_FILTERS where set (another version of the
+    filters), else the copy shipped with dwscan (data/master_key_filters, CC BY 4.0)."""
+    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or str(SHIPPED_MASTER_KEY_FILTERS)
 
 
 @dataclass
