@@ -53,10 +53,11 @@ from dwscan.io.template_set import (
 from dwscan.io.zoo import ModelSpec
 from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder import AutoencoderConfig, read_training_records
+from dwscan.method.families import read_master_key_filters
 from dwscan.stages.assign import DEFAULT_THRESHOLD, assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
 from dwscan.stages.report import write_reports
-from dwscan.stages.templates import TemplateConfig, build_templates
+from dwscan.stages.templates import TemplateConfig, build_templates, default_master_key_filters
 from dwscan.stages.train import train_on_ray
 from dwscan.text import one_line
 
@@ -194,10 +195,12 @@ def assign_stale(layout: OutputLayout, ok: list[str], templates: pa.Table,
     record = read_template_set_record(layout.template_set_path)
     current = template_set_of(templates)
     stale = [m for m in ok if assignment_template_set(layout.assignments_path(m)) != current]
+    # read here, where $DWSCAN_MASTER_KEY_FILTERS is set, not in each worker
+    master_keys = read_master_key_filters(default_master_key_filters())
     assigned = ray_executor.run_tasks(
         assign_model_file,
         [(layout.kernels_path(m), templates, record.threshold, layout.assignments_path(m),
-          record.sign_invariant) for m in stale],
+          record.sign_invariant, 262_144, master_keys) for m in stale],
         desc="assign", max_in_flight=max_in_flight)
     for model_id, result in zip(stale, assigned):
         if isinstance(result, BaseException):

@@ -52,6 +52,10 @@ def test_threshold_invalid_rows_and_raw_scale():
     assert out[2]["cosine"] == pytest.approx(1 / np.sqrt(1 + 1.3**2), abs=1e-4)
     assert [r["invalid_reason"] for r in out] == [None, None, None, "zero", "non_finite"]
     assert out[3]["cosine"] is None and out[4]["nearest_template_id"] is None
+    # the yardstick: scored for valid kernels only; no master key at 3x3
+    assert all(0 <= r["family_cosine"] <= 1 + 1e-6 for r in out[:3])
+    assert out[3]["family_cosine"] is None and out[4]["family_cosine"] is None
+    assert {r["master_key"] for r in out} == {None}
 
 
 def test_noisy_copies_are_assigned_to_their_template():
