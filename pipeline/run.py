@@ -53,6 +53,7 @@ from dwscan.io.template_set import (
 from dwscan.io.zoo import ModelSpec
 from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder import AutoencoderConfig, read_training_records
+from dwscan.method.families import default_master_key_filters, read_master_key_filters
 from dwscan.stages.assign import DEFAULT_THRESHOLD, assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
 from dwscan.stages.report import write_reports
@@ -78,6 +79,7 @@ class RunOptions:
     max_in_flight: int | None = None  # extraction/assignment tasks at once (default: 1 per CPU)
     limits: ReadLimits = field(default_factory=ReadLimits)  # what one model may cost
     model_timeout: float | None = DEFAULT_MODEL_TIMEOUT  # seconds one model may take; None: no limit
+    family_yardstick: bool = False  # each kernel's closest family member (slow: METHOD.md 4e)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
             templates = read_table_as(layout.templates_path, schemas.TEMPLATES)
             missed = read_table_as(layout.missed_patterns_path, schemas.MISSED_PATTERNS)
         with _timed(timings, "assign"):
-            assign_stale(layout, ok, templates, options.max_in_flight)
+            assign_stale(layout, ok, templates, options.max_in_flight, options.family_yardstick)
         with _timed(timings, "report"):
             report = write_reports(layout, accuracy, seed=options.autoencoder.seed)
         log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates))
@@ -188,16 +190,18 @@ def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
 
 
 def assign_stale(layout: OutputLayout, ok: list[str], templates: pa.Table,
-                 max_in_flight: int | None = None) -> list[str]:
+                 max_in_flight: int | None = None, families: bool = False) -> list[str]:
     """Stage 5 for the ok models whose assignment file is missing or of another template set;
     returns their ids."""
     record = read_template_set_record(layout.template_set_path)
     current = template_set_of(templates)
     stale = [m for m in ok if assignment_template_set(layout.assignments_path(m)) != current]
+    # read here, where $DWSCAN_MASTER_KEY_FILTERS is set, not in each worker
+    master_keys = read_master_key_filters(default_master_key_filters())
     assigned = ray_executor.run_tasks(
         assign_model_file,
         [(layout.kernels_path(m), templates, record.threshold, layout.assignments_path(m),
-          record.sign_invariant) for m in stale],
+          record.sign_invariant, 262_144, master_keys, families) for m in stale],
         desc="assign", max_in_flight=max_in_flight)
     for model_id, result in zip(stale, assigned):
         if isinstance(result, BaseException):

@@ -197,8 +197,8 @@ TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, on
     _col("stable", pa.bool_(), "mutual match in the second run, cosine >= 0.95 and share moved "
          "<= 2 points; null when the check was off"),
     _col("master_key", pa.int32(), "7x7 only: nearest (signed cosine) of the eight master-key "
-         "filters of Babaiee et al., NeurIPS 2025, numbered 1-8 as in their file; null when no "
-         "filter file was given or at other sizes"),
+         "filters of Babaiee et al., NeurIPS 2025 (shipped; $DWSCAN_MASTER_KEY_FILTERS overrides), "
+         "numbered 1-8 as in their file; null at other sizes"),
     _col("master_key_cosine", pa.float32(), "cosine to that master-key filter"),
 ])
 
@@ -212,6 +212,12 @@ ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest tem
     _col("sign", pa.int8(), "kernel ~ sign * template; -1 only with --sign-invariant"),
     _col("invalid_reason", pa.string(), "non_finite | zero | constant; null for valid kernels"),
     _template_set(),
+    _col("family_cosine", pa.float32(), "training-free yardstick: |cosine| of the closest member "
+         "of the parametric families found (dictionary search, refined within 0.1 below the "
+         "threshold; METHOD.md 4e), 0 to 1; null when invalid or assigned before schema 1.6"),
+    _col("master_key", pa.int32(), "7x7 only: the master-key filter (1-8) of the best fit "
+         "a*F + b (largest |cosine|); null at other sizes, when invalid or before schema 1.6"),
+    _col("master_key_cosine", pa.float32(), "cosine of that fit (|cosine| to the filter)"),
 ])
 
 CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
@@ -225,6 +231,16 @@ CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
     _col("accuracy_key", pa.string(), "key into timm's results tables (`arch.tag`)"),
     *_model_metadata(full=True),
     _template_set(),
+    _col("family_fraction", pa.float64(), "training-free yardstick: share of the valid kernels "
+         "within cosine `threshold` of some member of the parametric families (any width, "
+         "orientation, polarity; METHOD.md 4e); no seed or template moves it; null where the "
+         "assignments predate schema 1.6"),
+    _col("master_key_fraction", pa.float64(), "share of the valid 7x7 kernels whose best fit "
+         "a*F + b to one of the eight master-key filters reaches `threshold` (on the all-sizes "
+         "row: of the model's 7x7 kernels); null without 7x7 kernels"),
+    _col("master_key_counts", pa.map_(pa.int32(), pa.int64()), "filter number (1-8) -> valid "
+         "7x7 kernels whose best fit is that filter and reaches `threshold`; filters with none "
+         "left out; null without 7x7 kernels"),
 ])
 
 LAYERS = _schema("layers", "reports/layers.parquet", "clusterability per model and depthwise layer", [

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from dwscan.cli.flags import (
     add_accuracy_sources,
+    add_family_yardstick,
     add_method_options,
     add_out,
     finished_layout,
@@ -34,6 +35,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
     add_out(assign, address=True)
     assign.add_argument("--concurrency", type=int, default=None,
                         help="models assigned at once (default: one per CPU, as the cluster grows)")
+    add_family_yardstick(assign)
     report = commands.add_parser(
         "report", help="rebuild OUT/reports/ (tables, statistics, plots, index.html)",
         description="Stage 6 alone, from what OUT already holds (models, templates, "
@@ -112,7 +114,7 @@ def command_assign(args: argparse.Namespace) -> int:
         ray_executor.init_ray(args.address, out=layout.root)
         ok = ok_model_ids(read_table_as(layout.models_path, schemas.MODELS))
         done = assign_stale(layout, ok, read_table_as(layout.templates_path, schemas.TEMPLATES),
-                            args.concurrency)
+                            args.concurrency, args.family_yardstick)
     print(f"assigned {len(done)} models; {len(ok) - len(done)} were already current")
     return 0
 

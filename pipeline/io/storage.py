@@ -367,12 +367,26 @@ def read_table_as(path: str | os.PathLike | Location, schema: pa.Schema,
 
 def read_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None,
                 filters=None) -> pa.Table:
-    """Concatenate per-model files; an empty list gives an empty table of the schema."""
-    tables = [read_table(p, columns=columns, filters=filters) for p in paths]
+    """Concatenate per-model files; an empty list gives an empty table of the schema. Of
+    `columns`, those added to `schema` since a file was written come back null (as in
+    read_table_as)."""
+    tables = [_read_columns(p, schema, columns, filters) for p in paths]
     if not tables:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     return pa.concat_tables(tables)
+
+
+def _read_columns(path: Path, schema: pa.Schema, columns: list[str] | None, filters) -> pa.Table:
+    if columns is None:
+        return read_table(path, filters=filters)
+    present = set(pq.read_schema(_source(path)).names)
+    table = read_table(path, columns=[c for c in columns if c in present], filters=filters)
+    for name in columns:
+        if name not in present:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows,
+                                                                     schema.field(name).type))
+    return table.select(columns)
 
 
 def file_metadata(path: str | os.PathLike | Location) -> dict[bytes, bytes]:

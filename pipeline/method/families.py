@@ -154,23 +154,40 @@ class FamilyFit:
 def _fit_one_family(spec: Family, templates: np.ndarray, k: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Best parameters and signed cosine of one family for every template: the best point of a
-    grid, then a compass search (each parameter up and down by a step, halved when nothing
-    improves) run for all templates at once, so each round is one batch of members."""
+    grid, then `refine_fit` from there."""
     axes = spec.grid(k)
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     cosines = templates @ _unit_rows(spec.make(grid, k)).T
     best = np.abs(cosines).argmax(axis=1)
     rows = np.arange(len(templates))
-    sign = np.where(cosines[rows, best] >= 0, 1.0, -1.0)
-    params, value = grid[best], np.abs(cosines[rows, best])
+    # start at half the grid spacing (refine_fit stops at 1/32 of that: ~0.2 deg, ~1% of sigma)
+    return refine_fit(spec, templates, k, grid[best], cosines[rows, best],
+                      grid_spacing(axes) / 2)
+
+
+def grid_spacing(axes: list[np.ndarray]) -> np.ndarray:
+    """Mean step of each parameter's grid (0.25 for a single value)."""
+    return np.array([np.ptp(a) / max(len(a) - 1, 1) if len(a) > 1 else 0.25 for a in axes])
+
+
+def refine_fit(spec: Family, templates: np.ndarray, k: int, params: np.ndarray,
+               signed_cosine: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compass search from `params` (n, p), whose members have `signed_cosine` to the templates
+    (rows centred, unit norm): each parameter up and down by its `step`, halved when nothing
+    improves, until 1/32 of the start, for all templates at once (each round is one batch of
+    members). Returns the parameters and signed cosines, never worse than the start."""
+    rows = np.arange(len(templates))
+    sign = np.where(signed_cosine >= 0, 1.0, -1.0)
+    params, value = params.astype(np.float64), np.abs(signed_cosine).astype(np.float64)
     n, p = params.shape
     low = np.array([-np.inf if b[0] is None else b[0] for b in spec.bounds(k)])
     high = np.array([np.inf if b[1] is None else b[1] for b in spec.bounds(k)])
-    # start at half the grid spacing; stop at 1/64 of it (~0.2 deg, ~1% of sigma)
-    spacing = np.array([np.ptp(a) / max(len(a) - 1, 1) if len(a) > 1 else 0.25 for a in axes])
-    step = np.tile(spacing / 2, (n, 1))
+    start = np.asarray(step, np.float64)
+    step = np.tile(start, (n, 1))
     moves = np.concatenate([np.eye(p), -np.eye(p)])  # (2p, p)
     for _ in range(REFINE_ROUNDS):
+        if not n or (step <= start / 32).all():
+            break
         trial = np.clip(params[:, None, :] + moves[None] * step[:, None, :], low, high)
         members = _unit_rows(spec.make(trial.reshape(-1, p), k)).reshape(n, 2 * p, -1)
         scores = sign[:, None] * np.einsum("nmd,nd->nm", members, templates)
@@ -179,8 +196,6 @@ def _fit_one_family(spec: Family, templates: np.ndarray, k: int
         params[better] = trial[rows, pick][better]
         value[better] = scores[rows, pick][better]
         step[~better] /= 2
-        if (step <= spacing / 64).all():
-            break
     return params, sign * value
 
 
@@ -252,14 +267,16 @@ def _label(fit: FamilyFit) -> str:
     return OTHER
 
 
-# The universal 7x7 filters of Babaiee et al., NeurIPS 2025 (shared/README.md cites the source);
-# dwscan does not ship them: give the file's path (README, "Templates").
+# The universal 7x7 filters of Babaiee et al., NeurIPS 2025, shipped with dwscan under their
+# CC BY 4.0 licence (SOURCE.md beside the file gives the source and the papers to cite).
 MASTER_KEY_SIZE = 7
+SHIPPED_MASTER_KEY_FILTERS = Path(__file__).parents[1] / "data" / "master_key_filters" / "8Filters.txt"
 
 
 def default_master_key_filters() -> str | None:
-    """The master-key filter file from $DWSCAN_MASTER_KEY_FILTERS, else None (not shipped)."""
-    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or None
+    """The master-key filter file: $DWSCAN_MASTER_KEY_FILTERS where set (another version of the
+    filters), else the copy shipped with dwscan (data/master_key_filters, CC BY 4.0)."""
+    return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or str(SHIPPED_MASTER_KEY_FILTERS)
 
 
 def read_master_key_filters(path: str | Path) -> np.ndarray:
@@ -272,10 +289,15 @@ def read_master_key_filters(path: str | Path) -> np.ndarray:
     return _unit_rows(np.stack(rows)).astype(np.float32)
 
 
-def nearest_master_keys(templates: np.ndarray, filters: np.ndarray
+def nearest_master_keys(templates: np.ndarray, filters: np.ndarray, signed: bool = True
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(1-based number of the nearest filter, its cosine) for each 7x7 template (signed cosine:
-    a filter and its negative are different patterns)."""
+    """(1-based number of the nearest filter, its cosine) for each 7x7 row (centred, unit norm).
+
+    Signed (a template: a filter and its negative are different patterns), or not: the best fit
+    a*F + b of the authors' analysis, whose free a takes either sign, is the filter of largest
+    |cosine| and the fit's cosine is that |cosine|."""
     cosines = np.asarray(templates, np.float32) @ filters.T
+    if not signed:
+        cosines = np.abs(cosines)
     best = cosines.argmax(axis=1)
     return best + 1, cosines[np.arange(len(best)), best]

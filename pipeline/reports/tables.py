@@ -20,27 +20,84 @@ def clusterability_table(assignments: pa.Table, threshold: float,
     `clustered_fraction` is over valid kernels only; `chance_fraction` is the same measure for
     random Gaussian kernels against the same templates (a per-size figure, averaged with the
     model's valid counts as weights on the all-sizes row). `metadata` (MODEL_METADATA rows) adds
-    accuracy, family and pre-training.
+    accuracy, family and pre-training. The training-free yardstick (`family_fraction`,
+    `master_key_*`) is counted from the assignments' per-kernel yardstick columns at the same
+    threshold.
     """
     chance = chance or {}
     grouped = _counts(assignments, ["model_id", "kernel_size"])
+    yardstick = _yardstick_counts(assignments, threshold)
     rows = []
     per_model: dict[str, list[dict]] = {}
     for g in grouped.sort_by([("model_id", "ascending"), ("kernel_size", "ascending")]).to_pylist():
         g["chance_fraction"] = chance.get(g["kernel_size"])
+        g.update(yardstick.get((g["model_id"], g["kernel_size"]), _NO_YARDSTICK))
         per_model.setdefault(g["model_id"], []).append(g)
     for model_id, size_rows in per_model.items():
         total = _with_fraction({"model_id": model_id, "kernel_size": None, "chance_fraction": None,
-                                **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS}})
+                                **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS},
+                                **_summed_yardstick(size_rows)})
         weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
         if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
             total["chance_fraction"] = float(np.average(
                 [r["chance_fraction"] for r in size_rows], weights=weights))
         for row in (total, *size_rows):
+            _with_yardstick_fractions(row)
             row.update(threshold=threshold, sign_invariant=sign_invariant,
                        template_set=template_set)
             rows.append(row)
     return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
+
+
+# Per (model, size): valid kernels the family yardstick scored and of those at the threshold;
+# the same for the master keys (7x7), and the master-key hits per filter number.
+_NO_YARDSTICK = {"n_family_scored": 0, "n_family": 0, "n_key_scored": 0, "n_key": 0,
+                 "key_counts": {}}
+
+
+def _yardstick_counts(assignments: pa.Table, threshold: float) -> dict[tuple[str, int], dict]:
+    """The yardstick counts of every (model, size) with a valid kernel (see _NO_YARDSTICK)."""
+    if "family_cosine" not in assignments.column_names:
+        return {}
+    keys = {"model_id": assignments.column("model_id"),
+            "kernel_size": assignments.column("kernel_size")}
+    family = pc.greater_equal(assignments.column("family_cosine"), threshold)  # null: unscored
+    key = pc.greater_equal(assignments.column("master_key_cosine"), threshold)
+    grouped = pa.table({**keys, "family": family, "key": key}).group_by(
+        list(keys), use_threads=False).aggregate(
+        [("family", "count"), ("family", "sum"), ("key", "count"), ("key", "sum")])
+    out = {(g["model_id"], g["kernel_size"]): {
+        "n_family_scored": g["family_count"], "n_family": g["family_sum"] or 0,
+        "n_key_scored": g["key_count"], "n_key": g["key_sum"] or 0, "key_counts": {}}
+        for g in grouped.to_pylist()}
+    hits = pa.table({**keys, "master_key": assignments.column("master_key")}).filter(
+        pc.fill_null(key, False))
+    for g in hits.group_by([*keys, "master_key"], use_threads=False).aggregate(
+            [([], "count_all")]).to_pylist():
+        out[g["model_id"], g["kernel_size"]]["key_counts"][g["master_key"]] = g["count_all"]
+    return out
+
+
+def _summed_yardstick(size_rows: list[dict]) -> dict:
+    """The all-sizes row's yardstick counts: the sum over the model's sizes."""
+    total = {name: sum(r[name] for r in size_rows) for name in _NO_YARDSTICK if name != "key_counts"}
+    counts: dict[int, int] = {}
+    for r in size_rows:
+        for number, n in r["key_counts"].items():
+            counts[number] = counts.get(number, 0) + n
+    return {**total, "key_counts": counts}
+
+
+def _with_yardstick_fractions(row: dict) -> dict:
+    """family_fraction where every valid kernel was scored (assignments before schema 1.6 have
+    no score); the master-key columns where any 7x7 kernel was."""
+    n_valid = row["n_filters"] - row["n_invalid"]
+    row["family_fraction"] = (row["n_family"] / n_valid
+                              if n_valid and row["n_family_scored"] == n_valid else None)
+    scored = row["n_key_scored"]
+    row["master_key_fraction"] = row["n_key"] / scored if scored else None
+    row["master_key_counts"] = sorted(row["key_counts"].items()) if scored else None
+    return row
 
 
 def layer_clusterability_table(assignments: pa.Table, metadata: pa.Table | None = None) -> pa.Table:
@@ -182,8 +239,11 @@ def threshold_sweep_table(assignments: pa.Table,
 def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
     """The table as text, models in rows; the all-sizes row first for each model. Above
     `max_models` models (a zoo, where a terminal or a job log cannot hold every row), only the
-    all-sizes rows of the most and the least clustered max_models/2 each, and where the rest are."""
-    header = ["model", "k", "filters", "invalid", "clustered", "chance", "top1"]
+    all-sizes rows of the most and the least clustered max_models/2 each, and where the rest are.
+    Beside the clustered fraction stand the training-free yardstick's shares (families, master
+    keys), which no seed moves."""
+    header = ["model", "k", "filters", "invalid", "clustered", "families", "master keys",
+              "chance", "top1"]
     lines = [header]
     rows = table.to_pylist()
     n_models = len({r["model_id"] for r in rows})
@@ -199,7 +259,8 @@ def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
         lines.append([
             r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
             f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
-            _pct(r["clustered_fraction"]), _pct(r["chance_fraction"]),
+            _pct(r["clustered_fraction"]), _pct(r["family_fraction"]),
+            _pct(r["master_key_fraction"]), _pct(r["chance_fraction"]),
             "-" if r["top1"] is None else f"{r['top1']:.3f}"])
     return format_text_table(lines) + note
 

@@ -1,5 +1,8 @@
 """Stage 5: nearest template of every kernel by cosine, through the template index
-(`dwscan.io.template_index`, FAISS exact inner-product search)."""
+(`dwscan.io.template_index`, FAISS exact inner-product search), and the training-free yardstick
+of every kernel (`dwscan.method.yardstick`): the closest family member and, at 7x7, the best
+master-key fit. The yardstick is computed here because this stage reads every kernel anyway;
+the report stage reads only assignments, so there it would read every kernel file again."""
 
 from __future__ import annotations
 
@@ -13,16 +16,22 @@ from dwscan.io.arrays import list_column_to_matrix
 from dwscan.io.storage import iter_tables, write_tables
 from dwscan.io.template_index import DEFAULT_THRESHOLD, TemplateIndex, template_indexes
 from dwscan.io.template_set import TEMPLATE_SET_KEY, template_set_of
+from dwscan.method.families import MASTER_KEY_SIZE
 from dwscan.method.preprocess import INVALID_REASONS, VALID, centre_and_normalise
+from dwscan.method.yardstick import family_cosines, master_key_fits
 
 
 def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
-                   threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None
-                   ) -> pa.Table:
+                   threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None,
+                   master_keys: np.ndarray | None = None, families: bool = False) -> pa.Table:
     """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes). A size with no index (no
     kernel of it reached the threshold when the templates were made) has its valid kernels
-    unclustered, with no nearest template."""
+    unclustered, with no nearest template. `master_keys` (the 7x7 filters, centred, unit norm)
+    give the 7x7 kernels their best master-key fit; without them those columns are null.
+    `families`: also each valid kernel's closest family member (`family_cosine`; the search
+    costs tens of seconds per model on 2 cores, so it is asked for with --family-yardstick)."""
     n = kernels.num_rows
+    yardstick = _Yardstick(n)
     nearest = np.full(n, -1, dtype=np.int64)
     cosine = np.zeros(n, dtype=np.float32)
     sign = np.ones(n, dtype=np.int8)
@@ -37,6 +46,8 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         normalised, why = centre_and_normalise(matrix)
         codes[rows] = why
         valid = why == VALID
+        yardstick.measure(rows[valid], normalised[valid], int(k), threshold, master_keys,
+                          families)
         if int(k) not in indexes:
             no_template[rows[valid]] = True
             continue
@@ -63,18 +74,51 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         # one string for every row, without a Python object per row
         "template_set": pa.array([template_set], pa.string()).take(
             pa.array(np.zeros(len(codes), np.int32))),
+        **yardstick.columns(),
     }, schema=schemas.ASSIGNMENTS)
+
+
+class _Yardstick:
+    """The yardstick columns of one ASSIGNMENTS batch, filled kernel size by kernel size."""
+
+    def __init__(self, n: int):
+        self.family_cosine = np.zeros(n, np.float32)
+        self.master_key = np.zeros(n, np.int32)
+        self.master_key_cosine = np.zeros(n, np.float32)
+        self.has_family = np.zeros(n, bool)
+        self.has_key = np.zeros(n, bool)
+
+    def measure(self, rows: np.ndarray, kernels: np.ndarray, k: int, threshold: float,
+                master_keys: np.ndarray | None, families: bool) -> None:
+        """Score the valid kernels `rows` of size k (centred, unit norm)."""
+        if families:
+            self.family_cosine[rows] = family_cosines(kernels, k, threshold)
+            self.has_family[rows] = True
+        if master_keys is not None and k == MASTER_KEY_SIZE:
+            self.master_key[rows], self.master_key_cosine[rows] = master_key_fits(kernels,
+                                                                                  master_keys)
+            self.has_key[rows] = True
+
+    def columns(self) -> dict[str, pa.Array]:
+        return {
+            "family_cosine": pa.array(self.family_cosine, pa.float32(), mask=~self.has_family),
+            "master_key": pa.array(self.master_key, pa.int32(), mask=~self.has_key),
+            "master_key_cosine": pa.array(self.master_key_cosine, pa.float32(),
+                                          mask=~self.has_key),
+        }
 
 
 def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
                       out_path: Path, sign_invariant: bool = False,
-                      batch_size: int = 262_144) -> int:
+                      batch_size: int = 262_144, master_keys: np.ndarray | None = None,
+                      families: bool = False) -> int:
     """Assign one model's kernel file, streaming it in batches so memory stays bounded; writes
     its assignment file whole (atomically) and returns its row count."""
     indexes = template_indexes(templates, sign_invariant)
     template_set = template_set_of(templates)
 
-    return write_tables((assign_kernels(batch, indexes, threshold, template_set)
+    return write_tables((assign_kernels(batch, indexes, threshold, template_set, master_keys,
+                                        families)
                          for batch in iter_tables(kernels_path, batch_size)),
                         out_path, schemas.ASSIGNMENTS,
                         metadata={TEMPLATE_SET_KEY: template_set or ""})

@@ -62,7 +62,8 @@ class Reports:
 
 # what the report tables and plots read of ASSIGNMENTS (not channel, nearest template, sign)
 _ASSIGNMENT_COLUMNS = ["model_id", "layer", "layer_index", "depth", "kernel_size", "template_id",
-                       "cosine", "invalid_reason"]
+                       "cosine", "invalid_reason", "family_cosine", "master_key",
+                       "master_key_cosine"]
 
 
 def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
@@ -152,9 +153,12 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         ("Models",
          f"Every scanned model, all kernel sizes together; clustered = kernels within cosine "
          f"{record.threshold:g} of a template, chance = random Gaussian kernels against the same "
-         "templates. Click a heading to sort (again to reverse); filter by family, pre-training "
-         "data, kernel size or a search; a model's link opens its kernel sizes, layers, label "
-         "shares and accuracy rows below the table.", [], _model_explorer(tables, plots)),
+         "templates; families and master keys = the training-free yardstick (kernels within "
+         "that cosine of some member of the parametric families, and at 7x7 of the best fit "
+         "a*F + b to one of the eight master-key filters), which no seed moves. Click a heading "
+         "to sort (again to reverse); filter by family, pre-training data, kernel size or a "
+         "search; a model's link opens its kernel sizes, layers, label shares and accuracy rows "
+         "below the table.", [], _model_explorer(tables, plots)),
         ("Clustered fraction against ImageNet top-1",
          "Each point is a model (all kernel sizes). Spearman and Pearson correlations over models, "
          "with bootstrap 95% intervals (models resampled); group rows compare each pre-training "
@@ -227,13 +231,16 @@ def _utc_minute(value) -> str:
 _SIZE_COLUMNS_STATIC = [("kernel_size", "k (blank: all)", None), ("n_filters", "filters", None),
                         ("n_invalid", "invalid", None), ("n_clustered", "clustered", None),
                         ("clustered_fraction", "clustered (%)", percent),
+                        ("family_fraction", "families", percent),
+                        ("master_key_fraction", "master keys", percent),
                         ("chance_fraction", "chance", percent), ("top1", "top-1", number(2))]
 
 _MODEL_COLUMNS: list[ExplorerColumn] = [
     ("model_id", "model", "text"), ("family", "family", "text"),
     ("pretrain", "pre-training", "text"), ("kernel_sizes", "kernel sizes", "sizes"),
     ("n_filters", "filters", "int"), ("n_invalid", "invalid", "int"),
-    ("clustered_fraction", "clustered", "pct"), ("chance_fraction", "chance", "pct"),
+    ("clustered_fraction", "clustered", "pct"), ("family_fraction", "families", "pct"),
+    ("master_key_fraction", "master keys", "pct"), ("chance_fraction", "chance", "pct"),
     ("top1", "top-1", "num2"), ("top5", "top-5", "num2"), ("param_count_m", "params (M)", "num2"),
     ("accuracy_key", "timm key", "hidden")]
 
@@ -241,6 +248,7 @@ _DETAIL_COLUMNS: dict[pa.Schema, tuple[str, list[ExplorerColumn]]] = {
     schemas.CLUSTERABILITY: ("Clusterability per kernel size", [
         ("kernel_size", "k", "k"), ("n_filters", "filters", "int"), ("n_invalid", "invalid", "int"),
         ("n_clustered", "clustered", "int"), ("clustered_fraction", "clustered (%)", "pct"),
+        ("family_fraction", "families", "pct"), ("master_key_fraction", "master keys", "pct"),
         ("chance_fraction", "chance", "pct")]),
     schemas.LAYERS: ("Depthwise layers", [
         ("layer_index", "#", "int"), ("layer", "layer", "text"), ("depth", "depth", "num2"),

@@ -101,7 +101,15 @@ def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
             "cosine": pa.array(np.where(clustered, 0.9, 0.5).astype(np.float32), mask=invalid),
             "sign": pa.array(np.ones(n, np.int8), mask=invalid),
             "invalid_reason": pa.array(np.full(n, "zero"), pa.string(), mask=~invalid),
-            "template_set": pa.nulls(n, pa.string())}
+            "template_set": pa.nulls(n, pa.string()),
+            # the yardstick: clustered kernels near a family member, the rest not; at 7x7 the
+            # clustered ones fit master key 1 + i % 8
+            "family_cosine": pa.array(np.where(clustered, 0.9, 0.6).astype(np.float32),
+                                      mask=invalid),
+            "master_key": pa.array((index % 8 + 1).astype(np.int32),
+                                   mask=invalid | (sizes[layer % len(sizes)] != 7)),
+            "master_key_cosine": pa.array(np.where(clustered, 0.9, 0.3).astype(np.float32),
+                                          mask=invalid | (sizes[layer % len(sizes)] != 7))}
         write_table(pa.table(columns, schema=schemas.ASSIGNMENTS),
                     layout.assignments_path(model_id), schemas.ASSIGNMENTS)
     models.append({"model_id": "broken", "source": "/zoo/broken.pth", "status": "failed",

@@ -5,9 +5,15 @@ from dwscan import schemas
 from dwscan.reports.tables import clusterability_table, format_clusterability, threshold_sweep_table
 
 
-def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Table:
-    """(model, kernel size, template id or None, invalid reason or None) per kernel."""
+def _assignments(rows: list[tuple[str, int, int | None, str | None]],
+                 family_cosine: list[float | None] | None = None,
+                 master_key: list[int | None] | None = None,
+                 master_key_cosine: list[float | None] | None = None) -> pa.Table:
+    """(model, kernel size, template id or None, invalid reason or None) per kernel; the
+    yardstick columns as given (family_cosine 0.9 for valid kernels unless given)."""
     n = len(rows)
+    if family_cosine is None:
+        family_cosine = [None if r[3] else 0.9 for r in rows]
     return pa.table({
         "model_id": [r[0] for r in rows], "layer": ["l"] * n,
         "layer_index": pa.array([0] * n, pa.int32()), "depth": pa.array([0.0] * n, pa.float32()),
@@ -19,6 +25,9 @@ def _assignments(rows: list[tuple[str, int, int | None, str | None]]) -> pa.Tabl
         "sign": pa.array([None if r[3] else 1 for r in rows], pa.int8()),
         "invalid_reason": pa.array([r[3] for r in rows], pa.string()),
         "template_set": pa.array(["ts1"] * n, pa.string()),
+        "family_cosine": pa.array(family_cosine, pa.float32()),
+        "master_key": pa.array(master_key or [None] * n, pa.int32()),
+        "master_key_cosine": pa.array(master_key_cosine or [None] * n, pa.float32()),
     }, schema=schemas.ASSIGNMENTS)
 
 
@@ -47,6 +56,33 @@ def test_counts_fractions_chance_and_top1():
     assert got["b", 5]["clustered_fraction"] == 1.0
     text = format_clusterability(table)
     assert "50.0%" in text and "75.500" in text
+    header = text.splitlines()[0].split()
+    assert header[4:8] == ["clustered", "families", "master", "keys"]
+    a_line = next(line for line in text.splitlines() if line.startswith("a ") and " all " in line)
+    assert a_line.split()[4:7] == ["50.0%", "100.0%", "-"]  # clustered, families, master keys
+
+
+def test_yardstick_fractions_and_master_key_counts():
+    """family_fraction counts valid kernels at family_cosine >= threshold (invalid ones are left
+    out); master keys only at 7x7, per filter; unscored assignments (before schema 1.6) give
+    null, never a share of 0."""
+    rows = ([("a", 3, None, None)] * 4 + [("a", 3, None, "zero")] + [("a", 7, None, None)] * 5
+            + [("b", 5, None, None)] * 2)
+    family = [0.95, 0.81, 0.79, 0.2, None, 0.9, 0.9, 0.5, 0.85, 0.1, None, None]
+    key = [None] * 5 + [2, 2, 5, 5, 1] + [None] * 2
+    key_cosine = [None] * 5 + [0.99, 0.7, 0.85, 0.8, 0.95] + [None] * 2
+    table = clusterability_table(_assignments(rows, family, key, key_cosine), 0.8)
+    got = {(r["model_id"], r["kernel_size"]): r for r in table.to_pylist()}
+    assert got["a", 3]["family_fraction"] == pytest.approx(2 / 4)
+    assert got["a", 7]["family_fraction"] == pytest.approx(3 / 5)
+    assert got["a", None]["family_fraction"] == pytest.approx(5 / 9)
+    assert got["a", 3]["master_key_fraction"] is None and got["a", 3]["master_key_counts"] is None
+    assert got["a", 7]["master_key_fraction"] == pytest.approx(4 / 5)
+    assert got["a", 7]["master_key_counts"] == [(1, 1), (2, 1), (5, 2)]
+    assert got["a", None]["master_key_fraction"] == pytest.approx(4 / 5)  # of its 7x7 kernels
+    assert got["a", None]["master_key_counts"] == [(1, 1), (2, 1), (5, 2)]
+    assert got["b", 5]["family_fraction"] is None and got["b", None]["family_fraction"] is None
+    assert got["b", None]["master_key_fraction"] is None
 
 
 def test_a_zoo_prints_its_most_and_least_clustered_models_only():

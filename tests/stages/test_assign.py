@@ -45,13 +45,21 @@ def test_threshold_invalid_rows_and_raw_scale():
     # 1/sqrt(1 + 1.3^2) ~ 0.61 to t1; a zero kernel; a NaN kernel
     halfway = t1[0] + 1.3 * (e[4] - e[5]) / np.sqrt(2)
     weights = np.stack([5 * t0[0] + 2, -t1[0], halfway, np.zeros(9), np.full(9, np.nan)])
-    out = assign_kernels(kernels_table(weights, 3), index, threshold=0.8).to_pylist()
+    out = assign_kernels(kernels_table(weights, 3), index, threshold=0.8,
+                         families=True).to_pylist()
     assert out[0]["template_id"] == 0 and out[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert out[1]["template_id"] is None and out[1]["nearest_template_id"] == 0
     assert out[2]["nearest_template_id"] == 1 and out[2]["template_id"] is None
     assert out[2]["cosine"] == pytest.approx(1 / np.sqrt(1 + 1.3**2), abs=1e-4)
     assert [r["invalid_reason"] for r in out] == [None, None, None, "zero", "non_finite"]
     assert out[3]["cosine"] is None and out[4]["nearest_template_id"] is None
+    # the yardstick: scored for valid kernels only; no master key at 3x3
+    assert all(0 <= r["family_cosine"] <= 1 + 1e-6 for r in out[:3])
+    assert out[3]["family_cosine"] is None and out[4]["family_cosine"] is None
+    assert {r["master_key"] for r in out} == {None}
+    # without --family-yardstick (the default: the search is slow) nothing is scored
+    plain = assign_kernels(kernels_table(weights, 3), index, threshold=0.8).to_pylist()
+    assert {r["family_cosine"] for r in plain} == {None}
 
 
 def test_noisy_copies_are_assigned_to_their_template():
