@@ -75,7 +75,6 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--sign-invariant", action="store_true",
                          help="count a kernel and its negative as one pattern (default, as the "
                               "paper: on- and off-centre are different patterns)")
-    add_family_yardstick(command)
     command.add_argument("--no-stability-check", dest="stability_check", action="store_false",
                          help="skip the second-seed training that marks templates a second seed "
                               "does not reproduce (saves about the training time again on a small "
@@ -102,10 +101,10 @@ def run_options(args: argparse.Namespace):
         options.threshold, options.train_workers, options.use_gpu = (
             args.threshold, args.train_workers, args.gpu)
         options.autoencoder = AutoencoderConfig(epochs=args.epochs, seed=args.seed)
-        options.family_yardstick = args.family_yardstick
         options.templates = TemplateConfig(sign_invariant=args.sign_invariant,
                                            method=args.templates, n_clusters=args.n_clusters,
                                            stability_check=args.stability_check)
+    options.family_yardstick = getattr(args, "family_yardstick", False)
     if hasattr(args, "accuracy_csv"):
         options.accuracy_csv, options.pretrain_csv = args.accuracy_csv, args.pretrain_csv
     return options

