@@ -159,7 +159,7 @@ def test_explicit_epochs_give_exactly_that_many_passes():
 @pytest.mark.slow
 def test_convergence_stopped_training_finds_the_templates_of_a_long_run():
     """Planted patterns plus 10% random kernels: training stopped at convergence gives the
-    templates a long fixed run gives (each matched at cosine >= 0.98), far below the cap."""
+    templates a fixed run of twice its steps gives (each matched at cosine >= 0.98), far below the cap."""
     truth = planted_templates(5)
     rng = np.random.default_rng(5)
     raw, _ = noisy_copies(truth, 1000, noise=0.3, rng=rng)
@@ -168,9 +168,9 @@ def test_convergence_stopped_training_finds_the_templates_of_a_long_run():
     stopped_model, log = train_autoencoder(kernels, AutoencoderConfig(seed=1))
     assert log.stop_reason == STOP_CONVERGED and log.converged_step is not None
     assert log.steps <= AutoencoderConfig().max_steps // 4, log
-    long_epochs = 3 * log.steps // (len(kernels) // 512)  # three times the steps, fixed
+    long_epochs = 2 * log.steps // (len(kernels) // 512)  # twice the steps, fixed
     long_model, long_log = train_autoencoder(kernels, AutoencoderConfig(seed=1, epochs=long_epochs))
-    assert long_log.steps >= 3 * log.steps - 20
+    assert long_log.steps >= 2 * log.steps - 20
     stopped = discover_templates(stopped_model, kernels).weights
     long = discover_templates(long_model, kernels).weights
     cosines = long @ stopped.T
