@@ -34,7 +34,8 @@ def test_model_ids_become_safe_file_names(tmp_path):
 def test_every_schema_is_versioned_and_documented():
     assert set(schemas.ALL) == {"kernels", "models", "templates", "assignments", "clusterability",
                                 "layers", "label_shares", "model_metadata", "accuracy",
-                                "correlation", "threshold_sweep", "missed_patterns", "runs"}
+                                "correlation", "threshold_sweep", "missed_patterns", "runs",
+                                "substitution"}
     for name, schema in schemas.ALL.items():
         assert schema.metadata[schemas.VERSION_KEY] == schemas.SCHEMA_VERSION.encode()
         assert schemas.description(schema), name
