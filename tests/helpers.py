@@ -45,19 +45,26 @@ def many_tiny_tensors(path, n: int) -> None:
 _RAY = None
 
 
-def shared_ray_env() -> dict[str, str]:
-    """The environment of a `dwscan` subprocess that joins this test process's one local Ray
-    (a head started on first use, token authentication on, stopped at exit), so that a command
-    does not pay for starting its own Ray (seconds on 2 cores, dozens of commands).
-
-    The head's workers see the environment of the moment it started (the hub stand-in's
-    HF_ENDPOINT and caches from conftest): a test that gives its command's workers anything else
-    (another hub, S3 credentials) or kills its driver mid-run keeps a Ray of its own
-    (`RAY_ADDRESS=""`)."""
+def shared_ray():
+    """This test process's one local Ray (tests.ray_cluster.LocalCluster: a head with the
+    dashboard and job API, token authentication on), started on first use, stopped at exit.
+    Nothing may `ray stop` it: that stops every Ray on the machine."""
     global _RAY
     if _RAY is None:
         from tests.ray_cluster import LocalCluster
 
         _RAY = LocalCluster(head_cpus=os.cpu_count() or 2, dashboard=True).__enter__()
         atexit.register(_RAY.__exit__)
-    return {**_RAY.env, "RAY_ADDRESS": _RAY.address}
+    return _RAY
+
+
+def shared_ray_env() -> dict[str, str]:
+    """The environment of a `dwscan` subprocess that joins the shared local Ray, so that a
+    command does not pay for starting its own Ray (seconds on 2 cores, dozens of commands).
+
+    The head's workers see the environment of the moment it started (the hub stand-in's
+    HF_ENDPOINT and caches from conftest): a test that gives its command's workers anything else
+    (another hub, S3 credentials) or kills its driver mid-run keeps a Ray of its own
+    (`RAY_ADDRESS=""`)."""
+    cluster = shared_ray()
+    return {**cluster.env, "RAY_ADDRESS": cluster.address}

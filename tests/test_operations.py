@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from safetensors.torch import save
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table
 from dwscan.testing.hub_server import Repo, shared_hub
-from tests.helpers import shared_ray_env
+from tests.helpers import shared_ray, shared_ray_env
 
 pytestmark = pytest.mark.slow
 # no network, no Ray Train: k-means templates keep each run to seconds
@@ -192,60 +189,43 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
         time.sleep(0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rescan_submitted_as_a_ray_job_to_a_local_head(tmp_path):
-    """`ray start --head`, then `ray job submit -- python -m dwscan.jobs.rescan`, with
-    Ray's token authentication on, against the hub stand-in."""
+    """`ray job submit -- python -m dwscan.jobs.rescan` to a head started with `ray start
+    --head` (the tests' shared one, tests.helpers.shared_ray), with Ray's token authentication
+    on, against the hub stand-in."""
     hub = shared_hub()
     for i in range(3):
         hub.add_repo(f"jobs-org/net{i}", Repo({"model.safetensors": save(small_state(20 + i))}))
-    temp = Path(tempfile.mkdtemp(prefix="rayj", dir="/tmp"))  # Ray's socket paths must be short
-    dashboard = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_ADDRESS", None)
+    head = shared_ray()
+    env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
+    address = head.dashboard
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    started = subprocess.run(
-        [ray, "start", "--head", "--port", str(_free_port()), "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dashboard), "--num-cpus", "2", "--temp-dir", str(temp),
-         "--include-dashboard", "true", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr[-3000:]
-    address = f"http://127.0.0.1:{dashboard}"
     out = tmp_path / "out"
-    try:
-        no_token = subprocess.run([ray, "job", "list", "--address", address],
-                                  env={**env, "RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": ""},
-                                  capture_output=True, text=True, timeout=120)
-        assert no_token.returncode != 0  # the job API is closed without the token
-        runtime_env = {"env_vars": {k: os.environ[k] for k in (
-            "HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_DISABLE_TELEMETRY", "DWSCAN_CACHE")}}
-        submitted = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--submission-id", "rescan-1",
-             "--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "-m", "dwscan.jobs.rescan", "--hub", "--author", "jobs-org", "--out", str(out),
-             *FAST],
-            env=env, capture_output=True, text=True, timeout=300)
-        assert submitted.returncode == 0, submitted.stderr[-3000:]
-        deadline, status = time.time() + 400, ""
-        while time.time() < deadline:
-            asked = subprocess.run([ray, "job", "status", "--address", address, "rescan-1"],
-                                   env=env, capture_output=True, text=True, timeout=120)
-            status = (asked.stdout + asked.stderr).lower()
-            if any(word in status for word in ("succeeded", "failed", "stopped")):
-                break
-            time.sleep(2)
-        logs = subprocess.run([ray, "job", "logs", "--address", address, "rescan-1"], env=env,
-                              capture_output=True, text=True, timeout=120).stdout
-        assert "job 'rescan-1' succeeded" in status, status + logs[-3000:]
-        assert "3 new, 0 changed" in logs
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+    no_token = subprocess.run([ray, "job", "list", "--address", address],
+                              env={**env, "RAY_AUTH_MODE": "", "RAY_AUTH_TOKEN": ""},
+                              capture_output=True, text=True, timeout=120)
+    assert no_token.returncode != 0  # the job API is closed without the token
+    runtime_env = {"env_vars": {k: os.environ[k] for k in (
+        "HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_DISABLE_TELEMETRY", "DWSCAN_CACHE")}}
+    submitted = subprocess.run(
+        [ray, "job", "submit", "--address", address, "--submission-id", "rescan-1",
+         "--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--",
+         "python", "-m", "dwscan.jobs.rescan", "--hub", "--author", "jobs-org", "--out", str(out),
+         *FAST],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    deadline, status = time.time() + 400, ""
+    while time.time() < deadline:
+        asked = subprocess.run([ray, "job", "status", "--address", address, "rescan-1"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        status = (asked.stdout + asked.stderr).lower()
+        if any(word in status for word in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(2)
+    logs = subprocess.run([ray, "job", "logs", "--address", address, "rescan-1"], env=env,
+                          capture_output=True, text=True, timeout=120).stdout
+    assert "job 'rescan-1' succeeded" in status, status + logs[-3000:]
+    assert "3 new, 0 changed" in logs
     layout = OutputLayout(out)
     models = read_table(layout.models_path).to_pylist()
     assert sorted((r["model_id"], r["status"]) for r in models) == [
