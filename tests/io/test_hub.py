@@ -96,13 +96,16 @@ def zoo():
 
 @pytest.fixture
 def hub(zoo):
-    """The stand-in that HF_ENDPOINT points at (see conftest), with its counters reset."""
+    """The stand-in that HF_ENDPOINT points at (see conftest), with its counters reset; the
+    listing a test breaks is mended after it, for the other modules that share the stand-in."""
     server, _ = zoo
     server.bytes_sent.clear()
     server.requests.clear()
     server.faults.clear()
     server.listing = "json"
-    return server
+    yield server
+    server.faults.clear()
+    server.listing = "json"
 
 
 def _hub_kernels(repo_id: str, **options):
