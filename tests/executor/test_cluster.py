@@ -19,6 +19,7 @@ from safetensors.torch import save
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table, read_tables
 from dwscan.testing.hub_server import Fault, Repo, shared_hub
+from tests.helpers import shared_ray
 from tests.ray_cluster import LocalCluster, fake_autoscaling_config, free_port, node_ip
 
 pytestmark = pytest.mark.slow
@@ -141,9 +142,9 @@ def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp
                                str(tmp_path / "out"), "--checkpoint", str(checkpoint)],
                               env={**base, **auth}, capture_output=True, text=True, timeout=300)
 
-    with LocalCluster() as cluster:
-        no_token = scan(cluster.address)
-        wrong_token = scan(cluster.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
+    cluster = shared_ray()  # a head with token authentication on, as any of ours
+    no_token = scan(cluster.address)
+    wrong_token = scan(cluster.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64)
     nobody = scan(f"127.0.0.1:{free_port()}")
     for result in (no_token, wrong_token, nobody):
         assert result.returncode == 2, result.stderr[-3000:]

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from dwscan.io.lock import OutputLocked, output_lock
 from dwscan.io.storage import OutputLayout, read_table, write_table
+from tests.helpers import shared_ray_env
 from tests.test_operations import FAST, small_state
 
 BUCKET = "dwscan-test"
@@ -99,7 +100,8 @@ def test_run_and_query_with_the_output_on_s3(s3, tmp_path):
     # the same run into a local folder gives the same tables
     local = tmp_path / "local"
     same = subprocess.run(["dwscan", "run", "--out", str(local), *checkpoints, *FAST],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=shared_ray_env(), capture_output=True, text=True,
+                          timeout=600)
     assert same.returncode == 0, same.stderr[-3000:]
     remote = OutputLayout(out)
     assert read_table(remote.clusterability_path).equals(
