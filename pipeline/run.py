@@ -43,6 +43,7 @@ from dwscan.io.storage import (
     replace_file,
     write_table,
 )
+from dwscan.io.template_index import DEFAULT_THRESHOLD
 from dwscan.io.template_set import (
     TemplateSetRecord,
     assignment_template_set,
@@ -54,7 +55,7 @@ from dwscan.io.zoo import ModelSpec
 from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder import AutoencoderConfig, read_training_records
 from dwscan.method.families import default_master_key_filters, read_master_key_filters
-from dwscan.stages.assign import DEFAULT_THRESHOLD, assign_model_file
+from dwscan.stages.assign import assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
 from dwscan.stages.report import write_reports
 from dwscan.stages.templates import TemplateConfig, build_templates

@@ -273,7 +273,7 @@ MASTER_KEY_SIZE = 7
 SHIPPED_MASTER_KEY_FILTERS = Path(__file__).parents[1] / "data" / "master_key_filters" / "8Filters.txt"
 
 
-def default_master_key_filters() -> str | None:
+def default_master_key_filters() -> str:
     """The master-key filter file: $DWSCAN_MASTER_KEY_FILTERS where set (another version of the
     filters), else the copy shipped with dwscan (data/master_key_filters, CC BY 4.0)."""
     return os.environ.get("DWSCAN_MASTER_KEY_FILTERS") or str(SHIPPED_MASTER_KEY_FILTERS)

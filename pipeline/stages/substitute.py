@@ -177,13 +177,12 @@ def build_variants(rows: KernelRows, templates: pa.Table, threshold: float,
 def _master_keys_variant(rows: KernelRows, clustered: np.ndarray, threshold: float,
                          filters: np.ndarray | None, reason: str | None,
                          sign_invariant: bool) -> Variant:
-    """Clustered 7x7 kernels -> their nearest master-key filter; skipped without the filter file
-    or without clustered 7x7 kernels."""
+    """Clustered 7x7 kernels -> their nearest master-key filter; skipped when the filter file is
+    unusable (`reason`) or without clustered 7x7 kernels."""
     variant = Variant("master-keys", "master-keys", threshold)
     mask = clustered & (rows.kernel_size == MASTER_KEY_SIZE)
     if filters is None:
-        variant.reason = reason or ("no master-key filter file (set DWSCAN_MASTER_KEY_FILTERS; "
-                                    "README, Templates)")
+        variant.reason = reason
     elif not mask.any():
         variant.reason = f"no clustered {MASTER_KEY_SIZE}x{MASTER_KEY_SIZE} kernels"
     else:
@@ -194,12 +193,10 @@ def _master_keys_variant(rows: KernelRows, clustered: np.ndarray, threshold: flo
 
 
 def master_key_filters() -> tuple[np.ndarray | None, str | None]:
-    """The master-key filters from $DWSCAN_MASTER_KEY_FILTERS, or (None, why not)."""
-    path = default_master_key_filters()
-    if path is None:
-        return None, None
+    """The master-key filters (the shipped file, or $DWSCAN_MASTER_KEY_FILTERS), or (None, why
+    that file cannot be used)."""
     try:
-        return read_master_key_filters(path), None
+        return read_master_key_filters(default_master_key_filters()), None
     except (OSError, ValueError) as error:
         return None, f"master-key filter file unusable: {one_line(error, 200)}"
 
