@@ -9,14 +9,20 @@ build (the `dwscan[gpu]` extra) sees a GPU, else the CPU one; `DWSCAN_FAISS_DEVI
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dwscan.io.arrays import list_column_to_matrix
 from dwscan.method.preprocess import centre_and_normalise
+
+if TYPE_CHECKING:
+    import faiss
+
+# faiss is imported where an index is built or k-means runs, not with this module: the command
+# line and the run driver import this module (DEFAULT_THRESHOLD) and most commands never search.
 
 # Default cosine threshold for "clustered"; METHOD.md section 5 explains the choice.
 DEFAULT_THRESHOLD = 0.8
@@ -44,6 +50,8 @@ def choose_index_device(num_gpus: int, has_gpu_api: bool, requested: str = "auto
 
 def index_device() -> str:
     """The device of this process's template indexes: FAISS's build, its GPUs and the env."""
+    import faiss
+
     has_gpu_api = hasattr(faiss, "StandardGpuResources")
     num_gpus = faiss.get_num_gpus() if has_gpu_api else 0
     return choose_index_device(num_gpus, has_gpu_api, os.environ.get(FAISS_DEVICE_ENV, "auto"))
@@ -55,6 +63,8 @@ _gpu_resources = None  # one StandardGpuResources per process: it holds the GPU'
 def _flat_inner_product_index(dim: int) -> faiss.Index:
     """Exact inner-product search, on GPU 0 or the CPU (index_device); the same assignments
     either way, ties aside. The one place that picks a FAISS backend."""
+    import faiss
+
     global _gpu_resources
     index = faiss.IndexFlatIP(dim)
     if index_device() == "cpu":
@@ -101,6 +111,8 @@ class TemplateIndex:
 def spherical_kmeans(vectors: np.ndarray, n_clusters: int, seed: int = 0,
                      iterations: int = 50) -> np.ndarray:
     """Unit-norm centroids of k-means on the sphere (cosine similarity), seeded."""
+    import faiss
+
     kmeans = faiss.Kmeans(vectors.shape[1], min(n_clusters, len(vectors)), niter=iterations,
                           spherical=True, seed=seed, verbose=False)
     kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))

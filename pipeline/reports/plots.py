@@ -3,23 +3,34 @@ shares."""
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-matplotlib.use("Agg")  # files only; no display needed on a cluster node
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+
+@functools.cache
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported at the first plot rather than with this
+    module: the command line and the run driver import the report stage, and most commands
+    draw nothing (pyplot alone takes most of a second to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed on a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> Path:
     """Every template of one size beside its fitted family member (same diverging colour map,
     centred at 0), with family, parameters, fit cosine, share of clustered kernels and whether
     a second seed reproduced it."""
+    plt = _pyplot()
     rows = templates.filter(pc.equal(templates.column("kernel_size"), kernel_size))
     rows = rows.sort_by([("share", "descending")]).to_pylist()
     per_line = min(len(rows), 4) or 1
@@ -74,6 +85,7 @@ def family_groups(families: list[str | None]) -> dict[str, str]:
 
 
 def _group_colours(groups: dict[str, str]) -> dict[str, object]:
+    plt = _pyplot()
     named = sorted(set(groups.values()) - {OTHER})
     colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(named)}
     colours[OTHER] = "tab:gray"
@@ -103,6 +115,7 @@ def plot_clusterability_vs_top1(report: pa.Table, path: Path, named: tuple[str, 
     """Clustered fraction of each model (all sizes) against ImageNet top-1: colour = family,
     marker = pre-training data, a least-squares line with its bootstrap 95% band. Names only on
     outliers and the `named` models once the zoo is large (scatter_labels)."""
+    plt = _pyplot()
     overall = [r for r in report.to_pylist() if r["kernel_size"] is None]
     known = [r for r in overall if r["top1"] is not None and r["clustered_fraction"] is not None]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -168,6 +181,7 @@ MAX_BARS = 60  # label-share groups drawn; the page's table lists every group
 def plot_label_shares(family_shares: pa.Table, path: Path) -> Path:
     """Stacked horizontal bars: the mean share of each template label over the models of each
     family and kernel size (FAMILY_LABEL_SHARES rows), so the plot keeps its size at any zoo."""
+    plt = _pyplot()
     rows = family_shares.to_pylist()
     groups = sorted({(r["family"], r["kernel_size"], r["n_models"]) for r in rows},
                     key=lambda g: (g[0], g[1]))
@@ -204,6 +218,7 @@ def plot_fraction_vs_depth(layers: pa.Table, path: Path, bins: int = 10) -> Path
     """Clustered fraction of each depthwise layer against its relative depth, per family: the
     mean over the family's layers in each depth bin; in a small zoo, one faint line per model
     as well (a zoo's spread is in the page's per-model layer tables)."""
+    plt = _pyplot()
     rows = [r for r in layers.to_pylist() if r["clustered_fraction"] is not None]
     groups = family_groups([r["family"] for r in {r["model_id"]: r for r in rows}.values()])
     colours = _group_colours(groups)
@@ -244,6 +259,7 @@ def plot_fraction_vs_depth(layers: pa.Table, path: Path, bins: int = 10) -> Path
 def plot_layer_shares(assignments: pa.Table, templates: pa.Table, model_id: str,
                       path: Path) -> Path:
     """Share of each template label in every depthwise layer of one model, layers by depth."""
+    plt = _pyplot()
     labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
     mine = assignments.filter(pc.equal(assignments.column("model_id"), model_id)).to_pylist()
     layers = sorted({(r["layer_index"], r["depth"], r["kernel_size"]) for r in mine})
@@ -281,6 +297,7 @@ def _save(fig, path: Path) -> Path:
     where the figure would otherwise come out wider than MAX_WIDTH_PX."""
     from dwscan.io.storage import as_location, write_bytes_atomic
 
+    plt = _pyplot()
     buffer = io.BytesIO()
     width_inches = fig.get_size_inches()[0]
     fig.savefig(buffer, format="png", dpi=min(DPI, math.floor(MAX_WIDTH_PX / width_inches)))
@@ -293,6 +310,7 @@ def _save(fig, path: Path) -> Path:
 def plot_substitution(table: pa.Table, path: Path) -> Path:
     """Top-1 agreement with the unmodified network for each variant, one bar group per model
     (dwscan substitute); the image count is in the title, since every bar is over those images."""
+    plt = _pyplot()
     rows = [r for r in table.to_pylist() if r["status"] == "ok"]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     models = list(dict.fromkeys(r["model_id"] for r in rows))
