@@ -12,7 +12,7 @@ from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL
 from dwscan.io.storage import check_model_ids
 from dwscan.io.template_index import DEFAULT_THRESHOLD
 from dwscan.io.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
-from dwscan.method.autoencoder import AutoencoderConfig
+from dwscan.method.autoencoder_config import AutoencoderConfig
 
 
 class _CheckpointAction(argparse.Action):
@@ -154,8 +154,7 @@ def add_model_selection(command: argparse.ArgumentParser, hub_only: bool = False
 
 def add_read_limits(command: argparse.ArgumentParser) -> None:
     """What one model may cost; over it, that model fails with the reason (README: Safety)."""
-    from dwscan.io.checkpoints import ReadLimits
-    from dwscan.run import DEFAULT_MODEL_TIMEOUT
+    from dwscan.io.checkpoints import DEFAULT_MODEL_TIMEOUT, ReadLimits
 
     limits = ReadLimits()
     command.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT,

@@ -66,6 +66,12 @@ class ReadLimits:
 
 DEFAULT_LIMITS = ReadLimits()
 
+# `--model-timeout` default, the time one model may take: far beyond any honest read (a 3 GB
+# pytorch_model.bin at 10 MB/s is 5 minutes), short enough that a stuck mount or a FIFO does not
+# hold a nightly run for a day. Here beside the other limits, so the command line reads it
+# without importing the run driver.
+DEFAULT_MODEL_TIMEOUT = 3600.0
+
 
 @dataclass(frozen=True)
 class TensorInfo:

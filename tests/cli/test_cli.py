@@ -11,10 +11,26 @@ from dwscan.cli.flags import specs_from_args
                                   [sys.executable, "-m", "dwscan.jobs.run", "--help"]])
 def test_the_console_script_and_a_job_entrypoint_print_help(argv):
     """The two ways in from outside, as processes; every command's help is checked in process
-    below (each process imports torch and Ray: seconds apiece)."""
+    below (a process is slower to start)."""
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and ("--out" in out.stdout or "query" in out.stdout)
+
+
+_HEAVY = ("torch", "matplotlib.pyplot", "faiss", "ray")
+
+
+def test_the_command_line_imports_no_heavy_library_before_a_command_needs_one():
+    """Building the parser (every command's flags and their defaults) and parsing `query` loads
+    neither torch, pyplot, FAISS nor Ray: each `dwscan` process would pay seconds to start.
+    A fresh process, since this one has imported them all by now."""
+    code = ("import sys, dwscan.cli\n"
+            "dwscan.cli.build_parser().parse_args(['query', 'SELECT 1', '--out', 'x'])\n"
+            f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_command_has_help(capsys):
@@ -79,3 +95,13 @@ def test_with_gpu_train_workers_counts_gpus_one_worker_each():
     assert train_scaling(default.train_workers, default.use_gpu).total_resources.get("GPU", 0) == 0
     with pytest.raises(ValueError, match="at least 1"):
         train_scaling(0, True)
+
+
+def test_the_model_timeout_flag_defaults_to_the_run_options_timeout():
+    """The flag reads its default beside the read limits (no run driver to import for help);
+    a run without the flag times models out as RunOptions does."""
+    from dwscan.io.checkpoints import DEFAULT_MODEL_TIMEOUT
+    from dwscan.run import RunOptions
+
+    args = build_parser().parse_args(["scan"])
+    assert args.model_timeout == DEFAULT_MODEL_TIMEOUT == RunOptions().model_timeout
