@@ -58,7 +58,7 @@ from dwscan.method.families import default_master_key_filters, read_master_key_f
 from dwscan.stages.assign import assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
 from dwscan.stages.report import write_reports
-from dwscan.stages.templates import TemplateConfig, build_templates
+from dwscan.stages.templates import TemplateConfig, build_templates, stability_run
 from dwscan.stages.train import train_on_ray
 from dwscan.text import one_line
 
@@ -175,7 +175,9 @@ def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
         with _timed(timings, "train"):
             train_on_ray(
                 kernel_paths, layout.autoencoders_dir, options.autoencoder,
-                num_workers=options.train_workers, use_gpu=options.use_gpu)
+                num_workers=options.train_workers, use_gpu=options.use_gpu,
+                stability=(stability_run(options.templates)
+                           if options.templates.stability_check else None))
     with _timed(timings, "templates"):
         templates, missed = build_templates(kernel_paths, layout.autoencoders_dir,
                                             options.templates, seed=options.autoencoder.seed,

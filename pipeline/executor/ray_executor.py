@@ -48,6 +48,10 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *
     """
     # Ray's tqdm patches print() to redraw its bars around every line; our summary stays plain.
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    # Our worker lines are few (rate-limited progress) and differ only in their numbers, which
+    # Ray's de-duplication folds into one "[repeated 2x across cluster]" (in colour, even in a
+    # log file): the runs training side by side would hide each other's steps.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         # a log file, `ray job logs` or cron mail: worker lines without colour codes around
         # their `(task pid=...)` prefix
@@ -283,16 +287,27 @@ def train_scaling(num_workers: int, use_gpu: bool):
 
 def run_one_task(fn: Callable[..., Any], *args: Any, num_gpus: int = 0, what: str = "task") -> Any:
     """`fn(*args)` in one Ray task of one CPU (and `num_gpus` GPUs); its error as one
-    RuntimeError naming `what`.
+    RuntimeError naming `what` (run_tasks_at_once)."""
+    return run_tasks_at_once(fn, [args], num_gpus=num_gpus, what=what)[0]
 
-    max_calls=1: the worker exits afterwards, so the memory it held (for training: the kernels,
-    torch's and malloc's caches, 670 MB at 300 models) is not kept by an idle worker."""
+
+def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpus: int = 0,
+                      what: str = "task") -> list[Any]:
+    """`fn(*args)` for every call, all submitted at once, one Ray task of one CPU (and
+    `num_gpus` GPUs) each, so they run side by side wherever there are CPUs; results in call
+    order. The first error is one RuntimeError naming `what`.
+
+    max_calls=1: each worker exits afterwards, so the memory it held (for training: the
+    kernels, torch's and malloc's caches, 670 MB at 300 models) is not kept by an idle worker."""
     import ray
 
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0, max_calls=1)(fn)
+    refs = [task.remote(*args) for args in calls]
     try:
-        return ray.get(task.remote(*args))
+        return ray.get(refs)
     except ray.exceptions.RayTaskError as error:
+        for ref in refs:
+            ray.cancel(ref, force=True)
         raise RuntimeError(f"{what} failed: {error.cause or error}") from None
 
 

@@ -308,10 +308,36 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def autoencoder_path(out_dir: Path, kernel_size: int) -> Path:
+def autoencoder_path(out_dir: Path, kernel_size: int, stability_check: bool = False) -> Path:
+    """`k3.safetensors`; the stability check's second-seed run beside it as
+    `k3.stability.safetensors` (its record `k3.stability.json`)."""
     from dwscan.io.storage import as_location
 
-    return as_location(out_dir) / f"k{kernel_size}.safetensors"
+    role = ".stability" if stability_check else ""
+    return as_location(out_dir) / f"k{kernel_size}{role}.safetensors"
+
+
+@dataclass(frozen=True)
+class StabilityRun:
+    """The stability check's second training: seed + 1, on a seeded sample of at most `sample`
+    kernels, convergence-stopped within `steps` steps, so the check costs a bounded fraction of
+    the run. The train stage trains it beside the first run; the templates stage selects from it
+    on the same sample."""
+
+    sample: int = 100_000
+    steps: int = 5000
+
+    def config(self, first: AutoencoderConfig) -> AutoencoderConfig:
+        return replace(first, seed=first.seed + 1, epochs=None,
+                       min_steps=min(self.steps, AutoencoderConfig.min_steps),
+                       max_steps=self.steps)
+
+    def kernels(self, kernels: np.ndarray, seed: int) -> np.ndarray:
+        """The sample of `kernels` (of one size, loaded with `seed`) that the run sees."""
+        if len(kernels) <= self.sample:
+            return kernels
+        rng = np.random.default_rng(seed + 1)
+        return kernels[np.sort(rng.choice(len(kernels), self.sample, False))]
 
 
 def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:

@@ -14,7 +14,7 @@ explains each choice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder import (
     AutoencoderConfig,
     KernelAutoencoder,
+    StabilityRun,
     autoencoder_path,
     decode_sweep,
     load_autoencoder,
@@ -193,20 +194,23 @@ def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndar
 
 
 def second_seed_templates(kernels: np.ndarray, config: TemplateConfig, threshold: float,
-                          seed: int, autoencoder: AutoencoderConfig | None) -> TemplateSet:
-    """The same selection after training (or k-means) with seed + 1, in this process, on a
-    seeded sample of at most `stability_sample` kernels and `stability_steps` optimiser steps,
-    so the check costs a bounded fraction of the run."""
-    rng = np.random.default_rng(seed + 1)
-    if len(kernels) > config.stability_sample:
-        kernels = kernels[np.sort(rng.choice(len(kernels), config.stability_sample, False))]
+                          seed: int, autoencoder: AutoencoderConfig | None,
+                          trained: KernelAutoencoder | None = None) -> TemplateSet:
+    """The same selection after training (or k-means) with seed + 1 on the stability check's
+    sample (StabilityRun): from `trained`, the train stage's second-seed autoencoder, or else
+    trained here in this process."""
+    run = stability_run(config)
+    kernels = run.kernels(kernels, seed)
     if config.method == "kmeans":
         return kmeans_templates(kernels, config, seed + 1, threshold)
-    trained = replace(autoencoder or AutoencoderConfig(), seed=seed + 1, epochs=None,
-                      min_steps=min(config.stability_steps, AutoencoderConfig.min_steps),
-                      max_steps=config.stability_steps)
-    model, _ = train_autoencoder(kernels, trained)
-    return discover_templates(model, kernels, config, threshold)
+    if trained is None:
+        trained, _ = train_autoencoder(kernels, run.config(autoencoder or AutoencoderConfig()))
+    return discover_templates(trained, kernels, config, threshold)
+
+
+def stability_run(config: TemplateConfig) -> StabilityRun:
+    """The second-seed run the stability check asks for."""
+    return StabilityRun(sample=config.stability_sample, steps=config.stability_steps)
 
 
 def compare_runs(found: TemplateSet, other: TemplateSet, config: TemplateConfig) -> Stability:
@@ -343,7 +347,10 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
             found = discover_templates(model, kernels, config, threshold)
         stability = None
         if config.stability_check:
-            other = second_seed_templates(kernels, config, threshold, seed, autoencoder)
+            second = autoencoder_path(autoencoders_dir, k, stability_check=True)
+            trained = (load_autoencoder(second)[0]
+                       if config.method == "autoencoder" and second.exists() else None)
+            other = second_seed_templates(kernels, config, threshold, seed, autoencoder, trained)
             stability = compare_runs(found, other, config)
         tables.append(template_table(k, found, stability, master_keys))
         missed = find_missed_patterns(found.weights, kernels, threshold,

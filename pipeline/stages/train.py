@@ -7,20 +7,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from dwscan.executor.ray_executor import run_one_task, run_ray_train
+from dwscan.executor.ray_executor import run_ray_train, run_tasks_at_once
 from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
 from dwscan.io.storage import as_location
 from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder import (
     AutoencoderConfig,
+    StabilityRun,
     TrainingLog,
     autoencoder_path,
     save_autoencoder,
     train_autoencoder,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
@@ -28,64 +31,87 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
                        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                        device: str = "cpu",
                        on_check: Callable[[int, int, int, float, float | None], None] | None = None,
-                       ) -> dict[int, TrainingLog]:
-    """Train and (on rank 0) save one autoencoder per kernel size; returns each size's log.
+                       kernel_sizes: list[int] | None = None,
+                       stability: StabilityRun | None = None) -> dict[int, TrainingLog]:
+    """Train and (on rank 0) save one autoencoder per kernel size (`kernel_sizes`, default every
+    size in the shards); returns each size's log. With `stability`, the stability check's
+    second-seed run instead, on its sample (autoencoder_path(..., stability_check=True)).
 
     `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
     """
     logs: dict[int, TrainingLog] = {}
-    for k in kernel_sizes_of(kernel_paths):
+    trained = stability.config(config) if stability else config
+    for k in kernel_sizes or kernel_sizes_of(kernel_paths):
         data = None  # the last size's kernels go before this size's are read
         data = load_normalised_kernels(kernel_paths, k, seed=config.seed)
+        if stability:
+            data = stability.kernels(data, config.seed)
         release_free_memory()  # what reading the files left in Arrow's and malloc's pools
         if len(data) == 0:
             continue
         report = (lambda *args, k=k: on_check(k, *args)) if on_check else None
         start = time.perf_counter()
-        model, logs[k] = train_autoencoder(data, config, rank=rank, world_size=world_size,
+        model, logs[k] = train_autoencoder(data, trained, rank=rank, world_size=world_size,
                                            wrap_model=wrap_model, device=device, on_check=report)
         if rank == 0:
             log = logs[k]
-            save_autoencoder(model, autoencoder_path(out_dir, k), extra={
+            save_autoencoder(model, autoencoder_path(out_dir, k, stability is not None), extra={
                 "kernel_size": k, "n_kernels": len(data), "world_size": world_size,
-                "device": device, "config": config, **log.as_record(),
+                "device": device, "config": trained, **log.as_record(),
                 "final_loss": log.losses[-1], "train_seconds": time.perf_counter() - start})
     return logs
 
 
 TRAIN_PROGRESS_EVERY_S = 15.0  # at most one training progress line per this many seconds
+# Threads per training task on the CPU. The network is too small for threads to pay (11.3 vs
+# 10.0 ms a step at 1 and 2 threads on our 2-core machine), and a fixed count makes a seed give
+# the same templates on every machine (torch's sums follow the thread count): the CPUs go to
+# training every size, and the stability check, side by side instead.
+TRAIN_THREADS = 1
 
 
 def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
-                 num_workers: int = 1, use_gpu: bool = False) -> dict[int, float]:
-    """Train one autoencoder per kernel size on the cluster; rank 0 writes the weights to
-    `out_dir`. Returns the final training loss per kernel size.
+                 num_workers: int = 1, use_gpu: bool = False,
+                 stability: StabilityRun | None = None) -> dict[int, float]:
+    """Train one autoencoder per kernel size on the cluster, and with `stability` the stability
+    check's second-seed run of each size; rank 0 writes the weights to `out_dir`. Returns the
+    final training loss per kernel size (of the first runs).
 
-    One worker (the default): one Ray task, asking for one CPU (or one GPU), using every CPU of
-    its node. Ray Train's controller and helper actors would add five processes and about 0.7
-    GiB of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
-    on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
-    on a cluster is what makes the autoscaler start gpu_worker nodes.
+    One worker (the default): every run (size, and first or second seed) is its own Ray task
+    asking for one CPU (or one GPU), all submitted at once, so they train side by side wherever
+    there are CPUs. Ray Train's controller and helper actors would add five processes and about
+    0.7 GiB of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP
+    (gloo on CPU, NCCL on GPU) for the first runs, `num_workers` ranks of one CPU or one GPU each
+    (train_scaling), which on a cluster is what makes the autoscaler start gpu_worker nodes; the
+    smaller second-seed runs are tasks as above.
     """
     if num_workers < 1:
         raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
+    sizes = kernel_sizes_of(kernel_paths)
     loop_config = {"kernel_paths": [str(p) for p in kernel_paths], "out_dir": str(out_dir),
                    "config": asdict(config),
                    "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)}
-    if num_workers == 1:
-        return run_one_task(_train_single_worker, loop_config, use_gpu,
-                            num_gpus=1 if use_gpu else 0, what="autoencoder training")
-    losses = run_ray_train(_train_rank, loop_config, num_workers, use_gpu,
-                           what="autoencoder training")
-    return {int(k): v for k, v in losses.items()}
+    runs = [(k, None) for k in sizes] if num_workers == 1 else []
+    runs += [(k, asdict(stability)) for k in sizes] if stability else []
+    calls = [({**loop_config, "kernel_sizes": [k], "stability": check}, use_gpu)
+             for k, check in runs]
+    losses = run_tasks_at_once(_train_single_worker, calls, num_gpus=1 if use_gpu else 0,
+                               what="autoencoder training")
+    firsts = {k: loss for (k, check), found in zip(runs, losses) if check is None
+              for k, loss in found.items()}
+    if num_workers > 1:
+        found = run_ray_train(_train_rank, loop_config, num_workers, use_gpu,
+                              what="autoencoder training")
+        firsts = {int(k): v for k, v in found.items()}
+    return firsts
 
 
 def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
     import torch
 
-    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU; the threads are this node's CPUs
+    # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU
     device = torch.device("cuda" if use_gpu else "cpu")
-    loop_config = {**loop_config, "cpus_per_worker": os.cpu_count() or 1}
+    loop_config = {**loop_config, "cpus_per_worker": TRAIN_THREADS}
     losses = _train_rank(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
     release_free_memory()  # the worker lingers a few seconds while it exits (max_calls=1)
     return {int(k): v for k, v in losses.items()}
@@ -101,17 +127,21 @@ def _train_rank(loop_config: dict, rank: int, world_size: int, device,
     if device.type == "cpu":
         torch.set_num_threads(loop_config["cpus_per_worker"])
     last_line = {"at": float("-inf")}
+    check = loop_config.get("stability")
+    stability = StabilityRun(**check) if check else None
+    config = AutoencoderConfig.from_dict(loop_config["config"])
+    role = f" (stability check, seed {config.seed + 1})" if stability else ""
 
     def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
         now = time.monotonic()
         if rank == 0 and (now - last_line["at"] >= TRAIN_PROGRESS_EVERY_S or step >= budget):
             last_line["at"] = now
             moved = "-" if cosine is None else f"{cosine:.4f}"
-            print(f"train {k}x{k}: step {step} of at most {budget}, loss {loss:.4f}, "
+            print(f"train {k}x{k}{role}: step {step} of at most {budget}, loss {loss:.4f}, "
                   f"templates vs last check cosine {moved}", flush=True)
 
     logs = train_autoencoders(
         [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
-        AutoencoderConfig.from_dict(loop_config["config"]), rank=rank, world_size=world_size,
-        wrap_model=wrap_model, device=str(device), on_check=on_check)
+        config, rank=rank, world_size=world_size, wrap_model=wrap_model, device=str(device),
+        on_check=on_check, kernel_sizes=loop_config.get("kernel_sizes"), stability=stability)
     return {str(k): log.losses[-1] for k, log in logs.items()}
