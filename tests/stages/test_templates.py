@@ -46,12 +46,19 @@ def _synthetic(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @cache
-def _discovered(k: int) -> TemplateSet:
-    """Templates of the `dwscan synth` patterns at size k (seed 0), trained once per module."""
+def _trained(k: int):
+    """The autoencoder of the `dwscan synth` patterns at size k (seed 0), trained once per
+    module: the tests below select from it in different ways."""
     _, kernels, _ = _synthetic(k)
     model, log = train_autoencoder(kernels, AutoencoderConfig(seed=0))
     assert log.losses[-1] < log.losses[0]
-    return discover_templates(model, kernels, TemplateConfig(), THRESHOLD)
+    return model
+
+
+@cache
+def _discovered(k: int) -> TemplateSet:
+    """Templates of the `dwscan synth` patterns at size k (seed 0)."""
+    return discover_templates(_trained(k), _synthetic(k)[1], TemplateConfig(), THRESHOLD)
 
 
 def _match(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -171,8 +178,8 @@ def test_compare_runs_marks_a_moved_or_missing_template_unstable():
 @pytest.mark.slow
 def test_sign_invariant_discovery_folds_each_pair_into_one_template():
     truth, kernels, which = _synthetic(5)  # four patterns, each next to its negative
-    model, _ = train_autoencoder(kernels, AutoencoderConfig(seed=0))
-    folded = discover_templates(model, kernels, TemplateConfig(sign_invariant=True), THRESHOLD)
+    folded = discover_templates(_trained(5), kernels, TemplateConfig(sign_invariant=True),
+                                THRESHOLD)
     assert len(folded.weights) == 4
     assert np.abs(folded.weights @ truth.T).max(axis=0).min() >= 0.95
     structured = which >= 0
