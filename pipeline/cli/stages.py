@@ -91,7 +91,7 @@ def command_train(args: argparse.Namespace) -> int:
         templates, _ = train_templates(layout, options, ok, {})
     if args.templates == "autoencoder":
         from dwscan.cli.scan import format_training_record
-        from dwscan.method.autoencoder import read_training_records
+        from dwscan.method.autoencoder_config import read_training_records
 
         sizes = sorted(set(templates.column("kernel_size").to_pylist()))
         for k, record in read_training_records(layout.autoencoders_dir, sizes).items():

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dwscan.method.autoencoder_config import AutoencoderConfig  # re-exported: its old home
+# re-exported from their old home: torch-free, so the run driver and the stages' modules import
+# them without torch
+from dwscan.method.autoencoder_config import (
+    AutoencoderConfig,
+    StabilityRun,  # noqa: F401
+    autoencoder_path,  # noqa: F401
+    read_training_records,  # noqa: F401
+)
 
 
 class KernelAutoencoder(nn.Module):
@@ -306,45 +313,3 @@ def _jsonable(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def autoencoder_path(out_dir: Path, kernel_size: int, stability_check: bool = False) -> Path:
-    """`k3.safetensors`; the stability check's second-seed run beside it as
-    `k3.stability.safetensors` (its record `k3.stability.json`)."""
-    from dwscan.io.storage import as_location
-
-    role = ".stability" if stability_check else ""
-    return as_location(out_dir) / f"k{kernel_size}{role}.safetensors"
-
-
-@dataclass(frozen=True)
-class StabilityRun:
-    """The stability check's second training: seed + 1, on a seeded sample of at most `sample`
-    kernels, convergence-stopped within `steps` steps, so the check costs a bounded fraction of
-    the run. The train stage trains it beside the first run; the templates stage selects from it
-    on the same sample."""
-
-    sample: int = 100_000
-    steps: int = 5000
-
-    def config(self, first: AutoencoderConfig) -> AutoencoderConfig:
-        return replace(first, seed=first.seed + 1, epochs=None,
-                       min_steps=min(self.steps, AutoencoderConfig.min_steps),
-                       max_steps=self.steps)
-
-    def kernels(self, kernels: np.ndarray, seed: int) -> np.ndarray:
-        """The sample of `kernels` (of one size, loaded with `seed`) that the run sees."""
-        if len(kernels) <= self.sample:
-            return kernels
-        rng = np.random.default_rng(seed + 1)
-        return kernels[np.sort(rng.choice(len(kernels), self.sample, False))]
-
-
-def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:
-    """What `autoencoders/k*.json` say about each size's training (steps, why it stopped)."""
-    records = {}
-    for k in kernel_sizes:
-        path = autoencoder_path(out_dir, k).with_suffix(".json")
-        if path.exists():
-            records[k] = json.loads(path.read_text())
-    return records

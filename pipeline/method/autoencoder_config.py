@@ -1,10 +1,16 @@
-"""The autoencoder's training settings, without torch: the command line reads their defaults
-for its help and the run driver passes them to the train stage, neither of which trains.
-`dwscan.method.autoencoder` (the network and its training loop) re-exports the class."""
+"""The autoencoder's settings and files, without torch: its training config, the stability
+check's second run, where the weights and their JSON records go, and reading those records.
+The command line reads the config's defaults for its help, and the run driver and the stages
+pass these around without training; `dwscan.method.autoencoder` (the network and its training
+loop) re-exports them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
 
 
 @dataclass
@@ -36,3 +42,45 @@ class AutoencoderConfig:
         values = dict(values)
         values["hidden"] = tuple(values.get("hidden", cls.hidden))
         return cls(**values)
+
+
+def autoencoder_path(out_dir: Path, kernel_size: int, stability_check: bool = False) -> Path:
+    """`k3.safetensors`; the stability check's second-seed run beside it as
+    `k3.stability.safetensors` (its record `k3.stability.json`)."""
+    from dwscan.io.storage import as_location
+
+    role = ".stability" if stability_check else ""
+    return as_location(out_dir) / f"k{kernel_size}{role}.safetensors"
+
+
+@dataclass(frozen=True)
+class StabilityRun:
+    """The stability check's second training: seed + 1, on a seeded sample of at most `sample`
+    kernels, convergence-stopped within `steps` steps, so the check costs a bounded fraction of
+    the run. The train stage trains it beside the first run; the templates stage selects from it
+    on the same sample."""
+
+    sample: int = 100_000
+    steps: int = 5000
+
+    def config(self, first: AutoencoderConfig) -> AutoencoderConfig:
+        return replace(first, seed=first.seed + 1, epochs=None,
+                       min_steps=min(self.steps, AutoencoderConfig.min_steps),
+                       max_steps=self.steps)
+
+    def kernels(self, kernels: np.ndarray, seed: int) -> np.ndarray:
+        """The sample of `kernels` (of one size, loaded with `seed`) that the run sees."""
+        if len(kernels) <= self.sample:
+            return kernels
+        rng = np.random.default_rng(seed + 1)
+        return kernels[np.sort(rng.choice(len(kernels), self.sample, False))]
+
+
+def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:
+    """What `autoencoders/k*.json` say about each size's training (steps, why it stopped)."""
+    records = {}
+    for k in kernel_sizes:
+        path = autoencoder_path(out_dir, k).with_suffix(".json")
+        if path.exists():
+            records[k] = json.loads(path.read_text())
+    return records
