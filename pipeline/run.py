@@ -28,7 +28,7 @@ from dwscan import schemas
 from dwscan.executor import ray_executor
 from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, read_accuracy_tables
 from dwscan.io.catalogue import kept_last_good_scan, model_row, ok_model_ids, scan_failures
-from dwscan.io.checkpoints import DEFAULT_LIMITS, ReadLimits
+from dwscan.io.checkpoints import DEFAULT_LIMITS, DEFAULT_MODEL_TIMEOUT, ReadLimits
 from dwscan.io.lock import output_lock
 from dwscan.io.storage import (
     ModelIdError,
@@ -53,7 +53,7 @@ from dwscan.io.template_set import (
 )
 from dwscan.io.zoo import ModelSpec
 from dwscan.memory import release_free_memory
-from dwscan.method.autoencoder import AutoencoderConfig, read_training_records
+from dwscan.method.autoencoder_config import AutoencoderConfig, read_training_records
 from dwscan.method.families import default_master_key_filters, read_master_key_filters
 from dwscan.stages.assign import assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
@@ -61,10 +61,6 @@ from dwscan.stages.report import write_reports
 from dwscan.stages.templates import TemplateConfig, build_templates, stability_run
 from dwscan.stages.train import train_on_ray
 from dwscan.text import one_line
-
-# `--model-timeout` default: far beyond any honest read (a 3 GB pytorch_model.bin at 10 MB/s is
-# 5 minutes), short enough that a stuck mount or a FIFO does not hold a nightly run for a day.
-DEFAULT_MODEL_TIMEOUT = 3600.0
 
 
 @dataclass

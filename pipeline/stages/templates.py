@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,15 +27,7 @@ from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
 from dwscan.io.template_index import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
 from dwscan.io.template_set import with_template_set_id
 from dwscan.memory import release_free_memory
-from dwscan.method.autoencoder import (
-    AutoencoderConfig,
-    KernelAutoencoder,
-    StabilityRun,
-    autoencoder_path,
-    decode_sweep,
-    load_autoencoder,
-    train_autoencoder,
-)
+from dwscan.method.autoencoder_config import AutoencoderConfig, StabilityRun, autoencoder_path
 from dwscan.method.families import (
     MASTER_KEY_SIZE,
     FamilyFit,
@@ -44,6 +37,9 @@ from dwscan.method.families import (
     read_master_key_filters,
 )
 from dwscan.method.preprocess import VALID, centre_and_normalise
+
+if TYPE_CHECKING:
+    from dwscan.method.autoencoder import KernelAutoencoder
 
 
 @dataclass
@@ -150,6 +146,8 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
                        config: TemplateConfig | None = None,
                        threshold: float = DEFAULT_THRESHOLD) -> TemplateSet:
     """Templates of one kernel size from its autoencoder and its (centred, unit-norm) kernels."""
+    from dwscan.method.autoencoder import decode_sweep
+
     config = config or TemplateConfig()
     codes, decoded = decode_sweep(model, config.sweep_points)
     candidates, why = centre_and_normalise(decoded)
@@ -204,6 +202,8 @@ def second_seed_templates(kernels: np.ndarray, config: TemplateConfig, threshold
     if config.method == "kmeans":
         return kmeans_templates(kernels, config, seed + 1, threshold)
     if trained is None:
+        from dwscan.method.autoencoder import train_autoencoder
+
         trained, _ = train_autoencoder(kernels, run.config(autoencoder or AutoencoderConfig()))
     return discover_templates(trained, kernels, config, threshold)
 
@@ -328,6 +328,8 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                     threshold: float = DEFAULT_THRESHOLD) -> tuple[pa.Table, pa.Table]:
     """TEMPLATES for every kernel size, and MISSED_PATTERNS: recurring patterns (>= 2% of the
     kernels of a size) that no template reaches at `threshold`."""
+    from dwscan.method.autoencoder import load_autoencoder
+
     config = config or TemplateConfig()
     master_keys = (read_master_key_filters(config.master_key_filters)
                    if config.master_key_filters else None)

@@ -13,17 +13,12 @@ from dwscan.executor.ray_executor import run_ray_train, run_tasks_at_once
 from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
 from dwscan.io.storage import as_location
 from dwscan.memory import release_free_memory
-from dwscan.method.autoencoder import (
-    AutoencoderConfig,
-    StabilityRun,
-    TrainingLog,
-    autoencoder_path,
-    save_autoencoder,
-    train_autoencoder,
-)
+from dwscan.method.autoencoder_config import AutoencoderConfig, StabilityRun, autoencoder_path
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from dwscan.method.autoencoder import TrainingLog
 
 
 def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
@@ -39,6 +34,8 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
 
     `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
     """
+    from dwscan.method.autoencoder import save_autoencoder, train_autoencoder
+
     logs: dict[int, TrainingLog] = {}
     trained = stability.config(config) if stability else config
     for k in kernel_sizes or kernel_sizes_of(kernel_paths):
