@@ -25,6 +25,12 @@ from dwscan.stages.templates import (
 from dwscan.testing.synthetic import PlantedPattern, noisy_copies, planted_patterns
 
 THRESHOLD = 0.8
+# one pytest-xdist worker for the module: its tests share the autoencoders trained in _trained
+pytestmark = pytest.mark.xdist_group("planted-templates")
+# The convergence rule as configured by default, checked every 100 steps from step 500 (not 250
+# from 1,500): the same rule on the same data at a third of the steps (CI time). Whether the
+# default schedule stops where a long run would: tests/method/test_autoencoder.py.
+QUICK = AutoencoderConfig(seed=0, min_steps=500, check_every=100)
 
 
 def _zoo(truth: np.ndarray, seed: int, per_pattern: int = 300, noise_share: float = 0.1
@@ -50,7 +56,7 @@ def _trained(k: int):
     """The autoencoder of the `dwscan synth` patterns at size k (seed 0), trained once per
     module: the tests below select from it in different ways."""
     _, kernels, _ = _synthetic(k)
-    model, log = train_autoencoder(kernels, AutoencoderConfig(seed=0))
+    model, log = train_autoencoder(kernels, QUICK)
     assert log.losses[-1] < log.losses[0]
     return model
 
@@ -118,7 +124,7 @@ def test_a_richer_planted_zoo_at_7x7_gives_its_patterns_with_their_families():
     overlap = truth @ truth.T - 2 * np.eye(len(truth))
     assert overlap.max() <= 0.73
     kernels, _ = _zoo(truth, seed=1)
-    model, _ = train_autoencoder(kernels, AutoencoderConfig(seed=0))
+    model, _ = train_autoencoder(kernels, QUICK)
     found = discover_templates(model, kernels, TemplateConfig(), THRESHOLD)
     cosines = _match(found.weights, truth)
     assert cosines.max(axis=0).min() >= 0.95, cosines.max(axis=0)
@@ -134,8 +140,8 @@ def test_a_richer_planted_zoo_at_7x7_gives_its_patterns_with_their_families():
 def test_a_second_seed_gives_the_same_set(k):
     _, kernels, _ = _synthetic(k)
     found = _discovered(k)
-    config = TemplateConfig()
-    other = second_seed_templates(kernels, config, THRESHOLD, seed=0, autoencoder=None)
+    config = TemplateConfig(stability_steps=1500)  # the rule's minimum: 1,500 steps exactly
+    other = second_seed_templates(kernels, config, THRESHOLD, seed=0, autoencoder=QUICK)
     stability = compare_runs(found, other, config)
     assert len(other.weights) == len(found.weights)
     assert stability.cosine.min() >= 0.98
