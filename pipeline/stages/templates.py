@@ -327,9 +327,8 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                     config: TemplateConfig | None = None, seed: int = 0,
                     threshold: float = DEFAULT_THRESHOLD) -> tuple[pa.Table, pa.Table]:
     """TEMPLATES for every kernel size, and MISSED_PATTERNS: recurring patterns (>= 2% of the
-    kernels of a size) that no template reaches at `threshold`."""
-    from dwscan.method.autoencoder import load_autoencoder
-
+    kernels of a size) that no template reaches at `threshold`. Torch is imported only for the
+    autoencoder (k-means runs, the tests' fast ones among them, skip its 3 s import)."""
     config = config or TemplateConfig()
     master_keys = (read_master_key_filters(config.master_key_filters)
                    if config.master_key_filters else None)
@@ -344,14 +343,19 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
         if config.method == "kmeans":
             found = kmeans_templates(kernels, config, seed, threshold)
         else:
+            from dwscan.method.autoencoder import load_autoencoder
+
             model, meta = load_autoencoder(autoencoder_path(autoencoders_dir, k))
             autoencoder = AutoencoderConfig.from_dict(meta["config"]) if "config" in meta else None
             found = discover_templates(model, kernels, config, threshold)
         stability = None
         if config.stability_check:
             second = autoencoder_path(autoencoders_dir, k, stability_check=True)
-            trained = (load_autoencoder(second)[0]
-                       if config.method == "autoencoder" and second.exists() else None)
+            trained = None
+            if config.method == "autoencoder" and second.exists():
+                from dwscan.method.autoencoder import load_autoencoder
+
+                trained = load_autoencoder(second)[0]
             other = second_seed_templates(kernels, config, threshold, seed, autoencoder, trained)
             stability = compare_runs(found, other, config)
         tables.append(template_table(k, found, stability, master_keys))

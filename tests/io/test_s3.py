@@ -31,6 +31,11 @@ def s3():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3
+    import s3fs
+
+    # a server of an earlier setup (slow tests run first: this module's two tests may not be
+    # neighbours) is gone; s3fs would hand back its cached filesystem, bound to the old port
+    s3fs.S3FileSystem.clear_instance_cache()
 
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
