@@ -207,12 +207,18 @@ def test_rescan_submitted_as_a_ray_job_to_a_local_head(tmp_path):
     assert no_token.returncode != 0  # the job API is closed without the token
     runtime_env = {"env_vars": {k: os.environ[k] for k in (
         "HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_DISABLE_TELEMETRY", "DWSCAN_CACHE")}}
-    submitted = subprocess.run(
-        [ray, "job", "submit", "--address", address, "--submission-id", "rescan-1",
-         "--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--",
-         "python", "-m", "dwscan.jobs.rescan", "--hub", "--author", "jobs-org", "--out", str(out),
-         *FAST],
-        env=env, capture_output=True, text=True, timeout=300)
+    submit = [ray, "job", "submit", "--address", address, "--submission-id", "rescan-1",
+              "--no-wait", "--runtime-env-json", json.dumps(runtime_env), "--",
+              "python", "-m", "dwscan.jobs.rescan", "--hub", "--author", "jobs-org", "--out",
+              str(out), *FAST]
+    # A head started moments ago (slow tests run first) may not have its job agent yet: Ray
+    # answers 500 "No available agent to submit job, please try again later", and no job exists
+    deadline = time.time() + 120
+    while True:
+        submitted = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in submitted.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     deadline, status = time.time() + 400, ""
     while time.time() < deadline:
