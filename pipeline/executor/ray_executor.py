@@ -285,12 +285,6 @@ def train_scaling(num_workers: int, use_gpu: bool):
                          resources_per_worker={"CPU": 1, "GPU": 1} if use_gpu else None)
 
 
-def run_one_task(fn: Callable[..., Any], *args: Any, num_gpus: int = 0, what: str = "task") -> Any:
-    """`fn(*args)` in one Ray task of one CPU (and `num_gpus` GPUs); its error as one
-    RuntimeError naming `what` (run_tasks_at_once)."""
-    return run_tasks_at_once(fn, [args], num_gpus=num_gpus, what=what)[0]
-
-
 def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpus: int = 0,
                       what: str = "task") -> list[Any]:
     """`fn(*args)` for every call, all submitted at once, one Ray task of one CPU (and
