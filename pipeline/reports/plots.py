@@ -35,24 +35,39 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
     rows = rows.sort_by([("share", "descending")]).to_pylist()
     per_line = min(len(rows), 4) or 1
     lines = -(-len(rows) // per_line) or 1
-    fig, axes = plt.subplots(lines, 2 * per_line, figsize=(2.0 * per_line * 2, 2.3 * lines + 0.4),
-                             squeeze=False, layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
+    # One axes holding every image at its own place, not a grid of subplots: 40 axes and a
+    # layout engine measuring their titles took 4 s of a run's 6 s of report here, one axes
+    # 0.4 s. Places are in kernel pixels; the gaps are set in inches through `scale`.
+    width, gap, pair_gap, text_room = 4.0 * per_line, 0.06, 0.3, 0.42  # inches
+    image = (0.98 * width - per_line * gap - (per_line - 1) * pair_gap) / (2 * per_line)
+    scale = image / kernel_size  # inches per kernel pixel
+    gap, pair_gap, text_room = gap / scale, pair_gap / scale, text_room / scale
+    step_x, step_y = 2 * kernel_size + gap + pair_gap, kernel_size + text_room
+    extent_x, extent_y = per_line * step_x - pair_gap, lines * step_y
+    height = extent_y * scale + 0.6
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0.01, 0.1 / height, 0.98, extent_y * scale / height))
+    ax.axis("off")
     for i, row in enumerate(rows):
-        pair = axes[i // per_line, 2 * (i % per_line):2 * (i % per_line) + 2]
+        x, y = (i % per_line) * step_x, (i // per_line) * step_y + text_room
         template = np.asarray(row["weights"], np.float32).reshape(kernel_size, kernel_size)
         fitted = np.asarray(row["fit_weights"], np.float32).reshape(kernel_size, kernel_size)
         limit = float(max(np.abs(template).max(), np.abs(fitted).max())) or 1.0
-        for ax, image in zip(pair, (template, fitted)):
-            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        for left, image in ((x, template), (x + kernel_size + gap, fitted)):
+            ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
+                      extent=(left, left + kernel_size, y + kernel_size, y))
         unstable = " *" if row["stable"] is False else ""
-        pair[0].set_title(f"#{row['template_id']}{unstable} {100 * row['share']:.1f}% of "
-                          f"clustered\n{row['label']}", fontsize=7, loc="left")
-        pair[1].set_title(f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"
-                          f"{_fit_parameters_text(row)}", fontsize=5.5, loc="left")
+        ax.text(x, y - 0.03 * kernel_size, f"#{row['template_id']}{unstable} "
+                f"{100 * row['share']:.1f}% of clustered\n{row['label']}", fontsize=7,
+                va="bottom")
+        ax.text(x + kernel_size + gap, y - 0.03 * kernel_size,
+                f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"
+                f"{_fit_parameters_text(row)}", fontsize=5.5, va="bottom")
+    ax.set_xlim(0, extent_x)  # after imshow, which would fit the view to the last image
+    ax.set_ylim(extent_y, 0)
     fig.suptitle(f"{kernel_size}x{kernel_size} templates (left) and their fitted family members "
-                 "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9)
+                 "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9,
+                 y=1 - 0.1 / height, va="top")
     return _save(fig, path)
 
 
