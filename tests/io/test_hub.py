@@ -285,8 +285,8 @@ def test_run_from_the_hub_equals_run_from_local_files(hub, zoo, tmp_path):
         "mobilenetv3_small_050.lamb_in1k,224,57.918,42.082,80.144,19.856,1.59,0.875,bicubic\n"
         "efficientnet_b0.ra_in1k,224,77.698,22.302,93.538,6.462,5.29,0.875,bicubic\n")
     sources = ["--accuracy-csv", str(accuracy), "--pretrain-csv", str(DEMO_PRETRAIN_CSV),
-               "--no-stability-check",  # the same tables either way; the check is tested elsewhere
-               "--epochs", "1"]  # plumbing, not convergence: one pass over the same kernels either way
+               # I/O, not the method: k-means templates (no training) over the same kernels
+               "--templates", "kmeans"]
     from_hub = _dwscan(["run", "--out", str(tmp_path / "hub"), *sources,
                         *[a for r in repo_ids for a in ("--model", r)]], tmp_path)
     assert from_hub.returncode == 0, from_hub.stderr[-3000:]
