@@ -19,7 +19,7 @@ from safetensors.torch import save
 
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table
-from dwscan.testing.hub_server import Repo, shared_hub
+from dwscan.testing.hub_server import Fault, Repo, shared_hub
 from tests.helpers import shared_ray, shared_ray_env
 
 pytestmark = pytest.mark.slow
@@ -144,20 +144,27 @@ def test_killed_runs_resume_to_the_outputs_of_an_uninterrupted_run(tmp_path):
     """One output folder, killed with SIGKILL at each point in turn: each run resumes what the
     last one left (a stale lock, pending kernels, a template set without its table, half the
     reports) until one finishes; its tables equal an uninterrupted run's."""
-    checkpoints = _checkpoints(tmp_path)
+    # three local checkpoints and one from the hub stand-in, whose first download by the killed
+    # runs (an empty Hub cache of their own) stalls for 3 s: the local models' pending kernels
+    # then wait that long for the scan's commit, a window the kill cannot miss on a busy machine
+    hub = shared_hub()
+    hub.add_repo("kill-org/slow", Repo({"model.safetensors": save(small_state(7))}))
+    checkpoints = [*_checkpoints(tmp_path), "--model", "kill-org/slow"]
     reference = tmp_path / "reference"
     done = dwscan(["run", "--out", str(reference), *checkpoints, *FAST], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     expected = _outputs(reference)
-    assert len(expected) >= 10
+    assert len(expected) >= 12
 
     out = tmp_path / "killed"
+    stall = Fault(path="kill-org/slow/resolve/", kind="stall", times=1, seconds=3.0)
+    hub.faults.append(stall)
+    own_ray = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
     for i, (name, marker) in enumerate(KILL_POINTS):
         log = tmp_path / f"killed-{name}.log"
         with log.open("w") as handle:  # a Ray of its own: the kill takes all of it down
             process = subprocess.Popen(["dwscan", "run", "--out", str(out), *checkpoints, *FAST],
-                                       cwd=tmp_path, start_new_session=True,
-                                       env={**os.environ, "RAY_ADDRESS": ""},
+                                       cwd=tmp_path, start_new_session=True, env=own_ray,
                                        stdout=handle, stderr=subprocess.STDOUT)
         if name == "extract":  # while it runs, a second run on the same folder is refused
             _wait_for(out / ".dwscan.lock", process)  # taken before Ray starts (~10 s here)
@@ -170,6 +177,7 @@ def test_killed_runs_resume_to_the_outputs_of_an_uninterrupted_run(tmp_path):
         assert (out / ".dwscan.lock").exists()  # nothing cleaned up after SIGKILL
         assert i == 0 or "stale lock" in log.read_text(), (name, log.read_text()[-3000:])
 
+    assert stall.times == 0, "the hub model was never requested: nothing held the window open"
     resumed = dwscan(["run", "--out", str(out), *checkpoints, *FAST], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stale lock" in resumed.stderr
