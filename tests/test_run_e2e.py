@@ -292,3 +292,7 @@ def test_kmeans_fallback_with_signs_folded(tmp_path):
         assert record["epochs"] == 2.0 and f"train {k}x{k}: {record['steps']:,} steps" in \
             trained.stdout
     assert "stale until `dwscan assign" in trained.stdout
+    # two epochs may keep no template: said so, and the sizes' training lines still print
+    kept = read_table(layout.templates_path).num_rows
+    assert f": {kept} templates from" in trained.stdout
+    assert ("WARNING: no template" in trained.stderr) == (kept == 0)

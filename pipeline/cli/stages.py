@@ -79,6 +79,7 @@ def command_train(args: argparse.Namespace) -> int:
     from dwscan.io.catalogue import ok_model_ids
     from dwscan.io.lock import output_lock
     from dwscan.io.storage import read_table_as
+    from dwscan.io.template_set import template_set_of
     from dwscan.run import train_templates, uses_ray_train
 
     layout = finished_layout(args.out, needs_templates=False)
@@ -91,12 +92,17 @@ def command_train(args: argparse.Namespace) -> int:
         templates, _ = train_templates(layout, options, ok, {})
     if args.templates == "autoencoder":
         from dwscan.cli.scan import format_training_record
+        from dwscan.io.kernels import kernel_sizes_of
         from dwscan.method.autoencoder_config import read_training_records
 
-        sizes = sorted(set(templates.column("kernel_size").to_pylist()))
+        # every size trained, not only those that kept a template: a short run may keep none
+        sizes = kernel_sizes_of([layout.kernels_path(m) for m in ok])
         for k, record in read_training_records(layout.autoencoders_dir, sizes).items():
             print(format_training_record(k, record))
-    print(f"template set {templates.column('template_set')[0]}: {templates.num_rows} templates "
+    if not templates.num_rows:
+        print("WARNING: no template holds 2% of the clustered kernels of any size; a run this "
+              "short (--epochs) may not have learnt any pattern yet", file=sys.stderr)
+    print(f"template set {template_set_of(templates)}: {templates.num_rows} templates "
           f"from {len(ok)} models; assignments are stale until `dwscan assign --out {args.out}`")
     return 0
 
