@@ -19,7 +19,7 @@ from safetensors.torch import save
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table, read_tables
 from dwscan.testing.hub_server import Fault, Repo, shared_hub
-from tests.helpers import shared_ray
+from tests.helpers import shared_ray, shared_ray_env
 from tests.ray_cluster import LocalCluster, fake_autoscaling_config, free_port, node_ip
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,9 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
     for i in range(ZOO_SIZE):
         hub.add_repo(f"scale-org/net{i:02d}", Repo({"model.safetensors": save(tiny_state(i))}))
     select = ["--hub", "--author", "scale-org", *FAST]
-    local = dwscan(["run", "--out", str(tmp_path / "local"), *select], cwd=tmp_path)
+    # the reference run on the tests' shared local Ray (its workers see the same hub stand-in)
+    local = dwscan(["run", "--out", str(tmp_path / "local"), *select], cwd=tmp_path,
+                   env=shared_ray_env())
     assert local.returncode == 0, local.stderr[-3000:]
 
     # The cluster's nodes start with an empty Hub cache, and each checkpoint takes a second to
