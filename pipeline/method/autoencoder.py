@@ -28,7 +28,8 @@ from dwscan.method.autoencoder_config import (
 
 
 class KernelAutoencoder(nn.Module):
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 128), code_dim: int = 1):
+    def __init__(self, dim: int, hidden: tuple[int, ...] = AutoencoderConfig.hidden,
+                 code_dim: int = 1):
         super().__init__()
         self.dim, self.hidden, self.code_dim = dim, tuple(hidden), code_dim
         widths = [dim, *hidden]

@@ -59,9 +59,11 @@ def test_the_batch_size_follows_the_device():
 def test_the_cpu_path_is_unchanged_by_the_gpu_work():
     """The GPU changes (epoch order on the device, batch by device) leave a CPU run as it was:
     the check losses below were recorded from the code before them (commit fc1c19b, same
-    seed; bit-identical weights there), and the GPU batch size plays no part on the CPU."""
+    seed; bit-identical weights there; the widths of then), and the GPU batch size plays no
+    part on the CPU."""
     kernels, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(3000, 9)))
-    config = AutoencoderConfig(seed=5, min_steps=0, check_every=5, max_steps=40, batch_size=256)
+    config = AutoencoderConfig(seed=5, min_steps=0, check_every=5, max_steps=40, batch_size=256,
+                               hidden=(256, 128))
     model, log = train_autoencoder(kernels, config)
     np.testing.assert_allclose(log.losses, [0.96363, 0.88153, 0.73512, 0.74764, 0.73267, 0.71396,
                                             0.71467, 0.70914], atol=2e-4)
