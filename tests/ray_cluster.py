@@ -25,6 +25,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _agent_ports() -> list[str]:
+    """Free ports for a node's dashboard agent, runtime-env agent and metrics exporter."""
+    return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port",
+            str(free_port()), "--runtime-env-agent-port", str(free_port()),
+            "--metrics-export-port", str(free_port())]
+
+
 def node_ip() -> str:
     """The address Ray names this host's nodes by (never 127.0.0.1, see shared README)."""
     import ray._private.services
@@ -55,6 +62,10 @@ class LocalCluster:
         if dashboard:
             head += ["--dashboard-host", "127.0.0.1", "--dashboard-port",
                      self.dashboard.rsplit(":", 1)[1]]
+        # Ray's agents listen on fixed default ports (52365 for the job agent): a Ray started
+        # beside another (the other pytest-xdist worker's, a run's own) found them taken, its
+        # agent failed, and `ray job submit` answered "No available agent" for good
+        head += _agent_ports()
         head_env = dict(self.env)
         if autoscaling is not None:
             config = self.temp / "autoscaling.json"
@@ -80,7 +91,7 @@ class LocalCluster:
                  env: dict[str, str] | None = None) -> None:
         """Join one worker node; `wrapper` is a command prefix (e.g. `unshare --mount ...`)."""
         command = [RAY, "start", "--address", self.address, "--block", "--num-cpus", str(cpus),
-                   "--disable-usage-stats"]
+                   "--disable-usage-stats", *_agent_ports()]
         self._start([*(wrapper or []), *command], {**self.env, **(env or {})}, "node")
 
     def python(self, code: str, timeout: float = 120) -> str:
