@@ -98,6 +98,7 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     missed_patterns: pa.Table = field(default_factory=schemas.MISSED_PATTERNS.empty_table)
     training: dict[int, dict] = field(default_factory=dict)  # autoencoders/k*.json, if trained
+    system_retries: int = 0  # tasks run again after Ray lost their worker or node
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -113,6 +114,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
     layout = OutputLayout(options.out)  # absolute, or a URI: Ray workers run elsewhere
     timings: dict[str, float] = {}
     started = now_utc()
+    retries_before = ray_executor.system_failure_retries()
     # read first: a wrong path or an unreachable URL fails now, not after training
     accuracy = read_accuracy_tables(options.accuracy_csv, options.pretrain_csv)
     with output_lock(layout.root, command):
@@ -127,9 +129,11 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
                                              options.limits, options.model_timeout)
         ok = ok_model_ids(models)
         if not ok:
-            log_run(layout, command, started, counts, run_models, False, None)
+            retries = ray_executor.system_failure_retries() - retries_before
+            log_run(layout, command, started, counts, run_models, False, None, retries)
             return RunSummary(run_models, schemas.TEMPLATES.empty_table(),
-                              schemas.CLUSTERABILITY.empty_table(), timings=timings)
+                              schemas.CLUSTERABILITY.empty_table(), timings=timings,
+                              system_retries=retries)
         retrain = retrain or not layout.templates_path.exists()
         training: dict[int, dict] = {}
         if retrain:
@@ -145,9 +149,11 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
             assign_stale(layout, ok, templates, options.max_in_flight, options.family_yardstick)
         with _timed(timings, "report"):
             report = write_reports(layout, accuracy, seed=options.autoencoder.seed)
-        log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates))
+        retries = ray_executor.system_failure_retries() - retries_before
+        log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates),
+                retries)
     return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
-                      missed, training)
+                      missed, training, retries)
 
 
 def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCounts:
@@ -351,13 +357,15 @@ def _recorded_row(row: dict, previous: dict | None, now: datetime.datetime) -> d
 
 
 def log_run(layout: OutputLayout, command: str, started: datetime.datetime, counts: ScanCounts,
-            run_models: pa.Table, retrained: bool, template_set: str | None) -> None:
+            run_models: pa.Table, retrained: bool, template_set: str | None,
+            system_retries: int = 0) -> None:
     """Append this run's row to runs.parquet."""
     row = {"run_id": uuid.uuid4().hex[:12], "command": command, "started": started,
            "ended": now_utc(), "n_new": counts.new, "n_changed": counts.changed,
            "n_unchanged": counts.unchanged, "n_retried": counts.retried,
            "n_failed": len(scan_failures(run_models.to_pylist())),
-           "retrained": retrained, "template_set": template_set}
+           "retrained": retrained, "template_set": template_set,
+           "n_system_retries": system_retries}
     earlier = read_table_as(layout.runs_path, schemas.RUNS, missing_ok=True)
     write_table(pa.concat_tables([earlier, pa.Table.from_pylist([row], schema=schemas.RUNS)]),
                 layout.runs_path, schemas.RUNS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.6.0"
+SCHEMA_VERSION = "1.7.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -327,6 +327,9 @@ RUNS = _schema("runs", "runs.parquet", "one row per run on this output folder", 
     _col("n_failed", pa.int32(), "models that failed in this run", nullable=False),
     _col("retrained", pa.bool_(), "a new template set was trained", nullable=False),
     _col("template_set", pa.string(), "template set the outputs use after this run"),
+    _col("n_system_retries", pa.int32(), "tasks run again because Ray lost their worker or node "
+         "(a node removed, reclaimed or failed), never for a model's own error; null in rows "
+         "written before schema 1.7.0"),
 ])
 
 SUBSTITUTION = _schema("substitution", "reports/substitution.parquet",

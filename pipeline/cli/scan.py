@@ -110,6 +110,9 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         print(format_training_record(k, record))
     print("Wall time per stage: " + ", ".join(f"{stage} {seconds:.1f}s"
                                                for stage, seconds in summary.timings.items()))
+    if summary.system_retries:
+        print(f"{summary.system_retries} task(s) ran again after Ray lost their worker or node "
+              f"(runs.parquet: n_system_retries)")
     ok = summary.models.num_rows - len(summary.failed)
     print(f"\n{ok} of {summary.models.num_rows} models scanned; outputs in {args.out}/ "
           f"(report page: {args.out}/reports/index.html; SQL: dwscan query --out {args.out} ...)")

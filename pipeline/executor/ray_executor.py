@@ -32,6 +32,36 @@ SHARE_CHECK_TIMEOUT_S = 120.0  # a node's check task (a worker process start) ta
 _MIN_WINDOW = 256  # tasks submitted ahead even on a cluster with no worker node up yet
 _PENDING_PER_CPU = 4  # beyond that, tasks submitted ahead per CPU the cluster can grow to
 _WAIT_S = 1.0  # the wait loop wakes at least this often
+# Times a task is run again after a system failure (its worker or node lost: a node removed or
+# reclaimed, a raylet gone, a worker killed), never after an exception the task raised itself
+SYSTEM_FAILURE_RETRIES = 3
+_system_failure_retries = 0  # this process's count, for the run log (system_failure_retries)
+
+
+def system_failure_retries() -> int:
+    """Tasks this process has run again after a system failure, all runs so far; a run's own
+    count is the difference across it."""
+    return _system_failure_retries
+
+
+def _is_system_failure(error: BaseException) -> bool:
+    """Ray lost the task's worker or node, as opposed to the task raising (a bad file: not
+    retried), being cancelled, or running past its time (TaskTimeout)."""
+    import ray
+
+    return (isinstance(error, ray.exceptions.RayError)
+            and not isinstance(error, ray.exceptions.RayTaskError | ray.exceptions.TaskCancelledError))
+
+
+def _retrying(error: BaseException, attempts: int, what: str) -> bool:
+    """Whether a task that ended in `error` after `attempts` tries is run again; counts it."""
+    global _system_failure_retries
+    if not _is_system_failure(error) or attempts > SYSTEM_FAILURE_RETRIES:
+        return False
+    _system_failure_retries += 1
+    print(f"WARNING: {what}: its worker or node was lost ({type(error).__name__}); running it "
+          f"again (retry {attempts} of {SYSTEM_FAILURE_RETRIES})", file=sys.stderr, flush=True)
+    return True
 
 
 def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *,
@@ -166,12 +196,13 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     above the CPUs the cluster can ever have, tasks ask for a share of a CPU so I/O-bound work
     (hub reads) can have that many running.
 
-    Returns results in call order; a task that raised (or whose worker died) gives its exception
-    object in its place (the task's own exception, not Ray's wrapper with the remote traceback),
-    so one bad input never stops the others. A task not finished `timeout` seconds after it
-    started running is cancelled (its worker killed: a read stuck in the kernel cannot be
-    interrupted otherwise) and gives TaskTimeout. `num_gpus`: GPUs each task asks for besides
-    its CPU share (a task that needs a GPU to be fast; 0: none).
+    Returns results in call order; a task that raised gives its exception object in its place
+    (the task's own exception, not Ray's wrapper with the remote traceback), so one bad input
+    never stops the others. A task whose worker or node was lost is run again, up to
+    SYSTEM_FAILURE_RETRIES times (counted: system_failure_retries). A task not finished
+    `timeout` seconds after it started running is cancelled (its worker killed: a read stuck in
+    the kernel cannot be interrupted otherwise) and gives TaskTimeout. `num_gpus`: GPUs each
+    task asks for besides its CPU share (a task that needs a GPU to be fast; 0: none).
     """
     import ray
 
@@ -183,6 +214,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     remote = ray.remote(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus)(fn)
     calls = _put_shared_arguments(calls)
     results: list[Any] = [None] * len(calls)
+    attempts = [0] * len(calls)
     pending: dict[Any, int] = {}
     queue = deque(enumerate(calls))
     clock = _TaskClock(timeout)
@@ -190,29 +222,40 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
         while queue or pending:
             while queue and len(pending) < window:
                 i, args = queue.popleft()
+                attempts[i] += 1
                 pending[remote.remote(*args)] = i
             done, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_S)
             if done:  # and whatever else finished meanwhile, in one sweep
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-            finished: dict[Any, Any] = {}
-            for ref in done:
-                try:
-                    finished[ref] = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the task raised: keep its own error
-                    finished[ref] = exc.cause if isinstance(exc.cause, BaseException) else exc
-                except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
-                    finished[ref] = exc
+            finished = {ref: _result_or_error(ref) for ref in done}
             running_now = ([r for r in pending if r not in finished][:_slots_now(num_cpus)]
                            if timeout else [])
             for ref in clock.overdue(running_now):
                 ray.cancel(ref, force=True)
                 finished[ref] = TaskTimeout(f"timed out after {timeout:g} s")
             for ref, result in finished.items():
-                results[pending.pop(ref)] = result
+                i = pending.pop(ref)
                 clock.forget(ref)
+                if _retrying(result, attempts[i], f"{desc} task {i + 1} of {len(calls)}"):
+                    queue.appendleft((i, calls[i]))  # first in line: the others wait behind it
+                    continue
+                results[i] = result
                 progress.update(1, summarise([r for r in results if r is not None])
                                 if summarise else None)
     return results
+
+
+def _result_or_error(ref: Any) -> Any:
+    """A finished task's result; if it raised, its own exception (not Ray's wrapper with the
+    remote traceback); if Ray lost it, Ray's error."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        return exc.cause if isinstance(exc.cause, BaseException) else exc
+    except Exception as exc:  # noqa: BLE001 - recorded by the caller, per input
+        return exc
 
 
 class _TaskClock:
@@ -296,13 +339,23 @@ def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpu
     import ray
 
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0, max_calls=1)(fn)
-    refs = [task.remote(*args) for args in calls]
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as error:
-        for ref in refs:
-            ray.cancel(ref, force=True)
-        raise RuntimeError(f"{what} failed: {error.cause or error}") from None
+    refs = {task.remote(*args): i for i, args in enumerate(calls)}
+    attempts = [1] * len(calls)
+    results: list[Any] = [None] * len(calls)
+    while refs:
+        done, _ = ray.wait(list(refs), num_returns=1)
+        i = refs.pop(done[0])
+        result = _result_or_error(done[0])
+        if _retrying(result, attempts[i], f"{what} {i + 1} of {len(calls)}"):
+            attempts[i] += 1
+            refs[task.remote(*calls[i])] = i
+        elif isinstance(result, BaseException):
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise RuntimeError(f"{what} failed: {result}") from None
+        else:
+            results[i] = result
+    return results
 
 
 def run_ray_train(worker_fn: Callable[..., dict], worker_config: dict, num_workers: int,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -58,7 +60,9 @@ def _tables(out: Path) -> dict[str, list]:
 
 def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tmp_path):
     """Head with CPU 0, worker nodes from 0 up to 4: only the scan's pending tasks can make the
-    autoscaler start nodes, and the tasks must spread over more than one of them."""
+    autoscaler start nodes, and the tasks must spread over more than one of them. Mid-scan, one
+    worker node's raylet is killed (a node lost): its tasks run again on the others, counted,
+    and every model still comes back as a local run has it."""
     hub = shared_hub()
     for i in range(ZOO_SIZE):
         hub.add_repo(f"scale-org/net{i:02d}", Repo({"model.safetensors": save(tiny_state(i))}))
@@ -79,10 +83,20 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
     try:
         with LocalCluster(autoscaling=config, port=port, dashboard=True,
                           env={"HF_HUB_CACHE": str(tmp_path / "node-hf-cache")}) as cluster:
-            on_cluster = dwscan(["run", "--address", cluster.address, "--out",
-                                 str(tmp_path / "cluster"), *select], cwd=tmp_path,
-                                env=cluster.env)
-            assert on_cluster.returncode == 0, on_cluster.stderr[-3000:]
+            log = tmp_path / "cluster.log"
+            with log.open("w") as handle:
+                process = subprocess.Popen(
+                    ["dwscan", "run", "--address", cluster.address, "--out",
+                     str(tmp_path / "cluster"), *select], cwd=tmp_path,
+                    env={**cluster.env, "RAY_ADDRESS": ""}, stdout=handle,
+                    stderr=subprocess.STDOUT, text=True)
+            killed = _kill_a_busy_worker_node(cluster, tmp_path / "cluster" / "kernels", process)
+            assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+            output = log.read_text()
+            runs = read_table(OutputLayout(tmp_path / "cluster").runs_path).to_pylist()
+            retries = runs[-1]["n_system_retries"]
+            assert retries >= 1, (killed, output[-3000:])  # the lost node was running tasks
+            assert f"{retries} task(s) ran again after Ray lost their worker or node" in output
             seen = json.loads(cluster.python(
                 "import json\n"
                 "from ray.util.state import list_tasks\n"
@@ -96,11 +110,46 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
     finally:
         hub.faults.remove(slow_downloads)
     assert seen["workers"] >= 2, seen  # the head has no CPU: every worker node was autoscaled
-    assert len(seen["task_nodes"]) == ZOO_SIZE
+    assert len(seen["task_nodes"]) == ZOO_SIZE + retries  # each retry is a task of its own
     assert len(set(seen["task_nodes"])) >= 2, seen
     assert _tables(tmp_path / "cluster") == _tables(tmp_path / "local")
     models = read_table(OutputLayout(tmp_path / "cluster").models_path)
     assert pc.all(pc.equal(models["status"], "ok")).as_py() and models.num_rows == ZOO_SIZE
+
+
+def _kill_a_busy_worker_node(cluster: LocalCluster, kernels: Path,
+                             process: subprocess.Popen) -> int:
+    """Once two autoscaled nodes are up and eight models are extracted (so every node is busy:
+    50 downloads of a second each are queued), SIGKILL the newest worker node's raylet, as a
+    reclaimed spot instance would go; its workers die with it. Returns the raylet's pid."""
+    deadline = time.time() + 300
+    while True:
+        assert process.poll() is None, "the run ended before a node could be killed"
+        assert time.time() < deadline, "no two worker nodes and eight models in 300 s"
+        raylets = _raylets(cluster)
+        if len(raylets) >= 3 and len(list(kernels.glob(".*.pending"))) >= 8:
+            break
+        time.sleep(0.2)
+    newest = raylets[-1]  # the head's raylet started first
+    os.kill(newest, signal.SIGKILL)
+    return newest
+
+
+def _raylets(cluster: LocalCluster) -> list[int]:
+    """The pids of this cluster's raylets (their command lines name its temp dir), oldest
+    first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"/raylet" in cmdline.split(b"\0")[0] and str(cluster.temp).encode() in cmdline:
+            found.append((started, int(entry.name)))
+    return [pid for _, pid in sorted(found)]
 
 
 def _checkpoint(tmp_path: Path) -> Path:
