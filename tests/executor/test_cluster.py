@@ -213,16 +213,22 @@ def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp
 
 @pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
                                                               (0o077, 0o600, 0o700)])
-def test_a_scan_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):
-    """Ray's workers write the kernels, the driver the tables: all with the umask's modes."""
+def test_a_run_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):
+    """Ray's workers write the kernels and assignments, the driver the tables, template set
+    and reports: every file and folder of a `dwscan run` gets the umask's modes. (k-means
+    templates: the autoencoders' files go through the same atomic writer, write_bytes_atomic.)"""
     out = tmp_path / "out"
-    done = subprocess.run(["dwscan", "scan", "--out", str(out), "--checkpoint",
-                           str(_checkpoint(tmp_path))], cwd=tmp_path,
+    done = subprocess.run(["dwscan", "run", "--out", str(out), "--checkpoint",
+                           str(_checkpoint(tmp_path)), *FAST], cwd=tmp_path,
                           env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
                           timeout=600, preexec_fn=lambda: os.umask(umask))
     assert done.returncode == 0, done.stderr[-3000:]
     written = list(out.rglob("*"))
-    assert {p.name for p in written} >= {"models.parquet", "kernels", "net.parquet"}
+    assert {p.relative_to(out).as_posix() for p in written} >= {
+        "models.parquet", "runs.parquet", "templates.parquet", "template_set.json",
+        "kernels/net.parquet", "assignments/net.parquet", "reports/index.html",
+        "reports/clusterability.parquet", "reports/clusterability_vs_top1.png",
+        "reports/templates_k3.png"}
     for path in [out, *written]:
         expected = dir_mode if path.is_dir() else file_mode
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
