@@ -119,15 +119,34 @@ class LocalCluster:
 
     def _kill_leftovers(self) -> None:
         """Processes of nodes the fake autoscaler started: their command lines name our temp dir."""
+        for pid, _, _ in self._own_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # gone meanwhile
+                continue
+
+    def raylets(self) -> list[int]:
+        """The pids of this cluster's raylets, oldest first (the head's, then its nodes')."""
+        found = [(started, pid) for pid, cmdline, started in self._own_processes()
+                 if cmdline.split(b"\0")[0].endswith(b"/raylet")]
+        return [pid for _, pid in sorted(found)]
+
+    def _own_processes(self) -> list[tuple[int, bytes, int]]:
+        """(pid, command line, start time in clock ticks) of every process, other than this
+        one, whose command line names our temp dir."""
         marker = str(self.temp).encode()
+        found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                if marker in (entry / "cmdline").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
+                cmdline = (entry / "cmdline").read_bytes()
+                started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
+            except (OSError, ValueError, IndexError):
                 continue
+            if marker in cmdline:
+                found.append((int(entry.name), cmdline, started))
+        return found
 
 
 def fake_autoscaling_config(gcs_address: str, max_workers: int, worker_cpus: int) -> dict:

@@ -37,7 +37,7 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
     lines = -(-len(rows) // per_line) or 1
     # One axes holding every image at its own place, not a grid of subplots: 40 axes and a
     # layout engine measuring their titles took 4 s of a run's 6 s of report here, one axes
-    # 0.4 s. Places are in kernel pixels; the gaps are set in inches through `scale`.
+    # 0.55 to 0.65 s a size. Places are in kernel pixels; the gaps are set in inches through `scale`.
     width, gap, pair_gap, text_room = 4.0 * per_line, 0.06, 0.3, 0.42  # inches
     image = (0.98 * width - per_line * gap - (per_line - 1) * pair_gap) / (2 * per_line)
     scale = image / kernel_size  # inches per kernel pixel

@@ -126,30 +126,13 @@ def _kill_a_busy_worker_node(cluster: LocalCluster, kernels: Path,
     while True:
         assert process.poll() is None, "the run ended before a node could be killed"
         assert time.time() < deadline, "no two worker nodes and eight models in 300 s"
-        raylets = _raylets(cluster)
+        raylets = cluster.raylets()
         if len(raylets) >= 3 and len(list(kernels.glob(".*.pending"))) >= 8:
             break
         time.sleep(0.2)
     newest = raylets[-1]  # the head's raylet started first
     os.kill(newest, signal.SIGKILL)
     return newest
-
-
-def _raylets(cluster: LocalCluster) -> list[int]:
-    """The pids of this cluster's raylets (their command lines name its temp dir), oldest
-    first."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"/raylet" in cmdline.split(b"\0")[0] and str(cluster.temp).encode() in cmdline:
-            found.append((started, int(entry.name)))
-    return [pid for _, pid in sorted(found)]
 
 
 def _checkpoint(tmp_path: Path) -> Path:
