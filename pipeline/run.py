@@ -47,6 +47,7 @@ from dwscan.io.template_index import DEFAULT_THRESHOLD
 from dwscan.io.template_set import (
     TemplateSetRecord,
     assignment_template_set,
+    read_seed_templates,
     read_template_set_record,
     template_set_of,
     write_template_set_record,
@@ -58,7 +59,7 @@ from dwscan.method.families import default_master_key_filters, read_master_key_f
 from dwscan.stages.assign import assign_model_file
 from dwscan.stages.extract import extract_model_to_parquet
 from dwscan.stages.report import write_reports
-from dwscan.stages.templates import TemplateConfig, build_templates, stability_run
+from dwscan.stages.templates import TemplateConfig, build_templates
 from dwscan.stages.train import train_on_ray
 from dwscan.text import one_line
 
@@ -177,14 +178,14 @@ def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
         with _timed(timings, "train"):
             train_on_ray(
                 kernel_paths, layout.autoencoders_dir, options.autoencoder,
-                num_workers=options.train_workers, use_gpu=options.use_gpu,
-                stability=(stability_run(options.templates)
-                           if options.templates.stability_check else None))
+                num_workers=options.train_workers, use_gpu=options.use_gpu)
     with _timed(timings, "templates"):
-        templates, missed = build_templates(kernel_paths, layout.autoencoders_dir,
-                                            options.templates, seed=options.autoencoder.seed,
-                                            threshold=options.threshold)
+        templates, seed_templates, missed = build_templates(
+            kernel_paths, layout.autoencoders_dir, options.templates,
+            seed=options.autoencoder.seed, threshold=options.threshold,
+            n_seeds=options.autoencoder.seeds)
         write_table(missed, layout.missed_patterns_path, schemas.MISSED_PATTERNS)
+        write_table(seed_templates, layout.seed_templates_path, schemas.SEED_TEMPLATES)
         # the record goes first: templates.parquet existing means a complete set
         write_template_set_record(layout.template_set_path, TemplateSetRecord(
             template_set=template_set_of(templates), method=options.templates.method,
@@ -203,10 +204,12 @@ def assign_stale(layout: OutputLayout, ok: list[str], templates: pa.Table,
     stale = [m for m in ok if assignment_template_set(layout.assignments_path(m)) != current]
     # read here, where $DWSCAN_MASTER_KEY_FILTERS is set, not in each worker
     master_keys = read_master_key_filters(default_master_key_filters())
+    seed_templates = read_seed_templates(layout, current)
     assigned = ray_executor.run_tasks(
         assign_model_file,
         [(layout.kernels_path(m), templates, record.threshold, layout.assignments_path(m),
-          record.sign_invariant, 262_144, master_keys, families) for m in stale],
+          record.sign_invariant, 262_144, master_keys, families, seed_templates)
+         for m in stale],
         desc="assign", max_in_flight=max_in_flight)
     for model_id, result in zip(stale, assigned):
         if isinstance(result, BaseException):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.7.0"
+SCHEMA_VERSION = "2.0.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -190,16 +190,28 @@ TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, on
     _col("share", pa.float64(), "n_clustered / clustered kernels of this size", nullable=False),
     _col("share_of_valid", pa.float64(), "n_clustered / valid kernels of this size",
          nullable=False),
-    _col("stability_cosine", pa.float32(), "cosine to its nearest template in a second run with "
-         "another seed (on a sample); null when the check was off"),
-    _col("stability_share", pa.float64(), "that template's share of clustered kernels in the "
-         "second run"),
-    _col("stable", pa.bool_(), "mutual match in the second run, cosine >= 0.95 and share moved "
-         "<= 2 points; null when the check was off"),
+    _col("support", pa.int32(), "seeds (of n_seeds) with a template within cosine 0.9 of it; "
+         "at least half, or it would not be kept (METHOD.md 4, the consensus)", nullable=False),
+    _col("n_seeds", pa.int32(), "seeds whose templates the consensus was built from",
+         nullable=False),
     _col("master_key", pa.int32(), "7x7 only: nearest (signed cosine) of the eight master-key "
          "filters of Babaiee et al., NeurIPS 2025 (shipped; $DWSCAN_MASTER_KEY_FILTERS overrides), "
          "numbered 1-8 as in their file; null at other sizes"),
     _col("master_key_cosine", pa.float32(), "cosine to that master-key filter"),
+])
+
+SEED_TEMPLATES = _schema("seed_templates", "seed_templates.parquet",
+                         "each seed's own templates, of which templates.parquet is the consensus; "
+                         "the reports' seed ranges are over these sets", [
+    _template_set(), _kernel_size(),
+    _col("seed_index", pa.int32(), "0..n_seeds-1: the position in assignments' seed_template_ids",
+         nullable=False),
+    _col("seed", pa.int64(), "the seed of that run (autoencoder or k-means)", nullable=False),
+    _col("template_id", pa.int32(), "0.. within a kernel size and seed", nullable=False),
+    *[f for f in _family_fit() if f.name in ("label", "family", "polarity")],
+    _col("weights", pa.list_(pa.float32()), "k*k template, centred, unit L2 norm", nullable=False),
+    _col("share_of_valid", pa.float64(), "its clustered kernels / valid kernels of this size",
+         nullable=False),
 ])
 
 ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest template of every filter", [
@@ -218,6 +230,9 @@ ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest tem
     _col("master_key", pa.int32(), "7x7 only: the master-key filter (1-8) of the best fit "
          "a*F + b (largest |cosine|); null at other sizes, when invalid or before schema 1.6"),
     _col("master_key_cosine", pa.float32(), "cosine of that fit (|cosine| to the filter)"),
+    _col("seed_template_ids", pa.list_(pa.int32()), "per seed (seed_templates.seed_index): "
+         "the template of that seed's own set at cosine >= threshold, null where unclustered "
+         "under it; null when invalid or the set has one seed"),
 ])
 
 CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
@@ -241,6 +256,29 @@ CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
     _col("master_key_counts", pa.map_(pa.int32(), pa.int64()), "filter number (1-8) -> valid "
          "7x7 kernels whose best fit is that filter and reaches `threshold`; filters with none "
          "left out; null without 7x7 kernels"),
+    _col("clustered_fraction_seed_min", pa.float64(), "lowest clustered_fraction over the "
+         "seeds' own template sets (seed_templates): the headline's seed range; null with one "
+         "seed"),
+    _col("clustered_fraction_seed_max", pa.float64(), "highest, as above"),
+])
+
+PATTERN_SHARES = _schema("pattern_shares", "reports/pattern_shares.parquet",
+                         "share of the valid kernels on a template of each family x polarity, "
+                         "per model and kernel size and over the zoo (model_id null), with its "
+                         "range over the seeds' own template sets", [
+    _col("model_id", pa.string(), "model name; null on the zoo's rows (every model pooled)"),
+    _kernel_size(),
+    _col("family", pa.string(), "template family (templates.family)", nullable=False),
+    _col("polarity", pa.string(), "template polarity (templates.polarity); null where the "
+         "family has none"),
+    _col("n_valid", pa.int64(), "valid kernels of the model (or zoo) and size", nullable=False),
+    _col("n_kernels", pa.int64(), "of those, clustered on a template of this family x polarity",
+         nullable=False),
+    _col("share", pa.float64(), "n_kernels / n_valid, with the consensus templates",
+         nullable=False),
+    _col("share_seed_min", pa.float64(), "lowest share over the seeds' own template sets "
+         "(each seed's templates named by their own family fit); null with one seed"),
+    _col("share_seed_max", pa.float64(), "highest, as above"),
 ])
 
 LAYERS = _schema("layers", "reports/layers.parquet", "clusterability per model and depthwise layer", [
@@ -372,8 +410,9 @@ SUBSTITUTION = _schema("substitution", "reports/substitution.parquet",
 ])
 
 ALL = {s.metadata[TABLE_KEY].decode(): s for s in (
-    KERNELS, MODELS, TEMPLATES, ASSIGNMENTS, CLUSTERABILITY, LAYERS, LABEL_SHARES, MODEL_METADATA,
-    ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS, RUNS, SUBSTITUTION)}
+    KERNELS, MODELS, TEMPLATES, SEED_TEMPLATES, ASSIGNMENTS, CLUSTERABILITY, PATTERN_SHARES,
+    LAYERS, LABEL_SHARES,
+    MODEL_METADATA, ACCURACY, CORRELATION, THRESHOLD_SWEEP, MISSED_PATTERNS, RUNS, SUBSTITUTION)}
 
 
 def table_path(schema: pa.Schema) -> str:

@@ -75,10 +75,11 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--sign-invariant", action="store_true",
                          help="count a kernel and its negative as one pattern (default, as the "
                               "paper: on- and off-centre are different patterns)")
-    command.add_argument("--no-stability-check", dest="stability_check", action="store_false",
-                         help="skip the second-seed training that marks templates a second seed "
-                              "does not reproduce (saves about the training time again on a small "
-                              "zoo; `stable` is then null)")
+    command.add_argument("--seeds", type=int, default=defaults.seeds,
+                         help=f"autoencoders (or k-means runs) per kernel size, each of its own "
+                              f"seed, trained together; the templates are their consensus and "
+                              f"every headline figure gets its range over the seeds' own sets "
+                              f"(default: {defaults.seeds}; 1: the paper's single run)")
 
 
 def add_family_yardstick(command: argparse.ArgumentParser) -> None:
@@ -100,10 +101,12 @@ def run_options(args: argparse.Namespace):
     if hasattr(args, "threshold"):
         options.threshold, options.train_workers, options.use_gpu = (
             args.threshold, args.train_workers, args.gpu)
-        options.autoencoder = AutoencoderConfig(epochs=args.epochs, seed=args.seed)
+        if args.seeds < 1:
+            raise SystemExit(f"dwscan: --seeds must be at least 1, not {args.seeds}")
+        options.autoencoder = AutoencoderConfig(epochs=args.epochs, seed=args.seed,
+                                                seeds=args.seeds)
         options.templates = TemplateConfig(sign_invariant=args.sign_invariant,
-                                           method=args.templates, n_clusters=args.n_clusters,
-                                           stability_check=args.stability_check)
+                                           method=args.templates, n_clusters=args.n_clusters)
     options.family_yardstick = getattr(args, "family_yardstick", False)
     if hasattr(args, "accuracy_csv"):
         options.accuracy_csv, options.pretrain_csv = args.accuracy_csv, args.pretrain_csv

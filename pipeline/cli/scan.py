@@ -95,10 +95,10 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         for k in sorted(set(summary.templates.column("kernel_size").to_pylist())):
             rows = sorted((r for r in summary.templates.to_pylist() if r["kernel_size"] == k),
                           key=lambda r: -r["share"])
-            print(f"Templates {k}x{k} (share of clustered kernels; * not reproduced by a "
-                  f"second seed): " + ", ".join(
-                      f"#{r['template_id']}{'*' if r['stable'] is False else ''} {r['label']} "
-                      f"{100 * r['share']:.0f}%" for r in rows))
+            print(f"Templates {k}x{k} (share of clustered kernels; support: seeds of "
+                  f"{rows[0]['n_seeds']} that found it): " + ", ".join(
+                      f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}% "
+                      f"({r['support']}/{r['n_seeds']})" for r in rows))
     for r in summary.missed_patterns.to_pylist():
         k = r["kernel_size"]
         remedy = ("the 1-D code may not reach it: try --templates kmeans"
@@ -193,8 +193,9 @@ def command_synth(args: argparse.Namespace) -> int:
 
 
 def format_training_record(kernel_size: int, record: dict) -> str:
-    """One line: steps taken, passes over the data and why training stopped."""
-    return (f"train {kernel_size}x{kernel_size}: {record['steps']:,} steps "
-            f"({record['epochs']:.2f} epochs of {record['n_kernels']:,} kernels) in "
-            f"{record['train_seconds']:.1f} s, stopped: {record['stop_reason']}, final loss "
-            f"{record['final_loss']:.4f}")
+    """One line: seeds, steps taken, passes over the data and why training stopped."""
+    seeds = len(record.get("seeds") or [None])
+    return (f"train {kernel_size}x{kernel_size}: {seeds} seed{'s' if seeds > 1 else ''}, "
+            f"{record['steps']:,} steps ({record['epochs']:.2f} epochs of "
+            f"{record['n_kernels']:,} kernels) in {record['train_seconds']:.1f} s, stopped: "
+            f"{record['stop_reason']}, final loss {record['final_loss']:.4f} (mean of seeds)")

@@ -241,6 +241,10 @@ class OutputLayout:
         return self.root / "templates.parquet"
 
     @property
+    def seed_templates_path(self) -> Path:
+        return self.root / "seed_templates.parquet"
+
+    @property
     def template_set_path(self) -> Path:
         return self.root / "template_set.json"
 

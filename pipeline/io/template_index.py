@@ -129,6 +129,23 @@ def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[
     return indexes
 
 
+def seed_template_indexes(seed_templates: pa.Table | None, sign_invariant: bool = False
+                          ) -> dict[int, list[TemplateIndex]]:
+    """Per kernel size, one index per seed (in seed_index order) from a SEED_TEMPLATES table;
+    empty without one, or where a size has a single seed (its range would be no range)."""
+    if seed_templates is None or not seed_templates.num_rows:
+        return {}
+    indexes = {}
+    for k in sorted(set(seed_templates.column("kernel_size").to_pylist())):
+        of_size = seed_templates.filter(pc.equal(seed_templates.column("kernel_size"), k))
+        seeds = sorted(set(of_size.column("seed_index").to_pylist()))
+        if len(seeds) < 2:
+            continue
+        indexes[k] = [template_indexes(of_size.filter(pc.equal(of_size.column("seed_index"), i)),
+                                       sign_invariant)[k] for i in seeds]
+    return indexes
+
+
 def chance_clustered_fraction(index: TemplateIndex, threshold: float, n: int = 100_000,
                               seed: int = 0) -> float:
     """Share of isotropic Gaussian kernels that reach `threshold`: what 'clustered' means by luck."""

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dwscan.io.storage import as_location, file_metadata, write_bytes_atomic
+from dwscan import schemas
+from dwscan.io.storage import (
+    OutputLayout,
+    as_location,
+    file_metadata,
+    read_table_as,
+    write_bytes_atomic,
+)
 from dwscan.io.template_index import DEFAULT_THRESHOLD
 
 
@@ -70,3 +77,14 @@ def assignment_template_set(path: Path) -> str | None:
     except (OSError, pa.ArrowException):
         return None
     return value.decode() if value else None
+
+
+def read_seed_templates(layout: OutputLayout, template_set: str | None) -> pa.Table | None:
+    """The seeds' own template sets of `template_set`; None where there are none (a folder
+    written before schema 2.0, or templates made elsewhere), so no seed range is reported."""
+    if not layout.seed_templates_path.exists():
+        return None
+    seeds = read_table_as(layout.seed_templates_path, schemas.SEED_TEMPLATES)
+    if seeds.num_rows and template_set_of(seeds) != template_set:
+        return None
+    return seeds

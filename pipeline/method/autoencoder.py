@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ from torch import nn
 # them without torch
 from dwscan.method.autoencoder_config import (
     AutoencoderConfig,
-    StabilityRun,  # noqa: F401
     autoencoder_path,  # noqa: F401
+    member_seeds,
     read_training_records,  # noqa: F401
 )
 
@@ -54,6 +54,79 @@ class KernelAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+class AutoencoderEnsemble(nn.Module):
+    """R independent KernelAutoencoders trained as one network: each layer's weights are stacked
+    (R, in, out) and applied with one batched matmul, so R seeds cost about 2.4x one seed on a
+    CPU thread rather than R times (METHOD.md 3). Member r starts exactly as a KernelAutoencoder
+    built after torch.manual_seed(seeds[r]); Adam is elementwise, so training the stack is
+    training R separate models. `member(r)` gives one back as a plain KernelAutoencoder."""
+
+    BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm1d's defaults, which member() copies into
+
+    def __init__(self, dim: int, seeds: list[int], hidden: tuple[int, ...] = AutoencoderConfig.hidden,
+                 code_dim: int = 1):
+        super().__init__()
+        self.dim, self.hidden, self.code_dim, self.seeds = dim, tuple(hidden), code_dim, list(seeds)
+        members = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            members.append(KernelAutoencoder(dim, hidden, code_dim))
+        self.n_encoder = len(hidden) + 1  # linear layers up to the code
+        weights, biases = [], []
+        for layer in range(len(_linears(members[0]))):
+            linears = [_linears(m)[layer] for m in members]
+            weights.append(nn.Parameter(torch.stack([lin.weight.detach().T for lin in linears])))
+            biases.append(nn.Parameter(torch.stack([lin.bias.detach()[None] for lin in linears])))
+        self.weights, self.biases = nn.ParameterList(weights), nn.ParameterList(biases)
+        self.register_buffer("running_mean", torch.zeros(len(seeds), 1, code_dim))
+        self.register_buffer("running_var", torch.ones(len(seeds), 1, code_dim))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def _layers(self, x: torch.Tensor, layers: range) -> torch.Tensor:
+        for i in layers:
+            x = torch.baddbmm(self.biases[i], x, self.weights[i])
+            if i not in (self.n_encoder - 1, len(self.weights) - 1):
+                x = torch.tanh(x)
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, B, dim) rows, one batch per member -> (R, B, code_dim) codes in (0, 1)."""
+        z = self._layers(x, range(self.n_encoder))
+        if self.training:  # batch norm per member, as KernelAutoencoder's BatchNorm1d
+            mean = z.mean(dim=1, keepdim=True)
+            var = z.var(dim=1, unbiased=False, keepdim=True)
+            with torch.no_grad():
+                unbiased = var * (z.shape[1] / max(1, z.shape[1] - 1))
+                self.running_mean.lerp_(mean, self.BN_MOMENTUM)
+                self.running_var.lerp_(unbiased, self.BN_MOMENTUM)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        return torch.sigmoid((z - mean) / torch.sqrt(var + self.BN_EPS))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self._layers(code, range(self.n_encoder, len(self.weights)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def member(self, r: int) -> KernelAutoencoder:
+        model = KernelAutoencoder(self.dim, self.hidden, self.code_dim)
+        for layer, linear in enumerate(_linears(model)):
+            linear.weight.copy_(self.weights[layer][r].T)
+            linear.bias.copy_(self.biases[layer][r, 0])
+        norm = model.encoder[-1]
+        norm.running_mean.copy_(self.running_mean[r, 0])
+        norm.running_var.copy_(self.running_var[r, 0])
+        norm.num_batches_tracked.copy_(self.num_batches_tracked)
+        return model.cpu().eval()
+
+
+def _linears(model: KernelAutoencoder) -> list[nn.Linear]:
+    return [m for m in [*model.encoder, *model.decoder] if isinstance(m, nn.Linear)]
 
 
 def cosine_loss(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -113,7 +186,9 @@ class ConvergenceRule:
 
 @dataclass
 class TrainingLog:
-    """How a run went: steps taken, why it stopped, and each check (step, loss, cosine)."""
+    """How a run went: steps taken, why it stopped, and each check (step, loss, cosine). For an
+    ensemble, a check's loss is the members' mean and its cosine the least settled member's;
+    `member_stops` says why each member stopped, `member_losses` each one's last loss."""
 
     steps: int
     epochs: float  # passes over the data (steps / steps per epoch)
@@ -122,6 +197,9 @@ class TrainingLog:
     check_steps: list[int]
     losses: list[float]  # mean training loss since the previous check
     template_cosines: list[float | None]  # templates' cosine to the last check (curve_moved)
+    seeds: list[int] = field(default_factory=list)  # the members' seeds
+    member_stops: list[str] = field(default_factory=list)
+    member_losses: list[float] = field(default_factory=list)
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -142,54 +220,69 @@ CHECK_SWEEP_POINTS = 1024  # codes decoded at each check
 
 
 @torch.no_grad()
-def template_curve(model: KernelAutoencoder, sample: torch.Tensor,
+def template_curve(model: AutoencoderEnsemble, sample: torch.Tensor,
                    n_points: int = CHECK_SWEEP_POINTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoded template sweep (unit rows) and the share of `sample` whose code falls
-    nearest each point: where on the curve the data sits. Stays on the model's device."""
+    """Each member's decoded template sweep (R, n_points, dim; unit rows) and the share of
+    `sample` whose code falls nearest each point (R, n_points): where on the curve the data
+    sits. Stays on the model's device."""
     was_training = model.training
     model.eval()
-    codes = torch.linspace(0.0, 1.0, n_points, device=sample.device).unsqueeze(1)
-    curve = F.normalize(model.decode(codes), dim=1, eps=1e-8)
-    nearest = (model.encode(sample)[:, 0] * (n_points - 1)).round().long().clamp(0, n_points - 1)
-    weights = torch.bincount(nearest, minlength=n_points).float() / max(1, len(sample))
+    n = len(model.seeds)
+    codes = torch.linspace(0.0, 1.0, n_points, device=sample.device).reshape(1, n_points, 1)
+    curve = F.normalize(model.decode(codes.expand(n, -1, -1)), dim=2, eps=1e-8)
+    position = model.encode(sample.expand(n, -1, -1))[:, :, 0] * (n_points - 1)
+    nearest = position.round().long().clamp(0, n_points - 1)
+    weights = torch.zeros(n, n_points, device=sample.device)
+    weights.scatter_add_(1, nearest, torch.ones_like(position))
     model.train(was_training)
-    return curve, weights
+    return curve, weights / max(1, sample.shape[1])
 
 
 def curve_moved(curve: torch.Tensor, weights: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """How much the templates moved since `previous`: each point's best cosine to any earlier
-    point (so sliding along the curve is no move), averaged with the data's weights (so the
-    unused ends of the code range, which drift freely, count for nothing)."""
-    return (weights * (curve @ previous.T).max(dim=1).values).sum()
+    """How much each member's templates moved since `previous`: each point's best cosine to any
+    earlier point (so sliding along the curve is no move), averaged with the data's weights (so
+    the unused ends of the code range, which drift freely, count for nothing). (R,)"""
+    return (weights * torch.bmm(curve, previous.transpose(1, 2)).max(dim=2).values).sum(dim=1)
 
 
-def train_autoencoder(
+def train_autoencoder(data: np.ndarray, config: AutoencoderConfig, **kwargs
+                      ) -> tuple[KernelAutoencoder, TrainingLog]:
+    """One autoencoder of seed `config.seed` (an ensemble of one); see train_ensemble."""
+    models, log = train_ensemble(data, replace(config, seeds=1), seeds=[config.seed], **kwargs)
+    return models[0], log
+
+
+def train_ensemble(
     data: np.ndarray,
     config: AutoencoderConfig,
     *,
+    seeds: list[int] | None = None,
     rank: int = 0,
     world_size: int = 1,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     device: str | torch.device = "cpu",
     on_check: Callable[[int, int, float, float | None], None] | None = None,
-) -> tuple[KernelAutoencoder, TrainingLog]:
-    """Train on centred unit-norm rows; returns the bare model and how training went.
+) -> tuple[list[KernelAutoencoder], TrainingLog]:
+    """Train one autoencoder per seed (default member_seeds of the config's) on centred unit-norm rows,
+    together as an AutoencoderEnsemble; returns the bare members and how training went.
 
-    Every `check_every` steps the model decodes its template sweep, weighted by where a fixed
-    seeded sample of the rows sits on it; with `config.epochs` None training stops once those
-    templates stop moving and the loss stops falling, or the loss has long stopped falling
-    (ConvergenceRule, then a cool-down), or at `max_steps`. Every rank sees the same seeded
-    permutation per epoch and takes its own equal-length slice, so DDP ranks step in lockstep, and the check's
-    numbers are averaged over ranks, so they stop together. The rows, the check sample and each
-    epoch's order live on `device` and the loss stays there between checks, so a CUDA step never
-    waits for the host; on CUDA the batch is `gpu_batch_size` (batch_size_for) and the epoch
-    orders come from torch's CUDA generator, so CUDA and CPU runs of one seed differ in detail.
-    `on_check(step, budget, loss, cosine)` reports progress.
+    Each member sees its own seeded permutation of the rows per epoch. Every `check_every`
+    steps each member decodes its template sweep, weighted by where a fixed seeded sample of
+    the rows sits on it; with `config.epochs` None a member is done once its templates stop
+    moving and its loss stops falling, or its loss has long stopped falling (ConvergenceRule),
+    and the ensemble cools down once every member is done, or stops at `max_steps`. Every rank
+    sees the same permutations and takes its own equal-length slice, so DDP ranks step in
+    lockstep, and the check's numbers are averaged over ranks, so they stop together. The rows,
+    the check sample and each epoch's orders live on `device` and the loss stays there between
+    checks, so a CUDA step never waits for the host; on CUDA the batch is `gpu_batch_size`
+    (batch_size_for) and the orders come from torch's CUDA generator, so CUDA and CPU runs of
+    one seed differ in detail. `on_check(step, budget, loss, cosine)` reports progress.
     """
     on_cuda = torch.device(device).type == "cuda"
     config = replace(config, batch_size=batch_size_for(config, device))
-    torch.manual_seed(config.seed)
-    model = KernelAutoencoder(data.shape[1], config.hidden, config.code_dim).to(device)
+    seeds = list(seeds if seeds is not None else member_seeds(config.seed, config.seeds))
+    n_members = len(seeds)
+    model = AutoencoderEnsemble(data.shape[1], seeds, config.hidden, config.code_dim).to(device)
     trained = wrap_model(model) if wrap_model else model
     # fused Adam: one kernel launch for all parameters on CUDA (not available for CPU tensors)
     optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=on_cuda or None)
@@ -198,37 +291,41 @@ def train_autoencoder(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
-    rng = np.random.default_rng(config.seed)  # the CPU's epoch orders (as before CUDA support)
+    rngs = [np.random.default_rng(seed) for seed in seeds]  # the CPU's epoch orders
     # CUDA draws them on the GPU: a host permutation of millions of rows would stall each epoch;
-    # seeded alike on every rank, so DDP ranks still share one order
-    device_rng = torch.Generator(device=device).manual_seed(config.seed) if on_cuda else None
+    # seeded alike on every rank, so DDP ranks still share the orders
+    device_rngs = ([torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+                   if on_cuda else None)
     check_rows = np.sort(np.random.default_rng(config.seed + 1).permutation(len(data))[
         :config.check_sample])
-    sample = tensor[torch.from_numpy(check_rows).to(device)]
-    rule = ConvergenceRule(config)
+    sample = tensor[torch.from_numpy(check_rows).to(device)].unsqueeze(0)
+    rules = [ConvergenceRule(config) for _ in seeds]
+    stops: list[str | None] = [None] * n_members
     log = TrainingLog(0, 0.0, STOP_EPOCHS if config.epochs is not None else STOP_CAP, None,
-                      [], [], [])
+                      [], [], [], seeds)
     cooldown_from = 0.0  # the learning rate when the cool-down began
     previous: torch.Tensor | None = None
-    window_loss = torch.zeros((), device=device)
+    window_loss = torch.zeros(n_members, device=device)
     window_steps = 0
     step = 0
     needed = per_epoch * config.batch_size
     while step < budget:
-        # the epoch's order is made (on CUDA) or put (on the CPU) on the device once; each step
-        # slices it there, so no index array crosses to the device per step
-        order = (torch.randperm(len(data), generator=device_rng, device=device) if on_cuda
-                 else torch.from_numpy(rng.permutation(len(data))))
-        shard = order[rank::world_size][:needed]
-        if len(shard) < needed:  # fewer rows than one batch per rank: repeat them
-            shard = shard.repeat(-(-needed // len(shard)))[:needed]
+        # each epoch's orders are made (on CUDA) or put (on the CPU) on the device once; each
+        # step slices them there, so no index array crosses to the device per step
+        orders = torch.stack([
+            torch.randperm(len(data), generator=device_rngs[r], device=device) if on_cuda
+            else torch.from_numpy(rngs[r].permutation(len(data))) for r in range(n_members)])
+        shards = orders[:, rank::world_size][:, :needed]
+        if shards.shape[1] < needed:  # fewer rows than one batch per rank: repeat them
+            shards = shards.repeat(1, -(-needed // shards.shape[1]))[:, :needed]
+        shards = shards.to(device)
         for i in range(per_epoch):
             if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
                 break
-            batch = tensor[shard[i * config.batch_size:(i + 1) * config.batch_size]]
-            loss = cosine_loss(batch, trained(batch))
+            batch = tensor[shards[:, i * config.batch_size:(i + 1) * config.batch_size]]
+            losses = 1.0 - F.cosine_similarity(batch, trained(batch), dim=2, eps=1e-8).mean(dim=1)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()  # members share no weight: each gets its own loss's gradient
             optimiser.step()
             if log.converged_step is None:
                 schedule.step()
@@ -236,32 +333,42 @@ def train_autoencoder(
                 done = (step + 1 - log.converged_step) / (budget - log.converged_step)
                 for group in optimiser.param_groups:
                     group["lr"] = cooldown_from + done * (config.lr / 20 - cooldown_from)
-            window_loss += loss.detach()
+            window_loss += losses.detach()
             window_steps += 1
             step += 1
             if step % config.check_every and step != budget:
                 continue
             current, weights = template_curve(model, sample)
             moved = (curve_moved(current, weights, previous) if previous is not None
-                     else torch.full((), float("nan"), device=device))
+                     else torch.full((n_members,), float("nan"), device=device))
             numbers = _mean_over_ranks(torch.stack([window_loss / window_steps, moved]),
                                        world_size).tolist()  # the check's one host sync
-            mean_loss, cosine = numbers[0], None if np.isnan(numbers[1]) else numbers[1]
+            member_losses = numbers[0]
+            cosines = [None if np.isnan(c) else c for c in numbers[1]]
+            mean_loss = float(np.mean(member_losses))
+            least_settled = None if cosines[0] is None else min(cosines)
             log.check_steps.append(step)
             log.losses.append(mean_loss)
-            log.template_cosines.append(cosine)
+            log.template_cosines.append(least_settled)
+            log.member_losses = member_losses
             previous, window_loss, window_steps = current, torch.zeros_like(window_loss), 0
             if on_check:
-                on_check(step, budget, mean_loss, cosine)
-            stop = (rule.observe(step, mean_loss, cosine)
-                    if config.epochs is None and log.converged_step is None else None)
-            if stop:
+                on_check(step, budget, mean_loss, least_settled)
+            if config.epochs is not None or log.converged_step is not None:
+                continue
+            for r, rule in enumerate(rules):
+                if stops[r] is None:
+                    stops[r] = rule.observe(step, member_losses[r], cosines[r])
+            if all(stops):
                 # the same numbers on every rank (averaged above), so the same new budget
-                log.stop_reason, log.converged_step = stop, step
+                log.stop_reason = (STOP_CONVERGED if all(s == STOP_CONVERGED for s in stops)
+                                   else STOP_PLATEAU)
+                log.converged_step = step
                 budget = min(budget, step + max(config.check_every, int(config.cooldown * step)))
                 cooldown_from = optimiser.param_groups[0]["lr"]
     log.steps, log.epochs = step, step / per_epoch
-    return model.cpu().eval(), log
+    log.member_stops = [s or log.stop_reason for s in stops]
+    return [model.member(r) for r in range(n_members)], log
 
 
 @torch.no_grad()
@@ -292,7 +399,7 @@ def save_autoencoder(model: KernelAutoencoder, path: Path, extra: dict | None = 
             **(extra or {})}
     write_bytes_atomic(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     write_bytes_atomic(path.with_suffix(".json"),
-                       json.dumps(meta, indent=2, default=_jsonable).encode())
+                       json.dumps(meta, indent=2, default=jsonable).encode())
     return path
 
 
@@ -308,7 +415,7 @@ def load_autoencoder(path: Path) -> tuple[KernelAutoencoder, dict]:
     return model.eval(), meta
 
 
-def _jsonable(value: object) -> object:
+def jsonable(value: object) -> object:
     if isinstance(value, AutoencoderConfig):
         return asdict(value)
     if isinstance(value, np.generic):

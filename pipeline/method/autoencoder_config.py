@@ -1,16 +1,14 @@
-"""The autoencoder's settings and files, without torch: its training config, the stability
-check's second run, where the weights and their JSON records go, and reading those records.
-The command line reads the config's defaults for its help, and the run driver and the stages
-pass these around without training; `dwscan.method.autoencoder` (the network and its training
-loop) re-exports them."""
+"""The autoencoder's settings and files, without torch: its training config, the seeds of a
+run, where the weights and their JSON records go, and reading those records. The command line
+reads the config's defaults for its help, and the run driver and the stages pass these around
+without training; `dwscan.method.autoencoder` (the network and its training loop) re-exports
+them."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 
 @dataclass
@@ -21,7 +19,9 @@ class AutoencoderConfig:
     code_dim: int = 1  # the paper's 1-D code
     epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
     min_steps: int = 1500  # no convergence stop before this many optimiser steps
-    max_steps: int = 20_000  # the step cap of a convergence-stopped run
+    # the step cap of a convergence-stopped run: with the consensus over seeds a seed need not
+    # converge (METHOD.md 3), and 2,000 steps keep five seeds of the demo at about 25 s a size
+    max_steps: int = 2000
     check_every: int = 250  # optimiser steps between two convergence checks
     check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
     template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
@@ -38,6 +38,9 @@ class AutoencoderConfig:
     gpu_batch_size: int = 8192
     lr: float = 3e-3  # Adam, cosine-annealed to lr/20 over the run (or over max_steps)
     seed: int = 0  # model init and data order; same input + seed = same templates
+    # autoencoders trained together per kernel size, each of its own seed (member_seeds); the
+    # templates are their consensus (dwscan.stages.templates, METHOD.md 4)
+    seeds: int = 5
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:
@@ -46,43 +49,34 @@ class AutoencoderConfig:
         return cls(**values)
 
 
-def autoencoder_path(out_dir: Path, kernel_size: int, stability_check: bool = False) -> Path:
-    """`k3.safetensors`; the stability check's second-seed run beside it as
-    `k3.stability.safetensors` (its record `k3.stability.json`)."""
+def autoencoder_path(out_dir: Path, kernel_size: int, seed_index: int = 0) -> Path:
+    """`k3.seed0.safetensors`, ... one per seed (its rebuild record `k3.seed0.json`); the
+    training record of all seeds is `k3.json` (read_training_records)."""
     from dwscan.io.storage import as_location
 
-    role = ".stability" if stability_check else ""
-    return as_location(out_dir) / f"k{kernel_size}{role}.safetensors"
+    return as_location(out_dir) / f"k{kernel_size}.seed{seed_index}.safetensors"
 
 
-@dataclass(frozen=True)
-class StabilityRun:
-    """The stability check's second training: seed + 1, on a seeded sample of at most `sample`
-    kernels, convergence-stopped within `steps` steps, so the check costs a bounded fraction of
-    the run. The train stage trains it beside the first run; the templates stage selects from it
-    on the same sample."""
+def training_record_path(out_dir: Path, kernel_size: int) -> Path:
+    from dwscan.io.storage import as_location
 
-    sample: int = 100_000
-    steps: int = 5000
+    return as_location(out_dir) / f"k{kernel_size}.json"
 
-    def config(self, first: AutoencoderConfig) -> AutoencoderConfig:
-        return replace(first, seed=first.seed + 1, epochs=None,
-                       min_steps=min(self.steps, AutoencoderConfig.min_steps),
-                       max_steps=self.steps)
 
-    def kernels(self, kernels: np.ndarray, seed: int) -> np.ndarray:
-        """The sample of `kernels` (of one size, loaded with `seed`) that the run sees."""
-        if len(kernels) <= self.sample:
-            return kernels
-        rng = np.random.default_rng(seed + 1)
-        return kernels[np.sort(rng.choice(len(kernels), self.sample, False))]
+SEED_STRIDE = 1000
+
+
+def member_seeds(seed: int, n_seeds: int) -> list[int]:
+    """The seeds of a run of base seed S: S*1000 + i, so the seeds of two base seeds never
+    overlap (two runs' agreement is then not built in)."""
+    return [seed * SEED_STRIDE + i for i in range(n_seeds)]
 
 
 def read_training_records(out_dir: Path, kernel_sizes: list[int]) -> dict[int, dict]:
     """What `autoencoders/k*.json` say about each size's training (steps, why it stopped)."""
     records = {}
     for k in kernel_sizes:
-        path = autoencoder_path(out_dir, k).with_suffix(".json")
+        path = training_record_path(out_dir, k)
         if path.exists():
             records[k] = json.loads(path.read_text())
     return records

@@ -56,9 +56,9 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
         for left, image in ((x, template), (x + kernel_size + gap, fitted)):
             ax.imshow(image, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
                       extent=(left, left + kernel_size, y + kernel_size, y))
-        unstable = " *" if row["stable"] is False else ""
-        ax.text(x, y - 0.03 * kernel_size, f"#{row['template_id']}{unstable} "
-                f"{100 * row['share']:.1f}% of clustered\n{row['label']}", fontsize=7,
+        ax.text(x, y - 0.03 * kernel_size, f"#{row['template_id']} "
+                f"{100 * row['share']:.1f}% of clustered, {row['support']}/{row['n_seeds']} "
+                f"seeds\n{row['label']}", fontsize=7,
                 va="bottom")
         ax.text(x + kernel_size + gap, y - 0.03 * kernel_size,
                 f"{row['family']}, fit cosine {row['fit_cosine']:.3f}\n"

@@ -27,26 +27,67 @@ def clusterability_table(assignments: pa.Table, threshold: float,
     chance = chance or {}
     grouped = _counts(assignments, ["model_id", "kernel_size"])
     yardstick = _yardstick_counts(assignments, threshold)
+    seeds = seed_clustered_counts(assignments)
     rows = []
     per_model: dict[str, list[dict]] = {}
     for g in grouped.sort_by([("model_id", "ascending"), ("kernel_size", "ascending")]).to_pylist():
         g["chance_fraction"] = chance.get(g["kernel_size"])
         g.update(yardstick.get((g["model_id"], g["kernel_size"]), _NO_YARDSTICK))
+        g["seed_counts"] = seeds.get((g["model_id"], g["kernel_size"]))
         per_model.setdefault(g["model_id"], []).append(g)
     for model_id, size_rows in per_model.items():
         total = _with_fraction({"model_id": model_id, "kernel_size": None, "chance_fraction": None,
                                 **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS},
                                 **_summed_yardstick(size_rows)})
+        counted = [r["seed_counts"] for r in size_rows if r["seed_counts"] is not None]
+        total["seed_counts"] = (np.sum(counted, axis=0) if len(counted) == len(size_rows)
+                                and len({len(c) for c in counted}) == 1 else None)
         weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
         if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
             total["chance_fraction"] = float(np.average(
                 [r["chance_fraction"] for r in size_rows], weights=weights))
         for row in (total, *size_rows):
             _with_yardstick_fractions(row)
+            _with_seed_range(row)
             row.update(threshold=threshold, sign_invariant=sign_invariant,
                        template_set=template_set)
             rows.append(row)
     return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
+
+
+def seed_clustered_counts(assignments: pa.Table) -> dict[tuple[str, int], np.ndarray]:
+    """Per (model, size): valid kernels clustered under each seed's own template set, from
+    the assignments' seed_template_ids; none where the sets were not recorded."""
+    if "seed_template_ids" not in assignments.column_names:
+        return {}
+    ids = assignments.column("seed_template_ids")
+    present = pc.is_valid(ids)
+    rows = assignments.filter(present)
+    if not rows.num_rows:
+        return {}
+    lists = rows.column("seed_template_ids").combine_chunks()
+    n_seeds = len(lists[0].as_py())
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    if (lengths != n_seeds).any():  # files of two runs with different --seeds
+        return {}
+    clustered = np.asarray(lists.flatten().is_valid()).reshape(-1, n_seeds)
+    table = pa.table({"model_id": rows.column("model_id"),
+                      "kernel_size": rows.column("kernel_size"),
+                      **{f"s{i}": clustered[:, i] for i in range(n_seeds)}})
+    grouped = table.group_by(["model_id", "kernel_size"], use_threads=False).aggregate(
+        [(f"s{i}", "sum") for i in range(n_seeds)])
+    return {(g["model_id"], g["kernel_size"]): np.array([g[f"s{i}_sum"] for i in range(n_seeds)])
+            for g in grouped.to_pylist()}
+
+
+def _with_seed_range(row: dict) -> dict:
+    """clustered_fraction_seed_min/max from the row's per-seed clustered counts."""
+    counts = row.pop("seed_counts", None)
+    n_valid = row["n_filters"] - row["n_invalid"]
+    found = counts is not None and n_valid
+    row["clustered_fraction_seed_min"] = float(np.min(counts)) / n_valid if found else None
+    row["clustered_fraction_seed_max"] = float(np.max(counts)) / n_valid if found else None
+    return row
 
 
 # Per (model, size): valid kernels the family yardstick scored and of those at the threshold;
@@ -241,9 +282,10 @@ def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
     `max_models` models (a zoo, where a terminal or a job log cannot hold every row), only the
     all-sizes rows of the most and the least clustered max_models/2 each, and where the rest are.
     Beside the clustered fraction stand the training-free yardstick's shares (families, master
-    keys), which no seed moves."""
-    header = ["model", "k", "filters", "invalid", "clustered", "families", "master keys",
-              "chance", "top1"]
+    keys), which no seed moves, and the clustered fraction's range over the seeds' own
+    template sets."""
+    header = ["model", "k", "filters", "invalid", "clustered", "seed range", "families",
+              "master keys", "chance", "top1"]
     lines = [header]
     rows = table.to_pylist()
     n_models = len({r["model_id"] for r in rows})
@@ -259,7 +301,9 @@ def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
         lines.append([
             r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
             f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
-            _pct(r["clustered_fraction"]), _pct(r["family_fraction"]),
+            _pct(r["clustered_fraction"]), _range(r.get("clustered_fraction_seed_min"),
+                                                  r.get("clustered_fraction_seed_max")),
+            _pct(r["family_fraction"]),
             _pct(r["master_key_fraction"]), _pct(r["chance_fraction"]),
             "-" if r["top1"] is None else f"{r['top1']:.3f}"])
     return format_text_table(lines) + note
@@ -274,5 +318,101 @@ def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) 
                                for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 
+def _range(low: float | None, high: float | None) -> str:
+    """'60.1-64.0%': a seed range, '-' where there is none."""
+    if low is None or high is None:
+        return "-"
+    return f"{100 * low:.1f}-{100 * high:.1f}%"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+# (model_id, kernel_size) -> valid kernels, and per (family, polarity): kernels on such a
+# template under the consensus, and under each seed's own set (None without seed sets)
+PatternCounts = dict[tuple[str, int], tuple[int, dict[tuple[str, str | None],
+                                                      tuple[int, np.ndarray | None]]]]
+
+
+def pattern_counts(assignments: pa.Table, templates: pa.Table,
+                   seed_templates: pa.Table | None) -> PatternCounts:
+    """Kernels per family x polarity of their template, consensus and per seed, per model and
+    size. Counted model by model so the report can add the zoo's rows over its batches."""
+    names = _pattern_lookup(templates, None)
+    seed_names = _pattern_lookup(seed_templates, "seed_index") if seed_templates else {}
+    model_ids = np.asarray(assignments.column("model_id").to_pylist(), dtype=object)
+    sizes = assignments.column("kernel_size").to_numpy()
+    valid = np.asarray(pc.is_null(assignments.column("invalid_reason")))
+    template = pc.fill_null(assignments.column("template_id"), -1).to_numpy()
+    seed_ids = None
+    if "seed_template_ids" in assignments.column_names and seed_names:
+        lists = assignments.column("seed_template_ids").combine_chunks()
+        present = np.asarray(lists.is_valid())
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+        if present.any() and len(set(lengths[present])) == 1:
+            n_seeds = int(lengths[present][0])
+            seed_ids = np.full((len(lengths), n_seeds), -1, np.int64)
+            seed_ids[present] = pc.fill_null(lists.flatten(), -1).to_numpy().reshape(-1, n_seeds)
+    counts: PatternCounts = {}
+    for model_id in dict.fromkeys(model_ids):
+        for k in np.unique(sizes[model_ids == model_id]):
+            rows = (model_ids == model_id) & (sizes == k) & valid
+            found: dict[tuple[str, str | None], list] = {}
+            for t in template[rows][template[rows] >= 0]:
+                found.setdefault(names[(int(k), None, int(t))], [0, None])[0] += 1
+            if seed_ids is not None:
+                mine = seed_ids[rows]
+                for i in range(mine.shape[1]):
+                    for t in mine[:, i][mine[:, i] >= 0]:
+                        entry = found.setdefault(seed_names[(int(k), i, int(t))], [0, None])
+                        if entry[1] is None:
+                            entry[1] = np.zeros(mine.shape[1], np.int64)
+                        entry[1][i] += 1
+                for entry in found.values():
+                    if entry[1] is None:
+                        entry[1] = np.zeros(mine.shape[1], np.int64)
+            counts[(str(model_id), int(k))] = (int(rows.sum()),
+                                               {p: (n, s) for p, (n, s) in found.items()})
+    return counts
+
+
+def _pattern_lookup(templates: pa.Table, seed_column: str | None
+                    ) -> dict[tuple[int, int | None, int], tuple[str, str | None]]:
+    """(kernel size, seed index or None, template id) -> (family, polarity)."""
+    seeds = templates.column(seed_column).to_pylist() if seed_column else [None] * len(templates)
+    return {(k, s, t): (f, p) for k, s, t, f, p in zip(
+        templates.column("kernel_size").to_pylist(), seeds,
+        templates.column("template_id").to_pylist(), templates.column("family").to_pylist(),
+        templates.column("polarity").to_pylist())}
+
+
+def pattern_shares_table(counts: PatternCounts) -> pa.Table:
+    """PATTERN_SHARES rows: per model and size, then the zoo's (every model pooled) per size."""
+    zoo: dict[int, list] = {}
+    rows = []
+    for (model_id, k), (n_valid, found) in sorted(counts.items()):
+        pooled = zoo.setdefault(k, [0, {}])
+        pooled[0] += n_valid
+        for pattern, (n, per_seed) in found.items():
+            into = pooled[1].setdefault(pattern, [0, None])
+            into[0] += n
+            if per_seed is not None:
+                into[1] = per_seed.copy() if into[1] is None else into[1] + per_seed
+        rows += _pattern_rows(model_id, k, n_valid, found)
+    for k, (n_valid, found) in sorted(zoo.items()):
+        rows += _pattern_rows(None, k, n_valid, {p: tuple(v) for p, v in found.items()})
+    return pa.Table.from_pylist(rows, schema=schemas.PATTERN_SHARES)
+
+
+def _pattern_rows(model_id: str | None, k: int, n_valid: int, found: dict) -> list[dict]:
+    out = []
+    for (family, polarity), (n, per_seed) in sorted(found.items(),
+                                                    key=lambda item: (item[0][0], item[0][1] or "")):
+        seeds = per_seed is not None and n_valid
+        out.append({"model_id": model_id, "kernel_size": k, "family": family,
+                    "polarity": polarity, "n_valid": n_valid, "n_kernels": n,
+                    "share": n / n_valid if n_valid else 0.0,
+                    "share_seed_min": float(per_seed.min()) / n_valid if seeds else None,
+                    "share_seed_max": float(per_seed.max()) / n_valid if seeds else None})
+    return out

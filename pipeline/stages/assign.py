@@ -14,7 +14,12 @@ import pyarrow as pa
 from dwscan import schemas
 from dwscan.io.arrays import list_column_to_matrix
 from dwscan.io.storage import iter_tables, write_tables
-from dwscan.io.template_index import DEFAULT_THRESHOLD, TemplateIndex, template_indexes
+from dwscan.io.template_index import (
+    DEFAULT_THRESHOLD,
+    TemplateIndex,
+    seed_template_indexes,
+    template_indexes,
+)
 from dwscan.io.template_set import TEMPLATE_SET_KEY, template_set_of
 from dwscan.method.families import MASTER_KEY_SIZE
 from dwscan.method.preprocess import INVALID_REASONS, VALID, centre_and_normalise
@@ -23,14 +28,20 @@ from dwscan.method.yardstick import family_cosines, master_key_fits
 
 def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
                    threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None,
-                   master_keys: np.ndarray | None = None, families: bool = False) -> pa.Table:
+                   master_keys: np.ndarray | None = None, families: bool = False,
+                   seed_indexes: dict[int, list[TemplateIndex]] | None = None) -> pa.Table:
     """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes). A size with no index (no
     kernel of it reached the threshold when the templates were made) has its valid kernels
     unclustered, with no nearest template. `master_keys` (the 7x7 filters, centred, unit norm)
     give the 7x7 kernels their best master-key fit; without them those columns are null.
     `families`: also each valid kernel's closest family member (`family_cosine`; the search
-    costs tens of seconds per model on 2 cores, so it is asked for with --family-yardstick)."""
+    costs tens of seconds per model on 2 cores, so it is asked for with --family-yardstick).
+    `seed_indexes`: per size, each seed's own template set, for `seed_template_ids`."""
     n = kernels.num_rows
+    seed_indexes = seed_indexes or {}
+    n_seeds = max((len(v) for v in seed_indexes.values()), default=0)
+    seed_ids = np.full((n, n_seeds), -1, dtype=np.int32)  # -1: unclustered under that seed
+    has_seeds = np.zeros(n, dtype=bool)
     yardstick = _Yardstick(n)
     nearest = np.full(n, -1, dtype=np.int64)
     cosine = np.zeros(n, dtype=np.float32)
@@ -48,6 +59,10 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         valid = why == VALID
         yardstick.measure(rows[valid], normalised[valid], int(k), threshold, master_keys,
                           families)
+        for i, index in enumerate(seed_indexes.get(int(k), [])):
+            ids, cos = index.nearest(normalised[valid])
+            seed_ids[rows[valid], i] = np.where(cos >= threshold, ids, -1)
+            has_seeds[rows[valid]] = True
         if int(k) not in indexes:
             no_template[rows[valid]] = True
             continue
@@ -75,7 +90,18 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "template_set": pa.array([template_set], pa.string()).take(
             pa.array(np.zeros(len(codes), np.int32))),
         **yardstick.columns(),
+        "seed_template_ids": _seed_template_ids(seed_ids, has_seeds),
     }, schema=schemas.ASSIGNMENTS)
+
+
+def _seed_template_ids(seed_ids: np.ndarray, has_seeds: np.ndarray) -> pa.Array:
+    """list<int32> per row: each seed's template id, null where unclustered under it; a null
+    list where the row has no seed sets (invalid kernel, or one seed)."""
+    rows = seed_ids[has_seeds]
+    offsets = np.zeros(len(seed_ids) + 1, np.int32)
+    offsets[1:] = np.cumsum(has_seeds * seed_ids.shape[1])
+    values = pa.array(rows.ravel(), pa.int32(), mask=rows.ravel() < 0)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~has_seeds))
 
 
 class _Yardstick:
@@ -111,14 +137,15 @@ class _Yardstick:
 def assign_model_file(kernels_path: Path, templates: pa.Table, threshold: float,
                       out_path: Path, sign_invariant: bool = False,
                       batch_size: int = 262_144, master_keys: np.ndarray | None = None,
-                      families: bool = False) -> int:
+                      families: bool = False, seed_templates: pa.Table | None = None) -> int:
     """Assign one model's kernel file, streaming it in batches so memory stays bounded; writes
     its assignment file whole (atomically) and returns its row count."""
     indexes = template_indexes(templates, sign_invariant)
+    seed_indexes = seed_template_indexes(seed_templates, sign_invariant)
     template_set = template_set_of(templates)
 
     return write_tables((assign_kernels(batch, indexes, threshold, template_set, master_keys,
-                                        families)
+                                        families, seed_indexes)
                          for batch in iter_tables(kernels_path, batch_size)),
                         out_path, schemas.ASSIGNMENTS,
                         metadata={TEMPLATE_SET_KEY: template_set or ""})

@@ -23,7 +23,12 @@ from dwscan.io.accuracy import (
 from dwscan.io.catalogue import ok_model_ids
 from dwscan.io.storage import OutputLayout, read_table_as, read_tables, write_table
 from dwscan.io.template_index import chance_clustered_fraction, template_indexes
-from dwscan.io.template_set import TemplateSetRecord, read_template_set_record, template_set_of
+from dwscan.io.template_set import (
+    TemplateSetRecord,
+    read_seed_templates,
+    read_template_set_record,
+    template_set_of,
+)
 from dwscan.reports.page import (
     DetailTable,
     ExplorerColumn,
@@ -43,10 +48,13 @@ from dwscan.reports.plots import (
 )
 from dwscan.reports.statistics import correlation_table
 from dwscan.reports.tables import (
+    PatternCounts,
     clusterability_table,
     family_label_shares,
     label_shares_table,
     layer_clusterability_table,
+    pattern_counts,
+    pattern_shares_table,
     threshold_sweep_table,
 )
 
@@ -63,7 +71,7 @@ class Reports:
 # what the report tables and plots read of ASSIGNMENTS (not channel, nearest template, sign)
 _ASSIGNMENT_COLUMNS = ["model_id", "layer", "layer_index", "depth", "kernel_size", "template_id",
                        "cosine", "invalid_reason", "family_cosine", "master_key",
-                       "master_key_cosine"]
+                       "master_key_cosine", "seed_template_ids"]
 
 
 def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
@@ -117,7 +125,8 @@ MODELS_PER_BATCH = 100
 def per_model_tables(layout: OutputLayout, ok: list[str], templates: pa.Table,
                      record: TemplateSetRecord, chance: dict[int, float],
                      metadata: pa.Table) -> dict[pa.Schema, pa.Table]:
-    """CLUSTERABILITY, LAYERS, LABEL_SHARES and THRESHOLD_SWEEP of the `ok` models, built over
+    """CLUSTERABILITY, LAYERS, LABEL_SHARES, THRESHOLD_SWEEP and PATTERN_SHARES of the `ok`
+    models, built over
     batches of MODELS_PER_BATCH models in model-id order (each table is sorted by model id, so
     the batches' rows concatenate in the order one pass over every model would give)."""
     ordered = sorted(ok)
@@ -125,15 +134,19 @@ def per_model_tables(layout: OutputLayout, ok: list[str], templates: pa.Table,
                for i in range(0, len(ordered), MODELS_PER_BATCH)] or [[]]
     parts: dict[pa.Schema, list[pa.Table]] = {schemas.CLUSTERABILITY: [], schemas.LAYERS: [],
                                               schemas.LABEL_SHARES: [], schemas.THRESHOLD_SWEEP: []}
+    patterns: PatternCounts = {}
+    seed_templates = read_seed_templates(layout, template_set_of(templates))
     for batch in batches:
         assignments = _read_assignments(layout, batch)
+        patterns.update(pattern_counts(assignments, templates, seed_templates))
         parts[schemas.CLUSTERABILITY].append(clusterability_table(
             assignments, record.threshold, chance, metadata, record.sign_invariant,
             template_set_of(templates)))
         parts[schemas.LAYERS].append(layer_clusterability_table(assignments, metadata))
         parts[schemas.LABEL_SHARES].append(label_shares_table(assignments, templates, metadata))
         parts[schemas.THRESHOLD_SWEEP].append(threshold_sweep_table(assignments))
-    return {schema: pa.concat_tables(tables) for schema, tables in parts.items()}
+    return {**{schema: pa.concat_tables(tables) for schema, tables in parts.items()},
+            schemas.PATTERN_SHARES: pattern_shares_table(patterns)}
 
 
 def _read_assignments(layout: OutputLayout, model_ids: list[str]) -> pa.Table:

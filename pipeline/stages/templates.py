@@ -1,13 +1,13 @@
-"""Stage 4: turn a trained 1-D autoencoder (or k-means, the paper's fallback) into templates.
+"""Stage 4: turn trained 1-D autoencoders (or k-means, the paper's fallback) into templates.
 
-Sweep the code over [0, 1], decode, keep one candidate per direction (merge near-duplicates by
-cosine), drop candidates nearest to fewer than `candidate_min_share` of all kernels, move
-each to the mean of its close members and merge duplicates once more. Then keep only templates
-that real patterns need: the one nearest to the fewest clustered kernels (cosine >= threshold)
-is dropped and the counts recomputed, until every template holds at least `min_share` of the
-clustered kernels. Every
-template is named by its fitted family (`dwscan.method.families`), compared with a second run of
-another seed on a sample (stable or not), and, at 7x7, with the master-key filters.
+Per seed, as the paper: sweep the code over [0, 1], decode, keep one candidate per direction
+(merge near-duplicates by cosine), drop candidates nearest to fewer than `candidate_min_share`
+of all kernels, move each to the mean of its close members and merge duplicates once more; then
+keep only templates that real patterns need: the one nearest to the fewest clustered kernels
+(cosine >= threshold) is dropped and the counts recomputed, until every template holds at least
+`min_share` of the clustered kernels. The templates of the run are the consensus of its seeds
+(`consensus_templates`), each with its support. Every template is named by its fitted family
+(`dwscan.method.families`) and, at 7x7, by the nearest master-key filter.
 `find_missed_patterns` then says which recurring patterns no template reaches. METHOD.md
 explains each choice.
 """
@@ -25,9 +25,14 @@ from dwscan import schemas
 from dwscan.io.arrays import matrices_to_list_array
 from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
 from dwscan.io.template_index import DEFAULT_THRESHOLD, TemplateIndex, spherical_kmeans
-from dwscan.io.template_set import with_template_set_id
+from dwscan.io.template_set import template_set_of, with_template_set_id
 from dwscan.memory import release_free_memory
-from dwscan.method.autoencoder_config import AutoencoderConfig, StabilityRun, autoencoder_path
+from dwscan.method.autoencoder_config import (
+    AutoencoderConfig,
+    autoencoder_path,
+    member_seeds,
+    read_training_records,
+)
 from dwscan.method.families import (
     MASTER_KEY_SIZE,
     FamilyFit,
@@ -53,11 +58,11 @@ class TemplateConfig:
     sign_invariant: bool = False  # a kernel and its negative are one pattern (paper: False)
     method: str = "autoencoder"  # 'autoencoder' (the paper's 1-D code) or 'kmeans' (fallback)
     n_clusters: int = 16  # k-means clusters before merging, with method='kmeans'
-    stability_check: bool = True  # compare with a second run of another seed (on a sample)
-    stability_sample: int = 100_000  # kernels per size the second run trains and selects on
-    stability_steps: int = 5000  # step cap of the second run (convergence-stopped, as the first)
-    stable_cosine: float = 0.95  # a stable template has a mutual match at least this close
-    stable_share_moved: float = 0.02  # ...whose share of clustered kernels moved at most this
+    # the consensus over seeds (consensus_templates): a sweep point is a candidate when at
+    # least half the seeds have a template within merge_cosine of it; sweep points closer than
+    # sweep_thinning to a kept one add nothing; the cover is chosen on a sample of kernels
+    sweep_thinning: float = 0.98
+    cover_sample: int = 50_000
     master_key_filters: str | None = field(default_factory=default_master_key_filters)
 
 
@@ -69,15 +74,6 @@ class TemplateSet:
     n_clustered: np.ndarray  # (n,) of those, kernels at cosine >= threshold
     share: np.ndarray  # (n,) n_clustered / all clustered kernels
     share_of_valid: np.ndarray  # (n,) n_clustered / all kernels
-
-
-@dataclass
-class Stability:
-    """Each template against its match in a second run with another seed."""
-
-    cosine: np.ndarray  # (n,) cosine to the nearest template of the other run
-    other_share: np.ndarray  # (n,) that template's share of the clustered kernels there
-    stable: np.ndarray  # (n,) mutual match, cosine and share within the config's limits
 
 
 def merge_near_duplicates(candidates: np.ndarray, merge_cosine: float,
@@ -191,47 +187,6 @@ def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndar
                        share_of_valid=clustered / max(len(kernels), 1))
 
 
-def second_seed_templates(kernels: np.ndarray, config: TemplateConfig, threshold: float,
-                          seed: int, autoencoder: AutoencoderConfig | None,
-                          trained: KernelAutoencoder | None = None) -> TemplateSet:
-    """The same selection after training (or k-means) with seed + 1 on the stability check's
-    sample (StabilityRun): from `trained`, the train stage's second-seed autoencoder, or else
-    trained here in this process."""
-    run = stability_run(config)
-    kernels = run.kernels(kernels, seed)
-    if config.method == "kmeans":
-        return kmeans_templates(kernels, config, seed + 1, threshold)
-    if trained is None:
-        from dwscan.method.autoencoder import train_autoencoder
-
-        trained, _ = train_autoencoder(kernels, run.config(autoencoder or AutoencoderConfig()))
-    return discover_templates(trained, kernels, config, threshold)
-
-
-def stability_run(config: TemplateConfig) -> StabilityRun:
-    """The second-seed run the stability check asks for."""
-    return StabilityRun(sample=config.stability_sample, steps=config.stability_steps)
-
-
-def compare_runs(found: TemplateSet, other: TemplateSet, config: TemplateConfig) -> Stability:
-    """Match each template to the nearest of the other run's; stable when the match is mutual,
-    at least `stable_cosine` close, and its share of clustered kernels moved at most
-    `stable_share_moved`."""
-    n = len(found.weights)
-    if not n or not len(other.weights):
-        return Stability(np.zeros(n, np.float32), np.zeros(n), np.zeros(n, bool))
-    cosines = found.weights @ other.weights.T
-    if config.sign_invariant:
-        cosines = np.abs(cosines)
-    match = cosines.argmax(axis=1)
-    mutual = cosines.argmax(axis=0)[match] == np.arange(n)
-    best = cosines[np.arange(n), match]
-    other_share = other.share[match]
-    stable = (mutual & (best >= config.stable_cosine)
-              & (np.abs(found.share - other_share) <= config.stable_share_moved))
-    return Stability(best.astype(np.float32), other_share, stable)
-
-
 def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: float,
                          min_share: float = 0.02, sign_invariant: bool = False,
                          seed: int = 0) -> list[tuple[np.ndarray, float]]:
@@ -272,13 +227,15 @@ def _nearest_counts(templates: np.ndarray, kernels: np.ndarray, threshold: float
             np.bincount(ids, minlength=len(templates)))
 
 
-def template_table(kernel_size: int, templates: TemplateSet, stability: Stability | None = None,
+def template_table(kernel_size: int, templates: TemplateSet, n_seeds: int = 1,
                    master_keys: np.ndarray | None = None) -> pa.Table:
     """TEMPLATES rows of one kernel size, each named by its fitted family; `master_keys` are the
-    reference 7x7 filters (only used at 7x7)."""
+    reference 7x7 filters (only used at 7x7). A plain TemplateSet (one seed's) has the support
+    of all `n_seeds`."""
     n = len(templates.weights)
+    support = (templates.support if isinstance(templates, ConsensusSet)
+               else np.full(n, n_seeds))
     fits = fit_families(templates.weights, kernel_size)
-    checked = stability is not None
     key, key_cosine = np.zeros(n, np.int32), np.zeros(n, np.float32)
     has_key = master_keys is not None and kernel_size == MASTER_KEY_SIZE and n > 0
     if has_key:
@@ -294,16 +251,41 @@ def template_table(kernel_size: int, templates: TemplateSet, stability: Stabilit
         "n_clustered": pa.array(templates.n_clustered, pa.int64()),
         "share": pa.array(templates.share, pa.float64()),
         "share_of_valid": pa.array(templates.share_of_valid, pa.float64()),
-        "stability_cosine": pa.array(stability.cosine if checked else np.zeros(n), pa.float32(),
-                                     mask=None if checked else np.ones(n, bool)),
-        "stability_share": pa.array(stability.other_share if checked else np.zeros(n),
-                                    pa.float64(), mask=None if checked else np.ones(n, bool)),
-        "stable": pa.array(stability.stable if checked else np.zeros(n, bool), pa.bool_(),
-                           mask=None if checked else np.ones(n, bool)),
+        "support": pa.array(support, pa.int32()),
+        "n_seeds": pa.array(np.full(n, n_seeds), pa.int32()),
         "master_key": pa.array(key, pa.int32(), mask=None if has_key else np.ones(n, bool)),
         "master_key_cosine": pa.array(key_cosine, pa.float32(),
                                       mask=None if has_key else np.ones(n, bool)),
     }, schema=schemas.TEMPLATES)
+
+
+def seed_template_table(kernel_size: int, members: list[MemberTemplates]) -> pa.Table:
+    """SEED_TEMPLATES rows of one kernel size: every seed's own template set."""
+    columns: dict[str, list] = {"seed_index": [], "seed": [], "template_id": [],
+                                "share_of_valid": []}
+    weights = []
+    for index, member in enumerate(members):
+        n = len(member.templates.weights)
+        columns["seed_index"] += [index] * n
+        columns["seed"] += [member.seed] * n
+        columns["template_id"] += list(range(n))
+        columns["share_of_valid"] += member.templates.share_of_valid.tolist()
+        weights.append(member.templates.weights.reshape(n, kernel_size**2))
+    stacked = np.concatenate(weights) if weights else np.zeros((0, kernel_size**2), np.float32)
+    fits = fit_families(stacked, kernel_size)
+    n = len(stacked)
+    return pa.table({
+        "template_set": pa.nulls(n, pa.string()),
+        "kernel_size": pa.array(np.full(n, kernel_size), pa.int32()),
+        "seed_index": pa.array(columns["seed_index"], pa.int32()),
+        "seed": pa.array(columns["seed"], pa.int64()),
+        "template_id": pa.array(columns["template_id"], pa.int32()),
+        "label": pa.array([f.label for f in fits], pa.string()),
+        "family": pa.array([f.family for f in fits], pa.string()),
+        "polarity": pa.array([f.polarity for f in fits], pa.string()),
+        "weights": matrices_to_list_array([stacked]),
+        "share_of_valid": pa.array(columns["share_of_valid"], pa.float64()),
+    }, schema=schemas.SEED_TEMPLATES)
 
 
 def _fit_columns(fits: list[FamilyFit], kernel_size: int) -> dict[str, pa.Array]:
@@ -325,40 +307,31 @@ def _fit_columns(fits: list[FamilyFit], kernel_size: int) -> dict[str, pa.Array]
 
 def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                     config: TemplateConfig | None = None, seed: int = 0,
-                    threshold: float = DEFAULT_THRESHOLD) -> tuple[pa.Table, pa.Table]:
-    """TEMPLATES for every kernel size, and MISSED_PATTERNS: recurring patterns (>= 2% of the
-    kernels of a size) that no template reaches at `threshold`. Torch is imported only for the
+                    threshold: float = DEFAULT_THRESHOLD, n_seeds: int = AutoencoderConfig.seeds
+                    ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """TEMPLATES for every kernel size (the consensus of its seeds), SEED_TEMPLATES (each seed's
+    own set) and MISSED_PATTERNS: recurring patterns (>= 2% of the kernels of a size) that no
+    template reaches at `threshold`. The autoencoder's seeds are those the train stage trained
+    (its record, k*.json); k-means runs `n_seeds` seeds here. Torch is imported only for the
     autoencoder (k-means runs, the tests' fast ones among them, skip its 3 s import)."""
     config = config or TemplateConfig()
     master_keys = (read_master_key_filters(config.master_key_filters)
                    if config.master_key_filters else None)
-    tables, missed_tables = [], []
+    tables, seed_tables, missed_tables = [], [], []
     for k in kernel_sizes_of(kernel_paths):
         kernels = None  # the last size's kernels go before this size's are read
         kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
         release_free_memory()
         if len(kernels) == 0:
             continue
-        autoencoder = None
         if config.method == "kmeans":
-            found = kmeans_templates(kernels, config, seed, threshold)
+            members = [kmeans_member(kernels, config, threshold, s)
+                       for s in member_seeds(seed, n_seeds)]
         else:
-            from dwscan.method.autoencoder import load_autoencoder
-
-            model, meta = load_autoencoder(autoencoder_path(autoencoders_dir, k))
-            autoencoder = AutoencoderConfig.from_dict(meta["config"]) if "config" in meta else None
-            found = discover_templates(model, kernels, config, threshold)
-        stability = None
-        if config.stability_check:
-            second = autoencoder_path(autoencoders_dir, k, stability_check=True)
-            trained = None
-            if config.method == "autoencoder" and second.exists():
-                from dwscan.method.autoencoder import load_autoencoder
-
-                trained = load_autoencoder(second)[0]
-            other = second_seed_templates(kernels, config, threshold, seed, autoencoder, trained)
-            stability = compare_runs(found, other, config)
-        tables.append(template_table(k, found, stability, master_keys))
+            members = _autoencoder_members(autoencoders_dir, k, kernels, config, threshold)
+        found = consensus_templates(members, kernels, config, threshold)
+        tables.append(template_table(k, found, len(members), master_keys))
+        seed_tables.append(seed_template_table(k, members))
         missed = find_missed_patterns(found.weights, kernels, threshold,
                                       sign_invariant=config.sign_invariant, seed=seed)
         weights = np.array([m for m, _ in missed], np.float32).reshape(len(missed), k * k)
@@ -370,9 +343,167 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
             **{name: columns[name] for name in ("label", "family", "fit_cosine")},
             "weights": matrices_to_list_array([weights]),
         }, schema=schemas.MISSED_PATTERNS))
-    templates = pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table()
+    templates = with_template_set_id(
+        pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table())
+    set_id = template_set_of(templates) if templates.num_rows else None
+    seed_templates = (pa.concat_tables(seed_tables) if seed_tables
+                      else schemas.SEED_TEMPLATES.empty_table())
+    seed_templates = seed_templates.set_column(
+        0, schemas.SEED_TEMPLATES.field("template_set"),
+        pa.array([set_id] * seed_templates.num_rows, pa.string()))
     missed = (pa.concat_tables(missed_tables) if missed_tables
               else schemas.MISSED_PATTERNS.empty_table())
-    return with_template_set_id(templates), missed
+    return templates, seed_templates, missed
 
 
+def _autoencoder_members(autoencoders_dir: Path, k: int, kernels: np.ndarray,
+                         config: TemplateConfig, threshold: float) -> list[MemberTemplates]:
+    """Each trained seed's templates (the train stage's k{k}.seed{i} files)."""
+    from dwscan.method.autoencoder import load_autoencoder
+
+    members = []
+    for index, member_seed in enumerate(read_training_records(autoencoders_dir, [k])[k]["seeds"]):
+        model, _ = load_autoencoder(autoencoder_path(autoencoders_dir, k, index))
+        members.append(member_templates(model, kernels, config, threshold, member_seed))
+    return members
+
+
+@dataclass
+class MemberTemplates:
+    """What one seed found: its selected templates and every candidate it proposes (its decoded
+    sweep, thinned, or its k-means centres, plus the selected templates)."""
+
+    seed: int
+    templates: TemplateSet
+    candidates: np.ndarray
+
+
+@dataclass
+class ConsensusSet(TemplateSet):
+    support: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,) seeds
+
+
+def member_templates(model: KernelAutoencoder, kernels: np.ndarray, config: TemplateConfig,
+                     threshold: float, seed: int) -> MemberTemplates:
+    """One autoencoder's templates (discover_templates) and its thinned template sweep."""
+    from dwscan.method.autoencoder import decode_sweep
+
+    found = discover_templates(model, kernels, config, threshold)
+    sweep, why = centre_and_normalise(decode_sweep(model, config.sweep_points)[1])
+    sweep = sweep[why == VALID]
+    sweep = sweep[merge_near_duplicates(sweep, config.sweep_thinning, config.sign_invariant)]
+    return MemberTemplates(seed, found, np.concatenate([found.weights, sweep]))
+
+
+def kmeans_member(kernels: np.ndarray, config: TemplateConfig, threshold: float,
+                  seed: int) -> MemberTemplates:
+    """One k-means seed's templates (kmeans_templates) and its raw centres as candidates."""
+    centres, why = centre_and_normalise(spherical_kmeans(kernels, config.n_clusters, seed))
+    found = select_templates(centres[why == VALID],
+                             np.full(int((why == VALID).sum()), np.nan, np.float32), kernels,
+                             config, threshold)
+    return MemberTemplates(seed, found, np.concatenate([found.weights, centres[why == VALID]]))
+
+
+def member_support(templates: np.ndarray, member_sets: list[TemplateSet], cosine: float,
+                   sign_invariant: bool = False) -> np.ndarray:
+    """Per template: how many seeds have a template at least `cosine` close to it."""
+    support = np.zeros(len(templates), np.int64)
+    for found in member_sets:
+        if len(found.weights) and len(templates):
+            similarity = templates @ found.weights.T
+            if sign_invariant:
+                similarity = np.abs(similarity)
+            support += similarity.max(axis=1) >= cosine
+    return support
+
+
+def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
+                        config: TemplateConfig, threshold: float = DEFAULT_THRESHOLD
+                        ) -> ConsensusSet:
+    """The templates of several seeds' runs, as one set that another set of seeds reproduces.
+
+    Pooling the seeds' templates and keeping the common ones is not enough on real kernels,
+    which form a continuum: where a seed places a template along it, and so how many templates
+    reach the 2% rule, moves the clustered fraction by points (METHOD.md 4). Instead:
+    1. candidates: every seed's decoded sweep and templates, kept where at least half the seeds
+       have a template within merge_cosine (a pattern most seeds find: the support);
+    2. the cover: greedily the candidate that brings the most kernels not yet within the
+       threshold of a chosen one, while it brings at least min_share of those covered so far;
+       then single swaps while one raises the cover. The cover of a region is a property of the
+       data, so two sets of seeds whose curves pass through it choose nearly the same points;
+    3. as a single seed's templates: refine to member means, merge, keep those that hold
+       min_share of the clustered kernels; a template whose support fell below half goes.
+    """
+    invariant = config.sign_invariant
+    member_sets = [m.templates for m in members]
+    need = -(-len(members) // 2)
+    pool = np.concatenate([m.candidates for m in members])
+    pool = pool[member_support(pool, member_sets, config.merge_cosine, invariant) >= need]
+    sample = kernels
+    if len(kernels) > config.cover_sample:  # the same sample whatever the run's seed
+        rows = np.random.default_rng(0).choice(len(kernels), config.cover_sample, False)
+        sample = kernels[np.sort(rows)]
+    covers = _covers(sample, pool, threshold, invariant)
+    candidates = pool[_improve_by_swaps(covers, _greedy_cover(covers, config.min_share))]
+    if config.refine_steps and len(candidates):
+        candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
+                                            config.refine_min_cosine, invariant)
+        candidates = candidates[merge_near_duplicates(candidates, config.merge_cosine,
+                                                      invariant)]
+    candidates = candidates[keep_attracting(candidates, kernels, config.min_share, threshold,
+                                            invariant)]
+    support = member_support(candidates, member_sets, config.merge_cosine, invariant)
+    candidates, support = candidates[support >= need], support[support >= need]
+    clustered, nearest = _nearest_counts(candidates, kernels, threshold, invariant)
+    return ConsensusSet(weights=candidates, codes=np.full(len(candidates), np.nan, np.float32),
+                        n_kernels=nearest, n_clustered=clustered,
+                        share=clustered / max(clustered.sum(), 1),
+                        share_of_valid=clustered / max(len(kernels), 1), support=support)
+
+
+def _covers(kernels: np.ndarray, candidates: np.ndarray, threshold: float,
+            sign_invariant: bool, chunk: int = 8192) -> np.ndarray:
+    """(kernels, candidates) booleans: kernel within `threshold` of candidate. In row chunks, so
+    the float similarities never exist whole."""
+    covers = np.zeros((len(kernels), len(candidates)), bool)
+    for start in range(0, len(kernels), chunk):
+        similarity = kernels[start:start + chunk] @ candidates.T
+        if sign_invariant:
+            similarity = np.abs(similarity)
+        covers[start:start + chunk] = similarity >= threshold
+    return covers
+
+
+def _greedy_cover(covers: np.ndarray, min_share: float) -> list[int]:
+    """Candidates in the order they most raise the cover, while each brings at least
+    `min_share` of the kernels covered so far (and at least one)."""
+    covered = np.zeros(len(covers), bool)
+    chosen: list[int] = []
+    while covers.shape[1]:
+        gains = covers[~covered].sum(axis=0)
+        best = int(np.argmax(gains))
+        if gains[best] == 0 or gains[best] < min_share * covered.sum():
+            break
+        chosen.append(best)
+        covered |= covers[:, best]
+    return chosen
+
+
+def _improve_by_swaps(covers: np.ndarray, chosen: list[int], max_rounds: int = 20) -> list[int]:
+    """Replace one chosen candidate at a time by the one that covers more of what only it
+    covered, until no swap helps: the greedy order's early picks are revisited."""
+    chosen = list(chosen)
+    for _ in range(max_rounds):
+        improved = False
+        for slot in range(len(chosen)):
+            alone = (covers[:, chosen].sum(axis=1) - covers[:, chosen[slot]]) == 0
+            gains = covers[alone].sum(axis=0)
+            gains[chosen] = -1
+            best = int(np.argmax(gains))
+            if gains[best] > covers[alone, chosen[slot]].sum():
+                chosen[slot] = best
+                improved = True
+        if not improved:
+            break
+    return chosen

@@ -1,7 +1,9 @@
-"""Stage 3: train one autoencoder per kernel size from the kernel shards."""
+"""Stage 3: train the autoencoders of every kernel size from the kernel shards: per size, one
+autoencoder per seed, trained together (dwscan.method.autoencoder.train_ensemble)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -11,9 +13,13 @@ from typing import TYPE_CHECKING
 
 from dwscan.executor.ray_executor import run_ray_train, run_tasks_at_once
 from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
-from dwscan.io.storage import as_location
+from dwscan.io.storage import as_location, write_bytes_atomic
 from dwscan.memory import release_free_memory
-from dwscan.method.autoencoder_config import AutoencoderConfig, StabilityRun, autoencoder_path
+from dwscan.method.autoencoder_config import (
+    AutoencoderConfig,
+    autoencoder_path,
+    training_record_path,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,36 +32,37 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
                        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                        device: str = "cpu",
                        on_check: Callable[[int, int, int, float, float | None], None] | None = None,
-                       kernel_sizes: list[int] | None = None,
-                       stability: StabilityRun | None = None) -> dict[int, TrainingLog]:
-    """Train and (on rank 0) save one autoencoder per kernel size (`kernel_sizes`, default every
-    size in the shards); returns each size's log. With `stability`, the stability check's
-    second-seed run instead, on its sample (autoencoder_path(..., stability_check=True)).
+                       kernel_sizes: list[int] | None = None) -> dict[int, TrainingLog]:
+    """Train and (on rank 0) save the `config.seeds` autoencoders of each kernel size
+    (`kernel_sizes`, default every size in the shards): `k3.seed0.safetensors`, ... and the
+    record of their training, `k3.json`. Returns each size's log.
 
     `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
     """
-    from dwscan.method.autoencoder import save_autoencoder, train_autoencoder
+    from dwscan.method.autoencoder import jsonable, save_autoencoder, train_ensemble
 
     logs: dict[int, TrainingLog] = {}
-    trained = stability.config(config) if stability else config
     for k in kernel_sizes or kernel_sizes_of(kernel_paths):
         data = None  # the last size's kernels go before this size's are read
         data = load_normalised_kernels(kernel_paths, k, seed=config.seed)
-        if stability:
-            data = stability.kernels(data, config.seed)
         release_free_memory()  # what reading the files left in Arrow's and malloc's pools
         if len(data) == 0:
             continue
         report = (lambda *args, k=k: on_check(k, *args)) if on_check else None
         start = time.perf_counter()
-        model, logs[k] = train_autoencoder(data, trained, rank=rank, world_size=world_size,
-                                           wrap_model=wrap_model, device=device, on_check=report)
+        models, logs[k] = train_ensemble(data, config, rank=rank, world_size=world_size,
+                                         wrap_model=wrap_model, device=device, on_check=report)
         if rank == 0:
             log = logs[k]
-            save_autoencoder(model, autoencoder_path(out_dir, k, stability is not None), extra={
-                "kernel_size": k, "n_kernels": len(data), "world_size": world_size,
-                "device": device, "config": trained, **log.as_record(),
-                "final_loss": log.losses[-1], "train_seconds": time.perf_counter() - start})
+            for index, (model, seed) in enumerate(zip(models, log.seeds)):
+                save_autoencoder(model, autoencoder_path(out_dir, k, index),
+                                 extra={"kernel_size": k, "seed": seed})
+            record = {"kernel_size": k, "n_kernels": len(data), "world_size": world_size,
+                      "device": device, "config": config, **log.as_record(),
+                      "final_loss": log.losses[-1],
+                      "train_seconds": time.perf_counter() - start}
+            write_bytes_atomic(training_record_path(out_dir, k),
+                               json.dumps(record, indent=2, default=jsonable).encode())
     return logs
 
 
@@ -63,44 +70,36 @@ TRAIN_PROGRESS_EVERY_S = 15.0  # at most one training progress line per this man
 # Threads per training task on the CPU. The network is too small for threads to pay (11.3 vs
 # 10.0 ms a step at 1 and 2 threads on our 2-core machine), and a fixed count makes a seed give
 # the same templates on every machine (torch's sums follow the thread count): the CPUs go to
-# training every size, and the stability check, side by side instead.
+# training every size side by side instead.
 TRAIN_THREADS = 1
 
 
 def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
-                 num_workers: int = 1, use_gpu: bool = False,
-                 stability: StabilityRun | None = None) -> dict[int, float]:
-    """Train one autoencoder per kernel size on the cluster, and with `stability` the stability
-    check's second-seed run of each size; rank 0 writes the weights to `out_dir`. Returns the
-    final training loss per kernel size (of the first runs).
+                 num_workers: int = 1, use_gpu: bool = False) -> dict[int, float]:
+    """Train the autoencoders of every kernel size on the cluster; rank 0 writes the weights to
+    `out_dir`. Returns the final training loss (mean over seeds) per kernel size.
 
-    One worker (the default): every run (size, and first or second seed) is its own Ray task
-    asking for one CPU (or one GPU), all submitted at once, so they train side by side wherever
-    there are CPUs. Ray Train's controller and helper actors would add five processes and about
-    0.7 GiB of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP
-    (gloo on CPU, NCCL on GPU) for the first runs, `num_workers` ranks of one CPU or one GPU each
-    (train_scaling), which on a cluster is what makes the autoscaler start gpu_worker nodes; the
-    smaller second-seed runs are tasks as above.
+    One worker (the default): each size's seeds train together as one Ray task asking for one
+    CPU (or one GPU), all sizes submitted at once, so they train side by side wherever there are
+    CPUs. Ray Train's controller and helper actors would add five processes and about 0.7 GiB
+    of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
+    on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
+    on a cluster is what makes the autoscaler start gpu_worker nodes.
     """
     if num_workers < 1:
         raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
-    sizes = kernel_sizes_of(kernel_paths)
     loop_config = {"kernel_paths": [str(p) for p in kernel_paths], "out_dir": str(out_dir),
                    "config": asdict(config),
                    "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)}
-    runs = [(k, None) for k in sizes] if num_workers == 1 else []
-    runs += [(k, asdict(stability)) for k in sizes] if stability else []
-    calls = [({**loop_config, "kernel_sizes": [k], "stability": check}, use_gpu)
-             for k, check in runs]
-    losses = run_tasks_at_once(_train_single_worker, calls, num_gpus=1 if use_gpu else 0,
-                               what="autoencoder training")
-    firsts = {k: loss for (k, check), found in zip(runs, losses) if check is None
-              for k, loss in found.items()}
     if num_workers > 1:
         found = run_ray_train(_train_rank, loop_config, num_workers, use_gpu,
                               what="autoencoder training")
-        firsts = {int(k): v for k, v in found.items()}
-    return firsts
+        return {int(k): v for k, v in found.items()}
+    sizes = kernel_sizes_of(kernel_paths)
+    calls = [({**loop_config, "kernel_sizes": [k]}, use_gpu) for k in sizes]
+    losses = run_tasks_at_once(_train_single_worker, calls, num_gpus=1 if use_gpu else 0,
+                               what="autoencoder training")
+    return {k: loss for found in losses for k, loss in found.items()}
 
 
 def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
@@ -124,21 +123,19 @@ def _train_rank(loop_config: dict, rank: int, world_size: int, device,
     if device.type == "cpu":
         torch.set_num_threads(loop_config["cpus_per_worker"])
     last_line = {"at": float("-inf")}
-    check = loop_config.get("stability")
-    stability = StabilityRun(**check) if check else None
     config = AutoencoderConfig.from_dict(loop_config["config"])
-    role = f" (stability check, seed {config.seed + 1})" if stability else ""
 
     def on_check(k: int, step: int, budget: int, loss: float, cosine: float | None) -> None:
         now = time.monotonic()
         if rank == 0 and (now - last_line["at"] >= TRAIN_PROGRESS_EVERY_S or step >= budget):
             last_line["at"] = now
             moved = "-" if cosine is None else f"{cosine:.4f}"
-            print(f"train {k}x{k}{role}: step {step} of at most {budget}, loss {loss:.4f}, "
-                  f"templates vs last check cosine {moved}", flush=True)
+            print(f"train {k}x{k} ({config.seeds} seeds): step {step} of at most {budget}, "
+                  f"mean loss {loss:.4f}, templates vs last check cosine (least settled seed) "
+                  f"{moved}", flush=True)
 
     logs = train_autoencoders(
         [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
         config, rank=rank, world_size=world_size, wrap_model=wrap_model, device=str(device),
-        on_check=on_check, kernel_sizes=loop_config.get("kernel_sizes"), stability=stability)
+        on_check=on_check, kernel_sizes=loop_config.get("kernel_sizes"))
     return {str(k): log.losses[-1] for k, log in logs.items()}

@@ -109,7 +109,8 @@ def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
             "master_key": pa.array((index % 8 + 1).astype(np.int32),
                                    mask=invalid | (sizes[layer % len(sizes)] != 7)),
             "master_key_cosine": pa.array(np.where(clustered, 0.9, 0.3).astype(np.float32),
-                                          mask=invalid | (sizes[layer % len(sizes)] != 7))}
+                                          mask=invalid | (sizes[layer % len(sizes)] != 7)),
+            "seed_template_ids": pa.nulls(n, pa.list_(pa.int32()))}  # one seed: no ranges
         write_table(pa.table(columns, schema=schemas.ASSIGNMENTS),
                     layout.assignments_path(model_id), schemas.ASSIGNMENTS)
     models.append({"model_id": "broken", "source": "/zoo/broken.pth", "status": "failed",
@@ -124,7 +125,7 @@ def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
                   "code": (t + 0.5) / len(labels),
                   "weights": (np.zeros(k * k, np.float32) + t - 0.5).tolist(),
                   "n_kernels": 100, "n_clustered": 80, "share": 1 / len(labels),
-                  "share_of_valid": 0.8 / len(labels)}
+                  "share_of_valid": 0.8 / len(labels), "support": 1, "n_seeds": 1}
                  for k in sorted(sizes_used) for t, label in enumerate(labels)]
     write_table(pa.Table.from_pylist(templates, schema=schemas.TEMPLATES), layout.templates_path,
                 schemas.TEMPLATES)

@@ -32,7 +32,8 @@ def test_model_ids_become_safe_file_names(tmp_path):
 
 
 def test_every_schema_is_versioned_and_documented():
-    assert set(schemas.ALL) == {"kernels", "models", "templates", "assignments", "clusterability",
+    assert set(schemas.ALL) == {"kernels", "models", "templates", "seed_templates", "assignments",
+                                "clusterability", "pattern_shares",
                                 "layers", "label_shares", "model_metadata", "accuracy",
                                 "correlation", "threshold_sweep", "missed_patterns", "runs",
                                 "substitution"}

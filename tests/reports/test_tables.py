@@ -2,13 +2,20 @@ import pyarrow as pa
 import pytest
 
 from dwscan import schemas
-from dwscan.reports.tables import clusterability_table, format_clusterability, threshold_sweep_table
+from dwscan.reports.tables import (
+    clusterability_table,
+    format_clusterability,
+    pattern_counts,
+    pattern_shares_table,
+    threshold_sweep_table,
+)
 
 
 def _assignments(rows: list[tuple[str, int, int | None, str | None]],
                  family_cosine: list[float | None] | None = None,
                  master_key: list[int | None] | None = None,
-                 master_key_cosine: list[float | None] | None = None) -> pa.Table:
+                 master_key_cosine: list[float | None] | None = None,
+                 seed_ids: list[list[int | None] | None] | None = None) -> pa.Table:
     """(model, kernel size, template id or None, invalid reason or None) per kernel; the
     yardstick columns as given (family_cosine 0.9 for valid kernels unless given)."""
     n = len(rows)
@@ -28,6 +35,7 @@ def _assignments(rows: list[tuple[str, int, int | None, str | None]],
         "family_cosine": pa.array(family_cosine, pa.float32()),
         "master_key": pa.array(master_key or [None] * n, pa.int32()),
         "master_key_cosine": pa.array(master_key_cosine or [None] * n, pa.float32()),
+        "seed_template_ids": pa.array(seed_ids or [None] * n, pa.list_(pa.int32())),
     }, schema=schemas.ASSIGNMENTS)
 
 
@@ -57,9 +65,10 @@ def test_counts_fractions_chance_and_top1():
     text = format_clusterability(table)
     assert "50.0%" in text and "75.500" in text
     header = text.splitlines()[0].split()
-    assert header[4:8] == ["clustered", "families", "master", "keys"]
+    assert header[4:10] == ["clustered", "seed", "range", "families", "master", "keys"]
     a_line = next(line for line in text.splitlines() if line.startswith("a ") and " all " in line)
-    assert a_line.split()[4:7] == ["50.0%", "100.0%", "-"]  # clustered, families, master keys
+    # clustered, seed range (none: no seed sets), families, master keys
+    assert a_line.split()[4:8] == ["50.0%", "-", "100.0%", "-"]
 
 
 def test_yardstick_fractions_and_master_key_counts():
@@ -111,3 +120,41 @@ def test_threshold_sweep_counts_by_hand():
         for k in (None, 3):
             assert got[k, t]["n_clustered"] == n and got[k, t]["n_valid"] == 4
             assert got[k, t]["clustered_fraction"] == pytest.approx(n / 4)
+
+
+def _named(rows: list[tuple], seeds: bool) -> pa.Table:
+    """TEMPLATES-like (or SEED_TEMPLATES-like) rows: (size, [seed index,] id, family, polarity)."""
+    names = ["kernel_size", *(["seed_index"] if seeds else []), "template_id", "family", "polarity"]
+    return pa.table({name: [r[i] for r in rows] for i, name in enumerate(names)})
+
+
+def test_seed_ranges_and_pattern_shares_count_by_hand():
+    """Model a, 3x3: four valid kernels and one invalid. The consensus clusters three (two on
+    template 0, on-centre; one on template 1, off-centre). Seed 0's own set clusters all four,
+    seed 1's two: so the fraction is 3/4 with range 2/4..4/4. Seed 0 names its template 5 off-
+    centre, seed 1 its template 0 on-centre."""
+    seed_ids = [[5, 0], [5, 0], [5, None], [5, None], None]
+    table = _assignments([("a", 3, 0, None), ("a", 3, 0, None), ("a", 3, 1, None),
+                          ("a", 3, None, None), ("a", 3, None, "zero")], seed_ids=seed_ids)
+    row = {(r["model_id"], r["kernel_size"]): r
+           for r in clusterability_table(table, 0.8).to_pylist()}[("a", 3)]
+    assert row["clustered_fraction"] == pytest.approx(3 / 4)
+    assert (row["clustered_fraction_seed_min"], row["clustered_fraction_seed_max"]) == (0.5, 1.0)
+    assert "75.0%  50.0-100.0%" in format_clusterability(clusterability_table(table, 0.8))
+    templates = _named([(3, 0, "centre-surround", "on"), (3, 1, "centre-surround", "off")], False)
+    seeds = _named([(3, 0, 5, "centre-surround", "off"), (3, 1, 0, "centre-surround", "on")], True)
+    shares = {(r["model_id"], r["polarity"]): r for r in pattern_shares_table(
+        pattern_counts(table, templates, seeds)).to_pylist()}
+    on, off = shares["a", "on"], shares["a", "off"]
+    assert (on["n_valid"], on["n_kernels"], on["share"]) == (4, 2, 0.5)
+    assert (on["share_seed_min"], on["share_seed_max"]) == (0.0, 0.5)  # seed 0: none; seed 1: 2
+    assert (off["n_kernels"], off["share"]) == (1, 0.25)
+    assert (off["share_seed_min"], off["share_seed_max"]) == (0.0, 1.0)  # seed 0: 4; seed 1: 0
+    # the zoo's rows pool the models: a second model b, one valid kernel on template 0 under all
+    more = _assignments([("b", 3, 0, None)], seed_ids=[[5, 0]])
+    counts = {**pattern_counts(table, templates, seeds), **pattern_counts(more, templates, seeds)}
+    zoo = {r["polarity"]: r for r in pattern_shares_table(counts).to_pylist()
+           if r["model_id"] is None}
+    assert (zoo["on"]["n_valid"], zoo["on"]["n_kernels"]) == (5, 3)
+    assert (zoo["on"]["share_seed_min"], zoo["on"]["share_seed_max"]) == (0.0, 3 / 5)
+    assert (zoo["off"]["share_seed_min"], zoo["off"]["share_seed_max"]) == (0.0, 5 / 5)
