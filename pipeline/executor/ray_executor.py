@@ -20,6 +20,7 @@ from typing import Any
 
 from dwscan.executor.progress import StageProgress
 from dwscan.io.storage import as_location, is_remote, sees_share_probe, write_share_probe
+from dwscan.text import without_control_sequences
 
 
 class ClusterError(RuntimeError):
@@ -82,12 +83,15 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *
     # Ray's de-duplication folds into one "[repeated 2x across cluster]" (in colour, even in a
     # log file): the runs training side by side would hide each other's steps.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+    plain = not (sys.stdout.isatty() and sys.stderr.isatty())
+    if plain:
         # a log file, `ray job logs` or cron mail: worker lines without colour codes around
         # their `(task pid=...)` prefix
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     import ray
 
+    if plain:
+        _plain_ray_log_lines()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         _check_joinable(address)
@@ -95,6 +99,25 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *
                  **({"include_dashboard": ray_train} if address == "local" else {}))
     if out is not None:
         check_output_shared(out)
+
+
+class _WithoutControlSequences(logging.Filter):
+    """Ray's own lines with their colour codes taken out: it colours the dashboard's address
+    ("View the dashboard at ...") with colorama whatever its output is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b" in message:
+            record.msg, record.args = without_control_sequences(message), None
+        return True
+
+
+def _plain_ray_log_lines() -> None:
+    """Install _WithoutControlSequences on the handlers of Ray's logger (`import ray` made
+    them; a filter on the logger itself would miss its children's records)."""
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _WithoutControlSequences) for f in handler.filters):
+            handler.addFilter(_WithoutControlSequences())
 
 
 def _check_joinable(address: str) -> None:

@@ -93,6 +93,7 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
             killed = _kill_a_busy_worker_node(cluster, tmp_path / "cluster" / "kernels", process)
             assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
             output = log.read_text()
+            assert "\x1b" not in output  # a job log: no colour codes (Ray's own lines included)
             runs = read_table(OutputLayout(tmp_path / "cluster").runs_path).to_pylist()
             retries = runs[-1]["n_system_retries"]
             assert retries >= 1, (killed, output[-3000:])  # the lost node was running tasks
