@@ -1,5 +1,6 @@
 """dwscan on real multi-node local Ray clusters (token authentication on): the autoscaler sees a
-zoo's demand and adds nodes; a node that does not see `--out` stops the run before any work;
+zoo's demand and adds nodes; a node that does not see `--out` stops the run, whether it is
+there at the start or joins later, before it writes anything;
 joining a cluster without its token, or an address nobody answers on, is one clear line; a job
 log is plain lines that end with the summary; outputs get the user's umask."""
 
@@ -103,8 +104,7 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
                 "from ray.util.state import list_tasks\n"
                 "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
                 f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
-                "                   filters=[('func_or_class_name', '=',"
-                " 'extract_model_to_parquet')])\n"
+                "                   filters=[('name', '=', 'extract_model_to_parquet')])\n"
                 "print(json.dumps({'workers': len(nodes),"
                 " 'task_nodes': [t.node_id for t in tasks]}))"
             ).splitlines()[-1])
@@ -144,27 +144,64 @@ def _checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_node_that_sees_another_out_folder_stops_the_run_before_any_work(tmp_path):
-    """Two nodes; one (a `ray start` in its own mount namespace, a tmpfs over the output
-    folder) sees an empty folder where the head sees the driver's."""
+def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_the_start(
+        tmp_path):
+    """A node in its own mount namespace (a tmpfs over the output folder) sees an empty folder
+    where the head sees the driver's. Joining mid-run, it is caught by the first task it takes,
+    before that task writes anything; there at the start, it stops the run before any work."""
     out = tmp_path / "out"
     out.mkdir()
-    checkpoint = _checkpoint(tmp_path)
+    hub = shared_hub()
+    models = [f"late-org/net{i}" for i in range(3)]
+    for i, repo in enumerate(models):
+        hub.add_repo(repo, Repo({"model.safetensors": save(tiny_state(i))}))
     isolated = "ab" * 28  # the node id Ray gives that node
     in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                      f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
-    with LocalCluster(head_cpus=1) as cluster:
-        cluster.add_node(cpus=1, wrapper=in_own_mounts,
-                         env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
-        result = dwscan(["scan", "--address", cluster.address, "--out", str(out),
-                         "--checkpoint", str(checkpoint)], cwd=tmp_path, env=cluster.env)
+    # each download takes a minute: the head's one CPU is still on its first model, the others
+    # queued, when the node joins (the run ends as soon as that node's task is refused)
+    stalled = Fault(path="/model.safetensors", kind="stall", times=10, seconds=60.0)
+    hub.faults.append(stalled)
+    try:
+        with LocalCluster(head_cpus=1) as cluster:
+            log = tmp_path / "late.log"
+            with log.open("w") as handle:
+                process = subprocess.Popen(
+                    ["dwscan", "scan", "--address", cluster.address, "--out", str(out),
+                     *[arg for repo in models for arg in ("--model", repo)]], cwd=tmp_path,
+                    env=cluster.env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+            deadline = time.time() + 120
+            while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the run began
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.time() < deadline, "the run wrote no token in 120 s"
+                time.sleep(0.2)
+            cluster.add_node(cpus=1, wrapper=in_own_mounts,
+                             env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
+            assert process.wait(timeout=120) == 2, log.read_text()[-3000:]
+            late = log.read_text()
+            # what that node saw at the path of --out: nothing written by it
+            blind_view = Path(f"/proc/{cluster.raylets()[-1]}/root{out}")
+            assert blind_view.is_dir() and list(blind_view.iterdir()) == []
+
+            result = dwscan(["scan", "--address", cluster.address, "--out", str(out),
+                             "--checkpoint", str(_checkpoint(tmp_path))], cwd=tmp_path,
+                            env=cluster.env)
+    finally:
+        hub.faults.remove(stalled)
+    error = [line for line in late.splitlines() if line.startswith("dwscan: error:")]
+    assert len(error) == 1 and "Traceback" not in late, late[-3000:]
+    assert f"--out {out} is not one folder for every node: node " in error[0]
+    assert f"(node {isolated[:12]}) joined after the start" in error[0]
+    assert "the run stops before that node writes anything" in error[0] and "s3://" in error[0]
+
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("dwscan: error:")]
     assert len(error) == 1, result.stderr[-3000:]
     assert f"--out {out} is not one folder for every node: 1 of 2 nodes" in error[0]
     assert f"(node {isolated[:12]})" in error[0] and "s3://" in error[0]
-    assert list(out.iterdir()) == []  # nothing scanned, no probe or lock left behind
+    # nothing scanned by either run, no token or lock left behind
+    assert [p for p in out.rglob("*") if not p.is_dir()] == []
 
 
 def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp_path):
