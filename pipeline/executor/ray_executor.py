@@ -291,7 +291,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     else:
         window, num_cpus = max(_MIN_WINDOW, _PENDING_PER_CPU * max_cpus), 1.0
     remote = ray.remote(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus)(
-        _on_shared_out).options(name=fn.__name__)
+        _on_shared_out).options(name=getattr(fn, "__name__", "task"))
     calls = _put_shared_arguments(calls)
     results: list[Any] = [None] * len(calls)
     attempts = [0] * len(calls)
@@ -423,7 +423,7 @@ def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpu
     import ray
 
     task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0, max_calls=1)(
-        _on_shared_out).options(name=fn.__name__)
+        _on_shared_out).options(name=getattr(fn, "__name__", "task"))
     refs = {task.remote(_share_guard, fn, *args): i for i, args in enumerate(calls)}
     attempts = [1] * len(calls)
     results: list[Any] = [None] * len(calls)
