@@ -29,6 +29,12 @@ def has_control_characters(text: str) -> bool:
     return any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in text)
 
 
+def without_control_sequences(text: str) -> str:
+    """`text` with every terminal control sequence (colour codes, titles, ...) removed, its
+    lines kept: for log lines of our own dependencies, not for text from outside."""
+    return _CONTROL_SEQUENCE.sub("", text)
+
+
 def one_line(text: str | BaseException, limit: int | None = 500) -> str:
     """A string from outside as it is recorded or printed: one line, every control sequence and
     control character removed, runs of whitespace as one space, at most `limit` characters

@@ -46,7 +46,10 @@ class LocalCluster:
 
     def __init__(self, head_cpus: int = 0, autoscaling: dict | None = None,
                  env: dict[str, str] | None = None, dashboard: bool = False,
-                 port: int | None = None):
+                 port: int | None = None, umask: int | None = None):
+        """`umask`: the nodes' (an autoscaler's nodes inherit the head's), for the modes of
+        what workers write."""
+        self.umask = umask
         self.temp = Path(tempfile.mkdtemp(prefix="rayc", dir="/tmp"))  # socket paths stay short
         self.port = port or free_port()
         self.address = f"{node_ip()}:{self.port}"
@@ -76,8 +79,10 @@ class LocalCluster:
 
     def _start(self, command: list[str], env: dict[str, str], name: str) -> None:
         log = open(self.temp / f"{name}-{len(self._processes)}.log", "wb")
+        umask = self.umask
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True,
+                                   preexec_fn=None if umask is None else lambda: os.umask(umask))
         self._processes.append(process)
         deadline = time.time() + 120
         text = ""

@@ -6,6 +6,7 @@ laptop: with no address, a private local Ray is started for the run.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -20,11 +21,17 @@ from typing import Any
 
 from dwscan.executor.progress import StageProgress
 from dwscan.io.storage import as_location, is_remote, sees_share_probe, write_share_probe
+from dwscan.text import without_control_sequences
 
 
 class ClusterError(RuntimeError):
     """The cluster cannot run this job as asked: joining it failed, or its nodes do not share
     the output folder. The message says what to do."""
+
+
+class OutNotSeen(Exception):
+    """Raised by a task, before it does anything, on a node that does not see the driver's
+    `--out` (a node that joined after the start check); its argument names the node."""
 
 
 JOIN_TIMEOUT_S = 5.0  # a head that takes longer to accept a TCP connection is not there
@@ -36,6 +43,10 @@ _WAIT_S = 1.0  # the wait loop wakes at least this often
 # reclaimed, a raylet gone, a worker killed), never after an exception the task raised itself
 SYSTEM_FAILURE_RETRIES = 3
 _system_failure_retries = 0  # this process's count, for the run log (system_failure_retries)
+# On a cluster with a local --out: the probe (path, token) the driver keeps in OUT while it
+# runs, which every task reads back before it starts (_on_shared_out); None: no check
+_share_guard: tuple[str, str] | None = None
+_joined = False  # init_ray joined a cluster (nodes can join later), not a private local Ray
 
 
 def system_failure_retries() -> int:
@@ -82,19 +93,43 @@ def init_ray(address: str | None = None, out: str | os.PathLike | None = None, *
     # Ray's de-duplication folds into one "[repeated 2x across cluster]" (in colour, even in a
     # log file): the runs training side by side would hide each other's steps.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+    plain = not (sys.stdout.isatty() and sys.stderr.isatty())
+    if plain:
         # a log file, `ray job logs` or cron mail: worker lines without colour codes around
         # their `(task pid=...)` prefix
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     import ray
 
+    if plain:
+        _plain_ray_log_lines()
     if not ray.is_initialized():
+        global _joined
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         _check_joinable(address)
         ray.init(address=address, log_to_driver=True,
                  **({"include_dashboard": ray_train} if address == "local" else {}))
+        _joined = address != "local"
     if out is not None:
         check_output_shared(out)
+
+
+class _WithoutControlSequences(logging.Filter):
+    """Ray's own lines with their colour codes taken out: it colours the dashboard's address
+    ("View the dashboard at ...") with colorama whatever its output is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b" in message:
+            record.msg, record.args = without_control_sequences(message), None
+        return True
+
+
+def _plain_ray_log_lines() -> None:
+    """Install _WithoutControlSequences on the handlers of Ray's logger (`import ray` made
+    them; a filter on the logger itself would miss its children's records)."""
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _WithoutControlSequences) for f in handler.filters):
+            handler.addFilter(_WithoutControlSequences())
 
 
 def _check_joinable(address: str) -> None:
@@ -139,43 +174,87 @@ def _check_joinable(address: str) -> None:
 
 
 def check_output_shared(out: str | os.PathLike) -> None:
-    """On a cluster of more than one alive node, refuse a local `out` that some node does not
-    see: each task writes on its own node, and the driver would find files missing, or a
-    partial zoo. One tiny task per node, pinned to it, reads back a token the driver wrote.
+    """On a cluster, refuse a local `out` that some node does not see: each task writes on its
+    own node, and the driver would find files missing, or a partial zoo.
 
-    Nodes that the autoscaler adds later are not checked: mount the folder on every node
-    (cluster.yaml's setup_commands) or use a URI such as s3://.
+    The driver writes a token into `out` and keeps it there while it runs. With more than one
+    alive node, one tiny task per node, pinned to it, reads it back now; nodes that join later
+    (the autoscaler's) are checked by every task, which reads it before it starts
+    (_on_shared_out) and stops the run (ClusterError) on a node that does not see it.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    global _share_guard
+    _drop_share_probe()
     root = as_location(out)
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if is_remote(root) or len(nodes) < 2:
-        return
+    if is_remote(root) or not _joined:
+        return  # a URI is one place for every node; no node joins a private local Ray
+    nodes = [n for n in ray.nodes() if n["Alive"]]  # before the probe: a node after it is late
     probe, token = write_share_probe(root)
-    try:
-        check = ray.remote(num_cpus=0, max_retries=0)(sees_share_probe)
-        refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    n["NodeID"], soft=False)).remote(str(probe), token): n for n in nodes}
-        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=SHARE_CHECK_TIMEOUT_S)
-        blind = []
-        for ref, node in refs.items():
-            try:
-                seen = ref in ready and ray.get(ref)
-            except Exception:  # noqa: BLE001 - a node that cannot even run the check
-                seen = False
-            if not seen:
-                blind.append(f"{node['NodeManagerAddress']} (node {node['NodeID'][:12]})")
-        for ref in late:
-            ray.cancel(ref, force=True)
-    finally:
-        probe.unlink(missing_ok=True)
+    _share_guard = (str(probe), token)
+    if len(nodes) < 2:
+        return
+    check = ray.remote(num_cpus=0, max_retries=0)(sees_share_probe)
+    refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n["NodeID"], soft=False)).remote(str(probe), token): n for n in nodes}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=SHARE_CHECK_TIMEOUT_S)
+    blind = []
+    for ref, node in refs.items():
+        try:
+            seen = ref in ready and ray.get(ref)
+        except Exception:  # noqa: BLE001 - a node that cannot even run the check
+            seen = False
+        if not seen:
+            blind.append(f"{node['NodeManagerAddress']} (node {node['NodeID'][:12]})")
+    for ref in late:
+        ray.cancel(ref, force=True)
     if blind:
+        _drop_share_probe()
         raise ClusterError(
             f"--out {root} is not one folder for every node: {len(blind)} of {len(nodes)} nodes "
-            f"do not see what the driver wrote there: {', '.join(blind)}. Use a folder that every "
-            f"node mounts at the same path (NFS, EFS, ...) or a URI such as s3://bucket/prefix.")
+            f"do not see what the driver wrote there: {', '.join(blind)}. {_USE_A_SHARED_OUT}")
+
+
+_USE_A_SHARED_OUT = ("Use a folder that every node mounts at the same path (NFS, EFS, ...) or "
+                     "a URI such as s3://bucket/prefix.")
+
+
+def _drop_share_probe() -> None:
+    """Remove the probe this process keeps in OUT (at exit, or when a new run writes its own);
+    one that a killed driver leaves is a temp file, cleared by the next run."""
+    global _share_guard
+    if _share_guard is not None:
+        Path(_share_guard[0]).unlink(missing_ok=True)
+        _share_guard = None
+
+
+atexit.register(_drop_share_probe)
+
+
+def _this_node() -> str:
+    """This node as the out-folder messages name it: address (node id, first 12)."""
+    import ray
+
+    return (f"{ray.util.get_node_ip_address()} "
+            f"(node {ray.get_runtime_context().get_node_id()[:12]})")
+
+
+def _on_shared_out(guard: tuple[str, str] | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a task, once this node has read back the driver's token (`guard`): on a
+    node that does not see `--out` it raises OutNotSeen before fn writes anything."""
+    if guard is not None and not sees_share_probe(*guard):
+        raise OutNotSeen(_this_node())
+    return fn(*args)
+
+
+def _late_node_error(error: OutNotSeen) -> ClusterError:
+    """The run's end when a task met a node that does not see `--out`."""
+    root = Path(_share_guard[0]).parent if _share_guard else "(the output folder)"
+    return ClusterError(
+        f"--out {root} is not one folder for every node: node {error.args[0]} joined after the "
+        f"start and does not see what the driver wrote there; the run stops before that node "
+        f"writes anything (what earlier stages committed stays). {_USE_A_SHARED_OUT}")
 
 
 class TaskTimeout(Exception):
@@ -211,7 +290,8 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
         window, num_cpus = max_in_flight, min(1.0, max(1, max_cpus) / max_in_flight)
     else:
         window, num_cpus = max(_MIN_WINDOW, _PENDING_PER_CPU * max_cpus), 1.0
-    remote = ray.remote(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus)(fn)
+    remote = ray.remote(max_retries=0, num_cpus=num_cpus, num_gpus=num_gpus)(
+        _on_shared_out).options(name=getattr(fn, "__name__", "task"))
     calls = _put_shared_arguments(calls)
     results: list[Any] = [None] * len(calls)
     attempts = [0] * len(calls)
@@ -223,7 +303,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
             while queue and len(pending) < window:
                 i, args = queue.popleft()
                 attempts[i] += 1
-                pending[remote.remote(*args)] = i
+                pending[remote.remote(_share_guard, fn, *args)] = i
             done, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_S)
             if done:  # and whatever else finished meanwhile, in one sweep
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
@@ -236,6 +316,10 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
             for ref, result in finished.items():
                 i = pending.pop(ref)
                 clock.forget(ref)
+                if isinstance(result, OutNotSeen):
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise _late_node_error(result)
                 if _retrying(result, attempts[i], f"{desc} task {i + 1} of {len(calls)}"):
                     queue.appendleft((i, calls[i]))  # first in line: the others wait behind it
                     continue
@@ -338,8 +422,9 @@ def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpu
     kernels, torch's and malloc's caches, 670 MB at 300 models) is not kept by an idle worker."""
     import ray
 
-    task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0, max_calls=1)(fn)
-    refs = {task.remote(*args): i for i, args in enumerate(calls)}
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=0, max_calls=1)(
+        _on_shared_out).options(name=getattr(fn, "__name__", "task"))
+    refs = {task.remote(_share_guard, fn, *args): i for i, args in enumerate(calls)}
     attempts = [1] * len(calls)
     results: list[Any] = [None] * len(calls)
     while refs:
@@ -348,10 +433,12 @@ def run_tasks_at_once(fn: Callable[..., Any], calls: Sequence[tuple], *, num_gpu
         result = _result_or_error(done[0])
         if _retrying(result, attempts[i], f"{what} {i + 1} of {len(calls)}"):
             attempts[i] += 1
-            refs[task.remote(*calls[i])] = i
+            refs[task.remote(_share_guard, fn, *calls[i])] = i
         elif isinstance(result, BaseException):
             for ref in refs:
                 ray.cancel(ref, force=True)
+            if isinstance(result, OutNotSeen):
+                raise _late_node_error(result)
             raise RuntimeError(f"{what} failed: {result}") from None
         else:
             results[i] = result
@@ -370,7 +457,8 @@ def run_ray_train(worker_fn: Callable[..., dict], worker_config: dict, num_worke
     storage = tempfile.mkdtemp(prefix="dwscan-train-")
     try:
         trainer = TorchTrainer(
-            _ray_train_loop, train_loop_config={"fn": worker_fn, "config": worker_config},
+            _ray_train_loop, train_loop_config={"fn": worker_fn, "config": worker_config,
+                                                "guard": _share_guard},
             scaling_config=train_scaling(num_workers, use_gpu),
             run_config=RunConfig(name=what.replace(" ", "-"), storage_path=storage),
         )
@@ -387,6 +475,9 @@ def _ray_train_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # no per-report INFO lines
+    guard = loop_config.get("guard")
+    if guard is not None and not sees_share_probe(*guard):
+        raise OutNotSeen(_this_node())  # a rank writes the weights: nothing on a blind node
     context = ray.train.get_context()
     returned = loop_config["fn"](loop_config["config"], rank=context.get_world_rank(),
                                  world_size=context.get_world_size(),

@@ -1,5 +1,6 @@
 """dwscan on real multi-node local Ray clusters (token authentication on): the autoscaler sees a
-zoo's demand and adds nodes; a node that does not see `--out` stops the run before any work;
+zoo's demand and adds nodes; a node that does not see `--out` stops the run, whether it is
+there at the start or joins later, before it writes anything;
 joining a cluster without its token, or an address nobody answers on, is one clear line; a job
 log is plain lines that end with the summary; outputs get the user's umask."""
 
@@ -10,7 +11,9 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -29,6 +32,7 @@ pytestmark = pytest.mark.slow
 FAST = ["--templates", "kmeans", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
         "--pretrain-csv", str(DEMO_PRETRAIN_CSV)]
 ZOO_SIZE = 50
+MAX_WORKERS = 4  # the autoscaling test's cpu_worker nodes
 
 
 def tiny_state(seed: int) -> dict[str, torch.Tensor]:
@@ -79,20 +83,28 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
                            seconds=1.0)
     hub.faults.append(slow_downloads)
     port = free_port()
-    config = fake_autoscaling_config(f"{node_ip()}:{port}", max_workers=4, worker_cpus=1)
+    config = fake_autoscaling_config(f"{node_ip()}:{port}", max_workers=MAX_WORKERS,
+                                     worker_cpus=1)
     try:
-        with LocalCluster(autoscaling=config, port=port, dashboard=True,
+        # umask 027 on every node and the driver: what workers write on the autoscaled nodes
+        # (kernels, assignments) must get 0640/0750, neither 0644 nor mkstemp's 0600
+        with LocalCluster(autoscaling=config, port=port, dashboard=True, umask=0o027,
                           env={"HF_HUB_CACHE": str(tmp_path / "node-hf-cache")}) as cluster:
+            reports = tmp_path / "autoscaler.jsonl"
+            watcher = _watch_the_autoscaler(cluster, reports)
             log = tmp_path / "cluster.log"
             with log.open("w") as handle:
                 process = subprocess.Popen(
                     ["dwscan", "run", "--address", cluster.address, "--out",
                      str(tmp_path / "cluster"), *select], cwd=tmp_path,
                     env={**cluster.env, "RAY_ADDRESS": ""}, stdout=handle,
-                    stderr=subprocess.STDOUT, text=True)
+                    stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: os.umask(0o027))
             killed = _kill_a_busy_worker_node(cluster, tmp_path / "cluster" / "kernels", process)
             assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+            watcher.kill()
+            watcher.wait()
             output = log.read_text()
+            assert "\x1b" not in output  # a job log: no colour codes (Ray's own lines included)
             runs = read_table(OutputLayout(tmp_path / "cluster").runs_path).to_pylist()
             retries = runs[-1]["n_system_retries"]
             assert retries >= 1, (killed, output[-3000:])  # the lost node was running tasks
@@ -102,8 +114,7 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
                 "from ray.util.state import list_tasks\n"
                 "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
                 f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
-                "                   filters=[('func_or_class_name', '=',"
-                " 'extract_model_to_parquet')])\n"
+                "                   filters=[('name', '=', 'extract_model_to_parquet')])\n"
                 "print(json.dumps({'workers': len(nodes),"
                 " 'task_nodes': [t.node_id for t in tasks]}))"
             ).splitlines()[-1])
@@ -111,10 +122,63 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
         hub.faults.remove(slow_downloads)
     assert seen["workers"] >= 2, seen  # the head has no CPU: every worker node was autoscaled
     assert len(seen["task_nodes"]) == ZOO_SIZE + retries  # each retry is a task of its own
-    assert len(set(seen["task_nodes"])) >= 2, seen
+    # What the autoscaler itself reported (what `ray status` prints), every half second: the
+    # scan's queued tasks as demand while it still had nodes to add, then all of them up.
+    # (Before the cluster is first full: after the node is killed, Ray still counts its CPU
+    # for a while, and even a stage that kept one task waiting would show two.)
+    status = [json.loads(line) for line in reports.read_text().splitlines()]
+    grown = [(_cpu_demand(r), r["autoscaler_report"]["active_nodes"].get("cpu_worker", 0))
+             for r in status if r.get("autoscaler_report")]
+    full = [i for i, (_, up) in enumerate(grown) if up == MAX_WORKERS]
+    assert full, grown  # the cluster reached its configured maximum
+    assert max(demand for demand, _ in grown[:full[0]]) > 1, grown
+    # Spread: no node ran more than twice its fair share of the extraction tasks, a quarter of
+    # them (the cluster had its four workers). Twice leaves room for the first node's head
+    # start (nodes join seconds apart, a model takes a second or more) and for the killed
+    # node's tasks, which the others ran again; runs here split 18/17/15/1, and a queue that
+    # drained onto one or two nodes (49/1, 30/20) would not pass.
+    per_node = Counter(seen["task_nodes"])
+    fair = len(seen["task_nodes"]) / MAX_WORKERS
+    assert len(per_node) >= 2 and max(per_node.values()) <= 2 * fair, per_node
     assert _tables(tmp_path / "cluster") == _tables(tmp_path / "local")
     models = read_table(OutputLayout(tmp_path / "cluster").models_path)
     assert pc.all(pc.equal(models["status"], "ok")).as_py() and models.num_rows == ZOO_SIZE
+    written = [tmp_path / "cluster", *(tmp_path / "cluster").rglob("*")]
+    assert {p.parent.name for p in written} >= {"kernels", "assignments", "reports"}
+    for path in written:  # the modes of the nodes' and the driver's umask 027
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
+
+
+# Reads what `ray status` prints, the autoscaler's report in the GCS, every half second, and
+# writes each new one as a JSON line
+AUTOSCALER_WATCH = r"""
+import sys, time
+import ray._raylet
+from ray._private import ray_constants
+
+gcs, last = ray._raylet.GcsClient(address=sys.argv[1]), None
+with open(sys.argv[2], "w") as out:
+    while True:
+        report = gcs.internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS.encode(), None)
+        if report and report != last:
+            out.write(report.decode() + "\n")
+            out.flush()
+            last = report
+        time.sleep(0.5)
+"""
+
+
+def _watch_the_autoscaler(cluster: LocalCluster, reports: Path) -> subprocess.Popen:
+    """A process that records the autoscaler's reports while the scan runs (one process, not a
+    `ray status` every half second: each would import Ray again on our two cores)."""
+    return subprocess.Popen([sys.executable, "-c", AUTOSCALER_WATCH, cluster.address,
+                             str(reports)], env=cluster.env)
+
+
+def _cpu_demand(report: dict) -> int:
+    """Tasks the autoscaler reported waiting for a CPU ('Demands' in `ray status`)."""
+    return sum(count for shape, count in report["load_metrics_report"]["resource_demand"]
+               if shape.get("CPU"))
 
 
 def _kill_a_busy_worker_node(cluster: LocalCluster, kernels: Path,
@@ -143,27 +207,64 @@ def _checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_node_that_sees_another_out_folder_stops_the_run_before_any_work(tmp_path):
-    """Two nodes; one (a `ray start` in its own mount namespace, a tmpfs over the output
-    folder) sees an empty folder where the head sees the driver's."""
+def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_the_start(
+        tmp_path):
+    """A node in its own mount namespace (a tmpfs over the output folder) sees an empty folder
+    where the head sees the driver's. Joining mid-run, it is caught by the first task it takes,
+    before that task writes anything; there at the start, it stops the run before any work."""
     out = tmp_path / "out"
     out.mkdir()
-    checkpoint = _checkpoint(tmp_path)
+    hub = shared_hub()
+    models = [f"late-org/net{i}" for i in range(3)]
+    for i, repo in enumerate(models):
+        hub.add_repo(repo, Repo({"model.safetensors": save(tiny_state(i))}))
     isolated = "ab" * 28  # the node id Ray gives that node
     in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                      f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
-    with LocalCluster(head_cpus=1) as cluster:
-        cluster.add_node(cpus=1, wrapper=in_own_mounts,
-                         env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
-        result = dwscan(["scan", "--address", cluster.address, "--out", str(out),
-                         "--checkpoint", str(checkpoint)], cwd=tmp_path, env=cluster.env)
+    # each download takes a minute: the head's one CPU is still on its first model, the others
+    # queued, when the node joins (the run ends as soon as that node's task is refused)
+    stalled = Fault(path="/model.safetensors", kind="stall", times=10, seconds=60.0)
+    hub.faults.append(stalled)
+    try:
+        with LocalCluster(head_cpus=1) as cluster:
+            log = tmp_path / "late.log"
+            with log.open("w") as handle:
+                process = subprocess.Popen(
+                    ["dwscan", "scan", "--address", cluster.address, "--out", str(out),
+                     *[arg for repo in models for arg in ("--model", repo)]], cwd=tmp_path,
+                    env=cluster.env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+            deadline = time.time() + 120
+            while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the run began
+                assert process.poll() is None, log.read_text()[-3000:]
+                assert time.time() < deadline, "the run wrote no token in 120 s"
+                time.sleep(0.2)
+            cluster.add_node(cpus=1, wrapper=in_own_mounts,
+                             env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
+            assert process.wait(timeout=120) == 2, log.read_text()[-3000:]
+            late = log.read_text()
+            # what that node saw at the path of --out: nothing written by it
+            blind_view = Path(f"/proc/{cluster.raylets()[-1]}/root{out}")
+            assert blind_view.is_dir() and list(blind_view.iterdir()) == []
+
+            result = dwscan(["scan", "--address", cluster.address, "--out", str(out),
+                             "--checkpoint", str(_checkpoint(tmp_path))], cwd=tmp_path,
+                            env=cluster.env)
+    finally:
+        hub.faults.remove(stalled)
+    error = [line for line in late.splitlines() if line.startswith("dwscan: error:")]
+    assert len(error) == 1 and "Traceback" not in late, late[-3000:]
+    assert f"--out {out} is not one folder for every node: node " in error[0]
+    assert f"(node {isolated[:12]}) joined after the start" in error[0]
+    assert "the run stops before that node writes anything" in error[0] and "s3://" in error[0]
+
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("dwscan: error:")]
     assert len(error) == 1, result.stderr[-3000:]
     assert f"--out {out} is not one folder for every node: 1 of 2 nodes" in error[0]
     assert f"(node {isolated[:12]})" in error[0] and "s3://" in error[0]
-    assert list(out.iterdir()) == []  # nothing scanned, no probe or lock left behind
+    # nothing scanned by either run, no token or lock left behind
+    assert [p for p in out.rglob("*") if not p.is_dir()] == []
 
 
 def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp_path):
@@ -199,7 +300,8 @@ def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp
 def test_a_run_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):
     """Ray's workers write the kernels and assignments, the driver the tables, template set
     and reports: every file and folder of a `dwscan run` gets the umask's modes. (k-means
-    templates: the autoencoders' files go through the same atomic writer, write_bytes_atomic.)"""
+    templates: the autoencoders' files go through the same atomic writer, write_bytes_atomic.
+    Files that workers write on other nodes: the autoscaling test, under umask 027.)"""
     out = tmp_path / "out"
     done = subprocess.run(["dwscan", "run", "--out", str(out), "--checkpoint",
                            str(_checkpoint(tmp_path)), *FAST], cwd=tmp_path,
