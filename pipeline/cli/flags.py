@@ -12,7 +12,7 @@ from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL
 from dwscan.io.storage import check_model_ids
 from dwscan.io.template_index import DEFAULT_THRESHOLD
 from dwscan.io.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
-from dwscan.method.autoencoder_config import AutoencoderConfig
+from dwscan.method.autoencoder_config import LONE_SEED_STEP_CAP, AutoencoderConfig
 
 
 class _CheckpointAction(argparse.Action):
@@ -51,9 +51,11 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
     defaults = AutoencoderConfig()
     command.add_argument("--epochs", type=int, default=None,
                          help=f"train the autoencoders for exactly this many passes over the "
-                              f"kernels (default: until the templates stop moving and the loss "
-                              f"plateaus, checked every {defaults.check_every} steps, between "
-                              f"{defaults.min_steps:,} and {defaults.max_steps:,} steps)")
+                              f"kernels (default: {defaults.step_cap():,} steps for each of "
+                              f"several seeds; a lone seed, --seeds 1, until its templates stop "
+                              f"moving and its loss plateaus, checked every "
+                              f"{defaults.check_every} steps, from {defaults.min_steps:,} to "
+                              f"{LONE_SEED_STEP_CAP:,} steps)")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
     command.add_argument("--train-workers", type=int, default=1,

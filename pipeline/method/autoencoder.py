@@ -147,7 +147,7 @@ def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> 
     """Optimiser steps of a run: exactly `epochs` passes when given, else the cap."""
     if config.epochs is not None:
         return config.epochs * steps_per_epoch(n_rows, config, world_size)
-    return config.max_steps
+    return config.step_cap()
 
 
 STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"
@@ -270,7 +270,7 @@ def train_ensemble(
     steps each member decodes its template sweep, weighted by where a fixed seeded sample of
     the rows sits on it; with `config.epochs` None a member is done once its templates stop
     moving and its loss stops falling, or its loss has long stopped falling (ConvergenceRule),
-    and the ensemble cools down once every member is done, or stops at `max_steps`. Every rank
+    and the ensemble cools down once every member is done, or stops at its step cap. Every rank
     sees the same permutations and takes its own equal-length slice, so DDP ranks step in
     lockstep, and the check's numbers are averaged over ranks, so they stop together. The rows,
     the check sample and each epoch's orders live on `device` and the loss stays there between

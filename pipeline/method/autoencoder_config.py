@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+CONSENSUS_STEP_CAP = 1500  # a seed of several: the consensus places the templates (METHOD.md 4b)
+LONE_SEED_STEP_CAP = 20_000  # a lone seed (--seeds 1) trains to convergence
+
 
 @dataclass
 class AutoencoderConfig:
@@ -19,9 +22,9 @@ class AutoencoderConfig:
     code_dim: int = 1  # the paper's 1-D code
     epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
     min_steps: int = 1500  # no convergence stop before this many optimiser steps
-    # the step cap of a convergence-stopped run: with the consensus over seeds a seed need not
-    # converge (METHOD.md 3), and 2,000 steps keep five seeds of the demo at about 25 s a size
-    max_steps: int = 2000
+    # the step cap of a convergence-stopped run; None: step_cap() (1,500 with several seeds,
+    # whose consensus needs no converged seed; 20,000 for a lone seed; METHOD.md 3)
+    max_steps: int | None = None
     check_every: int = 250  # optimiser steps between two convergence checks
     check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
     template_cosine: float = 0.99  # templates "no longer move": cosine to the last check
@@ -41,6 +44,11 @@ class AutoencoderConfig:
     # autoencoders trained together per kernel size, each of its own seed (member_seeds); the
     # templates are their consensus (dwscan.stages.templates, METHOD.md 4)
     seeds: int = 5
+
+    def step_cap(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return CONSENSUS_STEP_CAP if self.seeds > 1 else LONE_SEED_STEP_CAP
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:

@@ -161,6 +161,9 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
     reports = layout.reports_dir
     clusterability = tables[schemas.CLUSTERABILITY]
     family_shares = family_label_shares(tables[schemas.LABEL_SHARES])
+    patterns = tables[schemas.PATTERN_SHARES]
+    zoo_patterns = patterns.filter(pc.is_null(patterns.column("model_id"))).sort_by(
+        [("kernel_size", "ascending"), ("share", "descending")])
     sizes = sorted(set(templates.column("kernel_size").to_pylist()))
     sections = [
         ("Models",
@@ -184,6 +187,15 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
              ("n_reference", "in1k models", None), ("estimate", "estimate", number(3)),
              ("ci_low", "95% low", number(3)), ("ci_high", "95% high", number(3)),
              ("note", "note", None)])),
+        ("Kinds of pattern over the zoo",
+         "Share of the valid kernels of each size on a template of each family and polarity "
+         "(the consensus templates), and its lowest and highest over the seeds' own template "
+         "sets: how far one autoencoder's answer could have been.", [],
+         html_table(zoo_patterns, [
+             ("kernel_size", "k", None), ("family", "family", None),
+             ("polarity", "polarity", None), ("share", "share", percent),
+             ("share_seed_min", "seed low", percent), ("share_seed_max", "seed high", percent),
+             ("n_kernels", "kernels", None)])),
         ("Template labels per family and kernel size",
          "Each label's share of the valid kernels, averaged over the models of a family and kernel "
          "size (every model counts once); each model's own shares are in its details.",
@@ -192,9 +204,10 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         ("Clusterability by depth", "", [plot_fraction_vs_depth(
             tables[schemas.LAYERS], reports / "clusterability_vs_depth.png")], ""),
         ("Templates", "The templates of each kernel size beside their fitted family members, "
-         "with the share of clustered kernels nearest to each; * marks a template a second "
-         "seed did not reproduce.", [plot_template_gallery(templates, k, reports / f"templates_k{k}.png")
-                   for k in sizes], ""),
+         "with the share of clustered kernels nearest to each and how many of the seeds found "
+         "it (the templates are the seeds' consensus).",
+         [plot_template_gallery(templates, k, reports / f"templates_k{k}.png") for k in sizes],
+         ""),
     ]
     for model_id, plot in plots.items():
         mine = clusterability.filter(pc.equal(clusterability.column("model_id"), model_id))
@@ -244,6 +257,8 @@ def _utc_minute(value) -> str:
 _SIZE_COLUMNS_STATIC = [("kernel_size", "k (blank: all)", None), ("n_filters", "filters", None),
                         ("n_invalid", "invalid", None), ("n_clustered", "clustered", None),
                         ("clustered_fraction", "clustered (%)", percent),
+                        ("clustered_fraction_seed_min", "seed low", percent),
+                        ("clustered_fraction_seed_max", "seed high", percent),
                         ("family_fraction", "families", percent),
                         ("master_key_fraction", "master keys", percent),
                         ("chance_fraction", "chance", percent), ("top1", "top-1", number(2))]
@@ -252,7 +267,8 @@ _MODEL_COLUMNS: list[ExplorerColumn] = [
     ("model_id", "model", "text"), ("family", "family", "text"),
     ("pretrain", "pre-training", "text"), ("kernel_sizes", "kernel sizes", "sizes"),
     ("n_filters", "filters", "int"), ("n_invalid", "invalid", "int"),
-    ("clustered_fraction", "clustered", "pct"), ("family_fraction", "families", "pct"),
+    ("clustered_fraction", "clustered", "pct"), ("clustered_fraction_seed_min", "seed low", "pct"),
+    ("clustered_fraction_seed_max", "seed high", "pct"), ("family_fraction", "families", "pct"),
     ("master_key_fraction", "master keys", "pct"), ("chance_fraction", "chance", "pct"),
     ("top1", "top-1", "num2"), ("top5", "top-5", "num2"), ("param_count_m", "params (M)", "num2"),
     ("accuracy_key", "timm key", "hidden")]
@@ -261,6 +277,8 @@ _DETAIL_COLUMNS: dict[pa.Schema, tuple[str, list[ExplorerColumn]]] = {
     schemas.CLUSTERABILITY: ("Clusterability per kernel size", [
         ("kernel_size", "k", "k"), ("n_filters", "filters", "int"), ("n_invalid", "invalid", "int"),
         ("n_clustered", "clustered", "int"), ("clustered_fraction", "clustered (%)", "pct"),
+        ("clustered_fraction_seed_min", "seed low", "pct"),
+        ("clustered_fraction_seed_max", "seed high", "pct"),
         ("family_fraction", "families", "pct"), ("master_key_fraction", "master keys", "pct"),
         ("chance_fraction", "chance", "pct")]),
     schemas.LAYERS: ("Depthwise layers", [
