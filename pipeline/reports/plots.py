@@ -28,8 +28,8 @@ def _pyplot():
 
 def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> Path:
     """Every template of one size beside its fitted family member (same diverging colour map,
-    centred at 0), with family, parameters, fit cosine, share of clustered kernels and whether
-    a second seed reproduced it."""
+    centred at 0), with family, parameters, fit cosine, share of clustered kernels and how
+    many of the seeds found it."""
     plt = _pyplot()
     rows = templates.filter(pc.equal(templates.column("kernel_size"), kernel_size))
     rows = rows.sort_by([("share", "descending")]).to_pylist()
@@ -66,7 +66,7 @@ def plot_template_gallery(templates: pa.Table, kernel_size: int, path: Path) -> 
     ax.set_xlim(0, extent_x)  # after imshow, which would fit the view to the last image
     ax.set_ylim(extent_y, 0)
     fig.suptitle(f"{kernel_size}x{kernel_size} templates (left) and their fitted family members "
-                 "(right); red > 0 > blue; * = not reproduced by a second seed", fontsize=9,
+                 "(right); red > 0 > blue; seeds: how many found it", fontsize=9,
                  y=1 - 0.1 / height, va="top")
     return _save(fig, path)
 
