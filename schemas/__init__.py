@@ -260,6 +260,8 @@ CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
          "seeds' own template sets (seed_templates): the headline's seed range; null with one "
          "seed"),
     _col("clustered_fraction_seed_max", pa.float64(), "highest, as above"),
+    _col("clustered_fraction_by_seed", pa.list_(pa.float64()), "the clustered fraction under "
+         "each seed's own template set, by seed_index (seed_templates); null with one seed"),
 ])
 
 PATTERN_SHARES = _schema("pattern_shares", "reports/pattern_shares.parquet",
@@ -334,6 +336,9 @@ CORRELATION = _schema("correlation", "reports/correlation.parquet",
     _col("ci_low", pa.float64(), "bootstrap 95% interval, lower end (percentile, models resampled)"),
     _col("ci_high", pa.float64(), "bootstrap 95% interval, upper end"),
     _col("note", pa.string(), "caveats, e.g. fewer than 5 models"),
+    _col("estimate_seed_min", pa.float64(), "lowest estimate over the seeds' own template sets "
+         "(each model's clustered_fraction_by_seed); null with one seed"),
+    _col("estimate_seed_max", pa.float64(), "highest, as above"),
 ])
 
 THRESHOLD_SWEEP = _schema("threshold_sweep", "reports/threshold_sweep.parquet",

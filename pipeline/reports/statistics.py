@@ -86,8 +86,15 @@ def correlation_table(clusterability: pa.Table, n_boot: int = BOOTSTRAP_SAMPLES,
     for scope, k, members in scopes:
         x = np.array([r["top1"] for r in members], dtype=float)
         y = np.array([r["clustered_fraction"] for r in members], dtype=float)
+        by_seed = _by_seed(members)
         for name, statistic in CORRELATIONS.items():
-            out.append(_estimate(name, scope, k, statistic, [x, y], n_boot, seed, paired=True))
+            row = _estimate(name, scope, k, statistic, [x, y], n_boot, seed, paired=True)
+            if row["estimate"] is not None and by_seed is not None:
+                estimates = [statistic(x, y_seed) for y_seed in by_seed.T]
+                if all(np.isfinite(estimates)):
+                    row["estimate_seed_min"], row["estimate_seed_max"] = (min(estimates),
+                                                                          max(estimates))
+            out.append(row)
     reference = np.array([r["clustered_fraction"] for r in overall
                           if r["pretrain"] == REFERENCE_PRETRAIN], dtype=float)
     for group in sorted({r["pretrain"] for r in overall} - {REFERENCE_PRETRAIN, None}):
@@ -98,6 +105,15 @@ def correlation_table(clusterability: pa.Table, n_boot: int = BOOTSTRAP_SAMPLES,
         row["n_reference"] = len(reference)
         out.append(row)
     return pa.Table.from_pylist(out, schema=schemas.CORRELATION)
+
+
+def _by_seed(members: list[dict]) -> np.ndarray | None:
+    """(models, seeds) clustered fractions under each seed's own set; None unless every model
+    has them for the same seeds."""
+    values = [r.get("clustered_fraction_by_seed") for r in members]
+    if not values or any(v is None for v in values) or len({len(v) for v in values}) != 1:
+        return None
+    return np.array(values, dtype=float)
 
 
 def _mean_difference(values: np.ndarray, reference: np.ndarray) -> float:
@@ -135,7 +151,7 @@ def format_correlations(table: pa.Table) -> str:
     """The correlation table as aligned text, caveats included."""
     from dwscan.reports.tables import format_text_table
 
-    lines = [["statistic", "scope", "k", "n", "estimate", "95% interval", "note"]]
+    lines = [["statistic", "scope", "k", "n", "estimate", "seed range", "95% interval", "note"]]
     for r in table.to_pylist():
         interval = ("-" if r["ci_low"] is None
                     else f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
@@ -143,6 +159,8 @@ def format_correlations(table: pa.Table) -> str:
         n = str(r["n"]) if r["n_reference"] is None else f"{r['n']} vs {r['n_reference']}"
         lines.append([r["statistic"], scope, "all" if r["kernel_size"] is None else
                       str(r["kernel_size"]), n,
-                      "-" if r["estimate"] is None else f"{r['estimate']:+.3f}", interval,
-                      r["note"] or ""])
-    return format_text_table(lines, left_aligned={0, 1, 6})
+                      "-" if r["estimate"] is None else f"{r['estimate']:+.3f}",
+                      "-" if r.get("estimate_seed_min") is None else
+                      f"{r['estimate_seed_min']:+.3f}..{r['estimate_seed_max']:+.3f}", interval,
+                      (r["note"] or "").rstrip()])
+    return format_text_table(lines, left_aligned={0, 1, 7})

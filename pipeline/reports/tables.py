@@ -87,6 +87,8 @@ def _with_seed_range(row: dict) -> dict:
     found = counts is not None and n_valid
     row["clustered_fraction_seed_min"] = float(np.min(counts)) / n_valid if found else None
     row["clustered_fraction_seed_max"] = float(np.max(counts)) / n_valid if found else None
+    row["clustered_fraction_by_seed"] = (np.asarray(counts, float) / n_valid).tolist() if found \
+        else None
     return row
 
 
@@ -315,7 +317,8 @@ def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) 
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     left = set(range(left_aligned)) if isinstance(left_aligned, int) else left_aligned
     return "\n".join("  ".join(c.ljust(w) if i in left else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+                               for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+                     for line in lines)
 
 
 def _range(low: float | None, high: float | None) -> str:

@@ -185,6 +185,8 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
              ("statistic", "statistic", None), ("scope", "scope", None),
              ("kernel_size", "k", None), ("n", "models", None),
              ("n_reference", "in1k models", None), ("estimate", "estimate", number(3)),
+             ("estimate_seed_min", "seed low", number(3)),
+             ("estimate_seed_max", "seed high", number(3)),
              ("ci_low", "95% low", number(3)), ("ci_high", "95% high", number(3)),
              ("note", "note", None)])),
         ("Kinds of pattern over the zoo",

@@ -72,3 +72,25 @@ def test_too_few_models_give_no_estimate():
     assert got["spearman", "all"]["estimate"] is None
     assert "too few" in got["spearman", "all"]["note"]
     assert "no in1k model" in got["mean_difference", "in22k"]["note"]
+
+
+def test_the_seed_range_of_a_correlation_is_each_seeds_own_estimate():
+    """Five models; the consensus fractions rise with top-1 (Spearman +1). Seed 0's own sets
+    give fractions that fall with it (-1), seed 1's rise but one pair swaps (+0.9): the range
+    is -1 .. +0.9, the consensus estimate still +1."""
+    rows = [(f"m{i}", 70.0 + i, 0.5 + 0.05 * i, "alpha", "in1k") for i in range(5)]
+    table = _clusterability(rows)
+    seeds = [[0.9 - 0.1 * i, 0.5 + 0.05 * i] for i in range(5)]
+    seeds[3][1], seeds[4][1] = seeds[4][1], seeds[3][1]
+    table = table.set_column(table.schema.get_field_index("clustered_fraction_by_seed"),
+                             schemas.CLUSTERABILITY.field("clustered_fraction_by_seed"),
+                             pa.array(seeds, pa.list_(pa.float64())))
+    got = {(r["statistic"], r["scope"]): r
+           for r in correlation_table(table, n_boot=200).to_pylist()}
+    spearman_all = got["spearman", "all"]
+    assert spearman_all["estimate"] == pytest.approx(1.0)
+    assert spearman_all["estimate_seed_min"] == pytest.approx(-1.0)
+    assert spearman_all["estimate_seed_max"] == pytest.approx(0.9)
+    # without every model's per-seed fractions there is no range
+    plain = correlation_table(_clusterability(rows), n_boot=200).to_pylist()
+    assert all(r["estimate_seed_min"] is None for r in plain)
