@@ -130,19 +130,23 @@ def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[
 
 
 def seed_template_indexes(seed_templates: pa.Table | None, sign_invariant: bool = False
-                          ) -> dict[int, list[TemplateIndex]]:
-    """Per kernel size, one index per seed (in seed_index order) from a SEED_TEMPLATES table;
-    empty without one, or where a size has a single seed (its range would be no range)."""
+                          ) -> dict[int, list[TemplateIndex | None]]:
+    """Per kernel size, one index per seed, in seed_index order (None: that seed has no template
+    of the size); empty without a SEED_TEMPLATES table or with a single seed (its range would be
+    no range)."""
     if seed_templates is None or not seed_templates.num_rows:
         return {}
-    indexes = {}
+    n_seeds = int(pc.max(seed_templates.column("n_seeds")).as_py())
+    if n_seeds < 2:
+        return {}
+    indexes: dict[int, list[TemplateIndex | None]] = {}
     for k in sorted(set(seed_templates.column("kernel_size").to_pylist())):
         of_size = seed_templates.filter(pc.equal(seed_templates.column("kernel_size"), k))
-        seeds = sorted(set(of_size.column("seed_index").to_pylist()))
-        if len(seeds) < 2:
-            continue
-        indexes[k] = [template_indexes(of_size.filter(pc.equal(of_size.column("seed_index"), i)),
-                                       sign_invariant)[k] for i in seeds]
+        indexes[k] = []
+        for i in range(n_seeds):
+            mine = of_size.filter(pc.equal(of_size.column("seed_index"), i))
+            indexes[k].append(template_indexes(mine, sign_invariant)[k] if mine.num_rows
+                              else None)
     return indexes
 
 

@@ -29,7 +29,8 @@ from dwscan.method.yardstick import family_cosines, master_key_fits
 def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
                    threshold: float = DEFAULT_THRESHOLD, template_set: str | None = None,
                    master_keys: np.ndarray | None = None, families: bool = False,
-                   seed_indexes: dict[int, list[TemplateIndex]] | None = None) -> pa.Table:
+                   seed_indexes: dict[int, list[TemplateIndex | None]] | None = None
+                   ) -> pa.Table:
     """ASSIGNMENTS rows for a KERNELS table (any mix of kernel sizes). A size with no index (no
     kernel of it reached the threshold when the templates were made) has its valid kernels
     unclustered, with no nearest template. `master_keys` (the 7x7 filters, centred, unit norm)
@@ -60,9 +61,11 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         yardstick.measure(rows[valid], normalised[valid], int(k), threshold, master_keys,
                           families)
         for i, index in enumerate(seed_indexes.get(int(k), [])):
+            has_seeds[rows[valid]] = True
+            if index is None:  # this seed has no template of this size: all unclustered
+                continue
             ids, cos = index.nearest(normalised[valid])
             seed_ids[rows[valid], i] = np.where(cos >= threshold, ids, -1)
-            has_seeds[rows[valid]] = True
         if int(k) not in indexes:
             no_template[rows[valid]] = True
             continue

@@ -279,6 +279,7 @@ def seed_template_table(kernel_size: int, members: list[MemberTemplates]) -> pa.
         "kernel_size": pa.array(np.full(n, kernel_size), pa.int32()),
         "seed_index": pa.array(columns["seed_index"], pa.int32()),
         "seed": pa.array(columns["seed"], pa.int64()),
+        "n_seeds": pa.array(np.full(n, len(members)), pa.int32()),
         "template_id": pa.array(columns["template_id"], pa.int32()),
         "label": pa.array([f.label for f in fits], pa.string()),
         "family": pa.array([f.family for f in fits], pa.string()),

@@ -156,3 +156,27 @@ def test_the_env_override_reaches_the_index(monkeypatch):
         monkeypatch.setenv(FAISS_DEVICE_ENV, "gpu")
         with pytest.raises(ValueError, match=f"{FAISS_DEVICE_ENV}=gpu"):
             TemplateIndex(templates)
+
+
+def test_each_seeds_own_template_of_every_kernel_a_seed_without_templates_included():
+    """Three seeds at 3x3: seed 0 has t0 and t1, seed 1 none at this size, seed 2 only t1 (its
+    template 0). A kernel on t0 is clustered under seed 0 alone; one on t1 under seeds 0 and 2;
+    the list keeps each seed in its place (seed 1's entry null), an invalid kernel has none."""
+    from dwscan.io.template_index import seed_template_indexes
+
+    e = np.eye(9, dtype=np.float32)
+    t0, _ = centre_and_normalise(e[:1] - e[1:2])
+    t1, _ = centre_and_normalise(e[2:3] - e[3:4])
+    rows = [(0, 0, t0[0]), (0, 1, t1[0]), (2, 0, t1[0])]
+    seeds = pa.table({
+        "kernel_size": pa.array([3] * 3, pa.int32()),
+        "seed_index": pa.array([r[0] for r in rows], pa.int32()),
+        "n_seeds": pa.array([3] * 3, pa.int32()),
+        "template_id": pa.array([r[1] for r in rows], pa.int32()),
+        "weights": matrices_to_list_array([np.stack([r[2] for r in rows])])})
+    indexes = seed_template_indexes(seeds)
+    assert len(indexes[3]) == 3 and indexes[3][1] is None
+    weights = np.stack([t0[0], t1[0], np.zeros(9)])
+    out = assign_kernels(kernels_table(weights, 3), {3: TemplateIndex(np.concatenate([t0, t1]))},
+                         threshold=0.8, seed_indexes=indexes).column("seed_template_ids")
+    assert out.to_pylist() == [[0, None, None], [1, None, 0], None]

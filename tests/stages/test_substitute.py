@@ -150,7 +150,8 @@ def _templates_table(templates: np.ndarray) -> pa.Table:
         "template_set": "test", "kernel_size": K, "template_id": i, "label": "other",
         "family": "other", "fit_cosine": 1.0, "fit_parameters": [], "weights": t.tolist(),
         "fit_weights": t.tolist(), "n_kernels": 1, "n_clustered": 1, "share": 1 / n,
-        "share_of_valid": 1 / n} for i, t in enumerate(templates)], schema=schemas.TEMPLATES)
+        "share_of_valid": 1 / n, "support": 1, "n_seeds": 1} for i, t in enumerate(templates)],
+        schema=schemas.TEMPLATES)
 
 
 def _run(network, templates, assignments):
