@@ -62,8 +62,11 @@ class Fault:
 
 
 class HubStandIn:
-    def __init__(self):
+    def __init__(self, latency: float = 0.0):
         self.repos: dict[str, Repo] = {}
+        # seconds added before every answer (each request's handler thread sleeps, so answers
+        # overlap as over a real network): what a round trip to a distant hub costs
+        self.latency = latency
         self.faults: list[Fault] = []
         self.bytes_sent: dict[str, int] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
@@ -131,6 +134,8 @@ def _handler_for(hub: HubStandIn):
         def _serve(self, head: bool):
             url = urlparse(self.path)
             path = unquote(url.path)
+            if hub.latency:
+                time.sleep(hub.latency)
             fault = hub.take_fault(path)
             if fault and fault.kind == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
