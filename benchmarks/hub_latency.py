@@ -4,9 +4,10 @@ flags, a local Ray of its own. Per run: wall time of the command (Ray start incl
 per model (the listing's one request spread over the models), bytes the hub sent against the
 floor (per model: its safetensors header, its depthwise tensors and its config.json), the peak
 summed PSS of the dwscan process tree (driver, Ray, workers; `benchmarks.zoo.ProcessTreeMemory`),
-and every model's status. Targets (issue 24, 300 models on 2 cores): <= 30 s, <= 6 requests per
-model, <= 1.5 GiB, every model ok, bytes <= 1.1x the floor. `python -m benchmarks hub_latency
---models 300` picks the sizes."""
+every model's status, and the machine's 1-minute load average before and after (2 cores: a load
+above ~2 means other work shared them). Targets (issue 24, 300 models on 2 cores): <= 30 s,
+<= 6 requests per model, <= 1.5 GiB, every model ok, bytes <= 1.1x the floor.
+`python -m benchmarks hub_latency --models 300` picks the sizes."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def run_scan(n_models: int, workdir: Path, latency: float = LATENCY_S,
                "HF_HUB_CACHE": str(workdir / "hf-cache"), "HF_HUB_DISABLE_TELEMETRY": "1"}
         command = ["dwscan", "scan", "--hub", "--author", HUB_AUTHOR, "--out", str(out),
                    *extra_args]
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         with open(workdir / "dwscan.log", "w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -66,7 +68,8 @@ def run_scan(n_models: int, workdir: Path, latency: float = LATENCY_S,
            "fetched/floor": sent / floor, "peak tree PSS GiB": memory.peak_tree_pss / 2**30,
            "largest process RSS GiB": memory.peak_process_rss / 2**30,
            "ok/skipped/failed": f"{status['ok']}/{status['skipped']}/{status['failed']}",
-           "exit": process.returncode}
+           "exit": process.returncode,
+           "load avg before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}"}
     row["targets met"] = _targets(row, status, n_models)
     print(json.dumps(row), flush=True)
     return row

@@ -304,11 +304,12 @@ HUB_MODELS_PER_CPU = 16
 def hub_batches(n_models: int, max_in_flight: int | None, cpus: int) -> tuple[int, int | None]:
     """(models per batch task, batch tasks at once) for `n_models` hub models: a batch is what
     one worker, holding one CPU, reads side by side. `max_in_flight` (`--concurrency`) is the
-    models in flight over the cluster: spread over at most one worker per CPU. By default, as
+    models in flight over the cluster: spread over at most one worker per CPU. By default a
+    batch is HUB_MODELS_PER_CPU models, fewer where that spreads a small zoo over the CPUs; as
     many batches run as the cluster has CPUs, and the rest wait as pending tasks the
     autoscaler sees."""
     if not max_in_flight:
-        return HUB_MODELS_PER_CPU, None
+        return max(1, min(HUB_MODELS_PER_CPU, -(-n_models // max(1, cpus)))), None
     workers = max(1, min(max_in_flight, cpus, n_models))
     return -(-max_in_flight // workers), workers
 

@@ -62,6 +62,7 @@ NOT_FOUND_CODES = {"RepoNotFound", "EntryNotFound", "RevisionNotFound"}
 STREAM_CHUNK = 1 << 20  # bytes taken from a response body at a time
 MAX_OPEN_PASSES = 4  # whole-file answers kept open per model, for the next ranges of their files
 WEIGHTS = "model.safetensors"  # the weights file read ahead, before the file list is known
+CONFIG_PARSE_FACTOR = 4  # what parsing a config.json holds per byte of it (its budget share)
 T = TypeVar("T")
 
 
@@ -74,9 +75,10 @@ class HubOptions:
     max_range_bytes: int = 64 << 20  # one range request at most; a longer range takes several
     mismatch_attempts: int = 2  # tries of a range whose answer is not the range asked (a lying
     # server rarely stops lying: these are not worth max_attempts)
-    head_bytes: int = 16 << 10  # the first read of a safetensors file: its header length and,
-    # for most files, all of its header in the same round trip (a longer one takes a second);
-    # bytes past the header are kept for the first tensors, so little is read twice or in vain
+    head_bytes: int = 8 << 10  # the first read of a safetensors file, with the model info: its
+    # header length and, for small headers, all of it (a longer one takes a second round trip);
+    # bytes past the header serve the first tensors. timm headers are 10-60 KB: a longer first
+    # read would cost small models more than the floor allows (resnet18: an 11 KB header alone)
     deadline: Deadline | None = None  # when this model's time is up (`--model-timeout`)
 
 
@@ -255,7 +257,8 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
             body, commit = config_ahead.result()
             if not _of_commit(commit, asked, sha):
                 body, commit = _small_file(repo_id, "config.json", sha, options, opened)
-            opened.config, opened.config_warnings = _parse_config(body, scratch)
+            with budget.hold(CONFIG_PARSE_FACTOR * len(body or b""), options.deadline):
+                opened.config, opened.config_warnings = _parse_config(body, scratch)
         name = choose_weight_file(files)
         if name is None:
             raise HubError(f"no weights file ({', '.join(FOLDER_WEIGHT_FILES)})")

@@ -147,6 +147,7 @@ def test_a_batch_killed_midway_leaves_only_pending_files_that_the_next_run_drops
 
 @pytest.mark.parametrize(("n", "concurrency", "cpus", "expected"), [
     (300, None, 2, (16, None)),  # default: 16 models a worker, one worker per CPU, the rest queued
+    (20, None, 8, (3, None)),  # a small zoo is spread over the CPUs (the CPU part is per worker)
     (300, 8, 2, (4, 2)),  # --concurrency 8: 8 models in flight, over two workers
     (300, 1, 2, (1, 1)),  # --concurrency 1: one model at a time, as before
     (3, 8, 16, (3, 3)),  # never more workers than models
