@@ -72,6 +72,8 @@ def run_scan(n_models: int, workdir: Path, latency: float = LATENCY_S,
            "load avg before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}"}
     row["targets met"] = _targets(row, status, n_models)
     print(json.dumps(row), flush=True)
+    print("memory peak: " + ", ".join(f"{name} {pss / 2**20:.0f} MiB"
+                                      for name, pss in memory.at_peak[:8]), flush=True)
     return row
 
 
