@@ -68,7 +68,8 @@ def test_models_in_one_worker_overlap_their_round_trips(hub, planted, tmp_path):
             local.column("weights"))
     # model info, config.json and the weights' first read in one round trip, then one range
     assert len(hub.requests) == 4 * N_MODELS
-    assert peak_overlap([(start, end) for *_, start, end in hub.timeline]) >= 2 * N_MODELS
+    # one model at a time would have at most its 3 first requests open at once
+    assert peak_overlap([(start, end) for *_, start, end in hub.timeline]) >= N_MODELS
     for row, folder in zip(rows, planted.values()):
         assert _floor(folder) <= row["bytes_fetched"] <= 1.1 * _floor(folder), folder.name
 
