@@ -229,7 +229,6 @@ def extract_hub_models_to_parquet(specs: list[ModelSpec], out: str | Path,
         try:
             with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision,
                                      HubOptions(deadline=deadline), limits, budget) as hub:
-                row.update(revision=one_line(hub.revision or "", 100) or None)
                 kept, skipped = depthwise_tensors(hub.reader, limits)
                 names = [info.name for info in kept]
                 need = hub.reader.planned_bytes(names) if hasattr(hub.reader, "plan") else 0
@@ -240,7 +239,8 @@ def extract_hub_models_to_parquet(specs: list[ModelSpec], out: str | Path,
                         if i in left_behind:
                             raise ModelTimeout(f"timed out after {model_timeout:g} s")
                         extraction = kernels_of(hub.reader, spec.model_id, kept, skipped)
-                        row.update(bytes_fetched=hub.bytes_fetched,
+                        row.update(revision=one_line(hub.revision or "", 100) or None,
+                                   bytes_fetched=hub.bytes_fetched,
                                    range_support=hub.range_support)
                         _complete_row(row, spec, layout, extraction, hub.config,
                                       hub.config_warnings, token)
