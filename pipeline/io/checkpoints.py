@@ -262,23 +262,26 @@ class RemoteSafetensorsCheckpoint:
         return sum(stop - start for _, start, stop, _ in self.plan(names))
 
     def prefetch(self, names: list[str]) -> None:
-        """Fetch these tensors with as few requests as the gaps between them allow."""
-        for file, start, stop, group in self.plan(names):
-            data = self._take(file, start, stop)
+        """Fetch these tensors with as few requests as the gaps between them allow: side by
+        side where `fetch` has `many(ranges)`. Bytes the first read brought past the header
+        serve the start of the first request as far as they reach."""
+        plan = self.plan(names)
+        have: list[bytes] = []
+        missing: list[tuple[str, int, int]] = []
+        for file, start, stop, _ in plan:
+            offset, ahead = self._ahead.get(file, (0, b""))
+            held = ahead[start - offset:stop - offset] if offset <= start < offset + len(ahead) \
+                else b""
+            have.append(held)
+            missing.append((file, start + len(held), stop))
+        wanted = [r for r in missing if r[1] < r[2]]
+        many = getattr(self._fetch, "many", None)
+        fetched = iter(many(wanted) if many else [self._fetch(*r) for r in wanted])
+        for (_, start, stop, group), held, (_, rest, _) in zip(plan, have, missing):
+            data = held if rest == stop else next(fetched) if not held else held + next(fetched)
             for name, a, b in group:
                 self._cache[name] = data[a - start:b - start]
         self._ahead.clear()
-
-    def _take(self, file: str, start: int, stop: int) -> bytes:
-        """Bytes start..stop of `file`: from what the first read brought past the header as
-        far as it reaches, the rest fetched."""
-        offset, ahead = self._ahead.get(file, (0, b""))
-        if not offset <= start < offset + len(ahead):
-            return self._fetch(file, start, stop)
-        have = ahead[start - offset:stop - offset]
-        if start + len(have) == stop:
-            return have
-        return have + self._fetch(file, start + len(have), stop)
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._cache:

@@ -443,7 +443,7 @@ class RangeReader:
         self._passes: OrderedDict[str, _WholeFilePass] = OrderedDict()
         self._sizes: dict[str, int] = {}  # file sizes the answers gave (Content-Range, -Length)
 
-    def __call__(self, file: str, start: int, stop: int) -> bytearray:
+    def __call__(self, file: str, start: int, stop: int, keep: bool = True) -> bytearray:
         size = self._sizes.get(file)
         if size is not None and stop > size:  # known from an earlier answer: no request
             raise HubError(f"{file}{self._what}: the file ends at byte {size}, before byte "
@@ -452,9 +452,20 @@ class RangeReader:
         at = start
         while at < stop:
             at = with_retries(lambda at=at: self._read_some(file, at, start, stop,
-                                                            memoryview(out)),
+                                                            memoryview(out), keep=keep),
                               self._options, f"{file}{self._what}")
         return out
+
+    def many(self, ranges: list[tuple[str, int, int]]) -> list[bytearray]:
+        """Several ranges (file, start, stop), in order: side by side, one request each, from
+        a server that answered Range as asked so far; else one after another, so that a
+        whole-file answer is read forward once. Side by side, a whole-file answer is read up to
+        its range and closed: never kept by two threads."""
+        if len(ranges) < 2 or self._opened.range_support != "yes" or self._passes:
+            return [self(*r) for r in ranges]
+        futures = [_ahead(lambda r=r: self(*r, keep=False)) for r in ranges]
+        wait_all(futures)
+        return [future.result() for future in futures]
 
     def head(self, file: str, n: int) -> tuple[bytearray, str | None]:
         """The first `n` bytes of `file`, or all of it where it is shorter (its size is then
@@ -477,10 +488,11 @@ class RangeReader:
             self._passes.popitem()[1].close()
 
     def _read_some(self, file: str, at: int, start: int, stop: int, out: memoryview,
-                   commit: list | None = None) -> int:
+                   commit: list | None = None, keep: bool = True) -> int:
         """Fill out[at - start:] as far as one answer goes; the file offset reached. With
-        `commit` (a head read), a file that ends before `stop` ends the read there."""
-        open_pass = self._passes.get(file)
+        `commit` (a head read), a file that ends before `stop` ends the read there. Without
+        `keep`, a whole-file answer is not kept open for the next ranges."""
+        open_pass = self._passes.get(file) if keep else None
         if open_pass is not None and open_pass.position <= at and commit is None:
             return self._from_pass(file, open_pass, at, start, stop, out)
         if open_pass is not None:  # asked to go back: that pass is of no further use
@@ -499,6 +511,10 @@ class RangeReader:
             if size is not None:
                 self._sizes[file] = size
                 end = min(end, size)
+            if response.status_code == 200 and not keep:
+                self._opened.range_support = "no"
+                return _WholeFilePass(response, stack, self._count).read_into(
+                    at, out[at - start:end - start])
             if response.status_code == 200:
                 self._keep_pass(file, _WholeFilePass(response, stack, self._count))
                 stack = ExitStack()  # the pass owns the response now

@@ -102,6 +102,7 @@ def hub(zoo):
     server, _ = zoo
     server.bytes_sent.clear()
     server.requests.clear()
+    server.timeline.clear()
     server.faults.clear()
     server.listing = "json"
     yield server
@@ -524,3 +525,21 @@ def test_a_deadline_ends_a_body_that_never_ends():
         server.close()
     assert time.monotonic() - start < 2.0
     assert opened.bytes_fetched < _EndlessFile.SIZE - 100
+
+
+def test_a_models_ranges_go_out_side_by_side(hub, zoo):
+    """Issue 24: convnext_atto's depthwise tensors lie between large ones, 12 ranges apart; from a
+    server that answers Range as asked they are requested at once, not one round trip each."""
+    from dwscan.testing.hub_server import peak_overlap
+
+    _, local = zoo
+    hub.latency = 0.05
+    try:
+        extraction, opened = _hub_kernels("timm/convnext_atto.d2_in1k")
+    finally:
+        hub.latency = 0.0
+    assert extraction.kernels.equals(extract_depthwise_kernels(local / "convnext_atto", "m").kernels)
+    ranges = [(start, end) for _, path, wanted, start, end in hub.timeline
+              if path.endswith("model.safetensors") and not wanted.startswith("bytes=0-")]
+    assert len(ranges) >= 10 and peak_overlap(ranges) >= 4  # one after another: 1
+    assert opened.range_support == "yes"
