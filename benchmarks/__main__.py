@@ -14,11 +14,22 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import assign, end_to_end, extract, hub, report, scale, train, train_memory, zoo
+from benchmarks import (
+    assign,
+    end_to_end,
+    extract,
+    hub,
+    hub_latency,
+    report,
+    scale,
+    train,
+    train_memory,
+    zoo,
+)
 
 BENCHMARKS = {"extract": extract.run, "assign": assign.run, "scale": scale.run, "train": train.run,
-              "train_memory": train_memory.run, "hub": hub.run, "end_to_end": end_to_end.run,
-              "report": report.run, "zoo": zoo.run}
+              "train_memory": train_memory.run, "hub": hub.run, "hub_latency": hub_latency.run,
+              "end_to_end": end_to_end.run, "report": report.run, "zoo": zoo.run}
 
 
 def machine() -> str:
@@ -57,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--write", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--models", type=int, nargs="+", default=None, metavar="N",
-                        help=f"zoo sizes of the zoo benchmark (default: {zoo.SIZES})")
+                        help=f"zoo sizes of the zoo and hub_latency benchmarks (default: "
+                             f"{zoo.SIZES}, {hub_latency.SIZES})")
     args = parser.parse_args(argv)
     unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
@@ -68,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.names or n not in BENCHMARKS}
     for name in args.names or list(BENCHMARKS):
         run = BENCHMARKS[name]
-        sized = name == "zoo" and args.models
+        sized = name in ("zoo", "hub_latency") and args.models
         text = as_markdown(run(tuple(args.models)) if sized else run())
         print(f"\n## {name}\n{text}", flush=True)
         sections[name] = section(name, text)

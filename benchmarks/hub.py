@@ -62,13 +62,15 @@ def run() -> list[dict]:
                          "fetched/floor": sent / floor})
         zoo = [hub_spec(f"zoo/mobilenetv3_small_050.copy{i:03d}") for i in range(ZOO_SIZE)]
         for concurrency in CONCURRENCY:
+            load = os.getloadavg()[0]  # 2 cores: above ~2, other work shared them
             start = time.perf_counter()
             scanned, _ = scan_models(zoo, layout, max_in_flight=concurrency)
             seconds = time.perf_counter() - start
             ok = scanned.column("status").to_pylist().count("ok")
             rows.append({"zoo of 200 repos": f"concurrency {concurrency}",
                          "models": ZOO_SIZE, "ok": ok, "seconds": seconds,
-                         "models/min": 60 * ZOO_SIZE / seconds})
+                         "models/min": 60 * ZOO_SIZE / seconds,
+                         "load avg before/after": f"{load:.1f}/{os.getloadavg()[0]:.1f}"})
     import ray
 
     ray.shutdown()

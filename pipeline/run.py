@@ -52,12 +52,16 @@ from dwscan.io.template_set import (
     template_set_of,
     write_template_set_record,
 )
-from dwscan.io.zoo import ModelSpec
+from dwscan.io.zoo import HUB_PREFIX, ModelSpec
 from dwscan.memory import release_free_memory
 from dwscan.method.autoencoder_config import AutoencoderConfig, read_training_records
 from dwscan.method.families import default_master_key_filters, read_master_key_filters
 from dwscan.stages.assign import assign_model_file
-from dwscan.stages.extract import extract_model_to_parquet
+from dwscan.stages.extract import (
+    ABANDON_GRACE_S,
+    extract_hub_models_to_parquet,
+    extract_model_to_parquet,
+)
 from dwscan.stages.report import write_reports
 from dwscan.stages.templates import TemplateConfig, build_templates
 from dwscan.stages.train import train_on_ray
@@ -74,7 +78,8 @@ class RunOptions:
     use_gpu: bool = False  # train on CUDA
     accuracy_csv: str = TIMM_RESULTS_URL  # timm results-imagenet.csv, path or URL
     pretrain_csv: str = TIMM_PRETRAIN_URL  # timm model_metadata-in1k.csv, path or URL
-    max_in_flight: int | None = None  # extraction/assignment tasks at once (default: 1 per CPU)
+    max_in_flight: int | None = None  # models read at once, assignment tasks at once (default:
+    # 1 per CPU; hub models HUB_MODELS_PER_CPU per CPU, read side by side in one worker each)
     limits: ReadLimits = field(default_factory=ReadLimits)  # what one model may cost
     model_timeout: float | None = DEFAULT_MODEL_TIMEOUT  # seconds one model may take; None: no limit
     family_yardstick: bool = False  # each kernel's closest family member (slow: METHOD.md 4e)
@@ -248,7 +253,9 @@ def check_scan_ids(layout: OutputLayout, specs: list[ModelSpec]) -> None:
 def scan_models(specs: list[ModelSpec], layout: OutputLayout, max_in_flight: int | None = None,
                 limits: ReadLimits | None = None, model_timeout: float | None = None
                 ) -> tuple[pa.Table, pa.Table]:
-    """Stage 1 over Ray, one task per model: (this run's MODELS rows, the whole models.parquet).
+    """Stage 1 over Ray: (this run's MODELS rows, the whole models.parquet). A local
+    checkpoint is one task; hub models go in batches, many read side by side in one worker
+    (`hub_batches`). `max_in_flight`: models read at once.
 
     Replace, never delete-then-write: tasks write pending files; models.parquet is written, and
     only then are the pending files moved into place (`commit_pending_kernels`). A failure to
@@ -258,11 +265,22 @@ def scan_models(specs: list[ModelSpec], layout: OutputLayout, max_in_flight: int
     commit_pending_kernels(layout)  # a commit an earlier run did not finish
     scanned_at = now_utc()
     token = scan_token(scanned_at)
-    results = ray_executor.run_tasks(extract_model_to_parquet,
-                                     [(spec, str(layout.root), limits or DEFAULT_LIMITS, token)
-                                      for spec in specs],
-                                     desc="extract", max_in_flight=max_in_flight,
-                                     summarise=_scan_progress, timeout=model_timeout)
+    shared = (str(layout.root), limits or DEFAULT_LIMITS, token)
+    on_hub = [spec.source.startswith(HUB_PREFIX) for spec in specs]
+    results: list = [None] * len(specs)
+    local = [i for i, hub in enumerate(on_hub) if not hub]
+    if local:
+        done = ray_executor.run_tasks(extract_model_to_parquet,
+                                      [(specs[i], *shared) for i in local],
+                                      desc="extract", max_in_flight=max_in_flight,
+                                      summarise=_scan_progress, timeout=model_timeout)
+        for i, result in zip(local, done):
+            results[i] = result
+    hub = [i for i, on in enumerate(on_hub) if on]
+    if hub:
+        done = _scan_hub_models([specs[i] for i in hub], shared, max_in_flight, model_timeout)
+        for i, result in zip(hub, done):
+            results[i] = result
     write_errors = [r for r in results if isinstance(r, OutputWriteError)]
     rows = [model_row(spec, error_line(r)) if isinstance(r, BaseException) else r
             for spec, r in zip(specs, results)]
@@ -278,6 +296,52 @@ def scan_models(specs: list[ModelSpec], layout: OutputLayout, max_in_flight: int
                                f"{layout.root} is as it was before it") from None
     commit_pending_kernels(layout, merged)
     return run_models, merged
+
+
+# Hub models in flight per CPU by default: a hub model waits on round trips nearly all its time
+# (16 at once keep one CPU busy at 30 ms a round trip); what they hold is bounded per worker
+# (stages.extract.HUB_BUDGET_BYTES), not by their number.
+HUB_MODELS_PER_CPU = 16
+
+
+def hub_batches(n_models: int, max_in_flight: int | None, cpus: int) -> tuple[int, int | None]:
+    """(models per batch task, batch tasks at once) for `n_models` hub models: a batch is what
+    one worker, holding one CPU, reads side by side. `max_in_flight` (`--concurrency`) is the
+    models in flight over the cluster: spread over at most one worker per CPU. By default a
+    batch is HUB_MODELS_PER_CPU models, fewer where that spreads a small zoo over the CPUs; as
+    many batches run as the cluster has CPUs, and the rest wait as pending tasks the
+    autoscaler sees."""
+    if not max_in_flight:
+        return max(1, min(HUB_MODELS_PER_CPU, -(-n_models // max(1, cpus)))), None
+    workers = max(1, min(max_in_flight, cpus, n_models))
+    return -(-max_in_flight // workers), workers
+
+
+def _scan_hub_models(specs: list[ModelSpec], shared: tuple, max_in_flight: int | None,
+                     model_timeout: float | None) -> list:
+    """Hub models in batch tasks (`extract_hub_models_to_parquet`): one result per spec, a
+    batch's exception (its worker lost for good, OUT unwritable) standing for each of its
+    models. The batch's own time limit is a backstop: each model keeps its own deadline."""
+    size, workers = hub_batches(len(specs), max_in_flight, ray_executor.cluster_max_cpus())
+    batches = [specs[j:j + size] for j in range(0, len(specs), size)]
+    backstop = model_timeout + ABANDON_GRACE_S + 60 if model_timeout else None
+    done = ray_executor.run_tasks(
+        extract_hub_models_to_parquet,
+        [(batch, *shared, size, model_timeout) for batch in batches],
+        desc=f"extract ({len(specs)} hub models, {size} a batch)", max_in_flight=workers,
+        summarise=lambda results: _scan_progress(_flat(results)), timeout=backstop)
+    return _flat(done, [len(batch) for batch in batches])
+
+
+def _flat(results: list, sizes: list[int] | None = None) -> list:
+    """Batch results as one list of per-model results (an exception repeated for its batch)."""
+    flat = []
+    for j, result in enumerate(results):
+        if isinstance(result, list):
+            flat += result
+        else:
+            flat += [result] * (sizes[j] if sizes else 1)
+    return flat
 
 
 def scan_token(scanned_at: datetime.datetime) -> str:

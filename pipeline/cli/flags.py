@@ -152,7 +152,9 @@ def add_model_selection(command: argparse.ArgumentParser, hub_only: bool = False
     command.add_argument("--search", default=None, help="with --hub: repo ids containing this")
     command.add_argument("--limit", type=int, default=None, help="with --hub: at most N repos")
     command.add_argument("--concurrency", type=int, default=None,
-                         help="models read at once (default: one per CPU, as the cluster grows)")
+                         help="models read at once (default: one local checkpoint per CPU; "
+                              "16 hub models per CPU, read side by side in one worker each; "
+                              "both as the cluster grows)")
     add_read_limits(command)
     add_out(command, address=True)
 

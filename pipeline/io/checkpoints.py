@@ -22,8 +22,8 @@ import pickletools
 import re
 import struct
 import zipfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -159,58 +159,129 @@ FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": None}
 _TORCH_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # Fetch two tensors in one request when at most this many unwanted bytes lie between them.
 COALESCE_GAP = 4096
+# Beyond that, a file's wider gaps are joined too, smallest first, while the unwanted bytes
+# they add stay within this share of the wanted bytes: one request instead of one per layer
+# where small tensors (norms, biases) sit between the depthwise ones.
+COALESCE_SHARE = 0.05
+# What parsing a safetensors header holds, per byte of it (a dict of entries): the share of
+# the worker's byte budget it takes while it is parsed.
+HEADER_PARSE_FACTOR = 10
+
+
+def _no_budget(n: int) -> AbstractContextManager:
+    return nullcontext()
 
 
 class RemoteSafetensorsCheckpoint:
     """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`: the
-    header first, then only the tensors asked for, neighbours coalesced into one request."""
+    header first, then only the tensors asked for, neighbours coalesced into one request.
 
-    def __init__(self, fetch, files: list[str], limits: ReadLimits = DEFAULT_LIMITS):
+    `heads` holds the first bytes of a file where they were read already (with other requests
+    of the model, in the same round trip): its header comes from them as far as they reach,
+    and bytes past the header are kept for the first tensors. `hold(n)` reserves n bytes of
+    the worker's budget while a header is parsed."""
+
+    def __init__(self, fetch, files: list[str], limits: ReadLimits = DEFAULT_LIMITS,
+                 heads: dict[str, bytes] | None = None,
+                 hold: Callable[[int], AbstractContextManager] = _no_budget):
         self._fetch = fetch
         self._infos: dict[str, TensorInfo] = {}
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file, start, stop)
         self._cache: dict[str, bytes] = {}
-        self.header_bytes = 0  # fetched: the headers and their length fields
+        self._ahead: dict[str, tuple[int, bytes]] = {}  # file -> (offset, bytes read already)
+        self.header_bytes = 0  # the headers and their length fields
         declared = 0  # the header lengths the files declare, together
         for file in files:
-            length = struct.unpack("<Q", self._fetch(file, 0, 8))[0]
+            head = (heads or {}).get(file, b"")
+            if len(head) < 8:
+                head = self._fetch(file, 0, 8)
+            length = struct.unpack("<Q", head[:8])[0]
             if length == 0:
                 raise CheckpointError(f"corrupt safetensors file {file}: header length 0")
             declared = _within_cap(declared + length, limits.max_header_bytes,
                                    "bytes of safetensors header", "ReadLimits.max_header_bytes")
-            try:
-                header = json.loads(self._fetch(file, 8, 8 + length))
-            except ValueError as exc:
-                raise CheckpointError(f"corrupt safetensors header in {file}: {exc}") from exc
-            self.header_bytes += 8 + length
-            if not isinstance(header, dict):
-                raise CheckpointError(f"corrupt safetensors header in {file}: not a JSON object")
-            _within_cap(len(self._infos) + len(header) - ("__metadata__" in header),
-                        limits.max_tensors, "tensors", "ReadLimits.max_tensors")
-            for name, meta in header.items():
-                if name == "__metadata__":
-                    continue
-                info, begin, end = _header_entry(file, name, meta)
-                self._infos[name] = info
-                self._where[name] = (file, 8 + length + begin, 8 + length + end)
+            with hold(HEADER_PARSE_FACTOR * length):
+                raw = bytes(head[8:8 + length])
+                if len(raw) < length:
+                    raw += self._fetch(file, 8 + len(raw), 8 + length)
+                try:
+                    header = json.loads(raw)
+                except ValueError as exc:
+                    raise CheckpointError(f"corrupt safetensors header in {file}: {exc}") \
+                        from exc
+                del raw
+                self.header_bytes += 8 + length
+                if not isinstance(header, dict):
+                    raise CheckpointError(f"corrupt safetensors header in {file}: "
+                                          f"not a JSON object")
+                _within_cap(len(self._infos) + len(header) - ("__metadata__" in header),
+                            limits.max_tensors, "tensors", "ReadLimits.max_tensors")
+                for name, meta in header.items():
+                    if name == "__metadata__":
+                        continue
+                    info, begin, end = _header_entry(file, name, meta)
+                    self._infos[name] = info
+                    self._where[name] = (file, 8 + length + begin, 8 + length + end)
+                del header
+            if len(head) > 8 + length:
+                self._ahead[file] = (8 + length, bytes(head[8 + length:]))
 
     def tensor_infos(self) -> list[TensorInfo]:
         return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
 
+    def plan(self, names: list[str]) -> list[tuple[str, int, int, list[tuple[str, int, int]]]]:
+        """The requests that fetch these tensors, (file, start, stop, [(name, start, stop)]):
+        neighbours within COALESCE_GAP joined, then wider gaps, smallest first, while what
+        they add stays within COALESCE_SHARE of the file's wanted bytes."""
+        by_file: dict[str, list[tuple[int, int, str]]] = {}
+        for name in names:
+            if name not in self._cache:
+                file, start, stop = self._where[name]
+                by_file.setdefault(file, []).append((start, stop, name))
+        requests = []
+        for file, spans in by_file.items():
+            spans.sort()
+            gaps = sorted((spans[i + 1][0] - spans[i][1], i) for i in range(len(spans) - 1))
+            budget = COALESCE_SHARE * sum(b - a for a, b, _ in spans)
+            joined = set()
+            for gap, i in gaps:
+                if gap > COALESCE_GAP and gap > budget:
+                    break
+                joined.add(i)
+                budget -= max(gap, 0) if gap > COALESCE_GAP else 0
+            group: list[tuple[str, int, int]] = []
+            for i, (start, stop, name) in enumerate(spans):
+                group.append((name, start, stop))
+                if i not in joined:
+                    requests.append((file, group[0][1], max(g[2] for g in group), group))
+                    group = []
+        return requests
+
+    def planned_bytes(self, names: list[str]) -> int:
+        """Bytes that fetching these tensors holds at once (the coalesced requests)."""
+        return sum(stop - start for _, start, stop, _ in self.plan(names))
+
     def prefetch(self, names: list[str]) -> None:
-        """Fetch these tensors with as few requests as the gaps between them allow."""
-        spans = sorted(self._where[n] + (n,) for n in names if n not in self._cache)
-        group: list[tuple] = []
-        for span in spans + [None]:
-            if group and (span is None or span[0] != group[-1][0]
-                          or span[1] - group[-1][2] > COALESCE_GAP):
-                file, start, stop = group[0][0], group[0][1], max(g[2] for g in group)
-                data = self._fetch(file, start, stop)
-                for _, a, b, name in group:
-                    self._cache[name] = data[a - start:b - start]
-                group = []
-            if span is not None:
-                group.append(span)
+        """Fetch these tensors with as few requests as the gaps between them allow: side by
+        side where `fetch` has `many(ranges)`. Bytes the first read brought past the header
+        serve the start of the first request as far as they reach."""
+        plan = self.plan(names)
+        have: list[bytes] = []
+        missing: list[tuple[str, int, int]] = []
+        for file, start, stop, _ in plan:
+            offset, ahead = self._ahead.get(file, (0, b""))
+            held = ahead[start - offset:stop - offset] if offset <= start < offset + len(ahead) \
+                else b""
+            have.append(held)
+            missing.append((file, start + len(held), stop))
+        wanted = [r for r in missing if r[1] < r[2]]
+        many = getattr(self._fetch, "many", None)
+        fetched = iter(many(wanted) if many else [self._fetch(*r) for r in wanted])
+        for (_, start, stop, group), held, (_, rest, _) in zip(plan, have, missing):
+            data = held if rest == stop else next(fetched) if not held else held + next(fetched)
+            for name, a, b in group:
+                self._cache[name] = data[a - start:b - start]
+        self._ahead.clear()
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._cache:

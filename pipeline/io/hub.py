@@ -6,6 +6,13 @@ commit sha that `model_info` reports, so a scan is reproducible. Safetensors are
 first, then only the byte ranges of the depthwise tensors; `pytorch_model.bin` is downloaded only
 where a repo has no safetensors, into a temporary folder that is deleted afterwards.
 
+A scan is bound by round trips, not bytes: a model's model info, config.json and the head of its
+model.safetensors (header length and, mostly, the header) go out at once, and its depthwise
+ranges are coalesced into as few requests as the byte floor allows (checkpoints.COALESCE_SHARE):
+four requests in two round trips for most models. Many models are read side by side in one
+worker (stages.extract.extract_hub_models_to_parquet): each has a `Deadline` that every request,
+retry wait and body chunk checks, and a `ByteBudget` bounds what they hold together.
+
 Range reads trust nothing the server says beyond what they check: a body is streamed and read
 only up to the range's end; a 206 must name exactly the range asked (Content-Range, length, no
 Content-Encoding) or its bytes are never used; a server that ignores Range (answers 200 with the
@@ -19,9 +26,12 @@ import random
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +52,7 @@ from dwscan.io.checkpoints import (
     read_shard_index,
     shard_names,
 )
-from dwscan.io.zoo import HubListingError, read_config
+from dwscan.io.zoo import MAX_CONFIG_BYTES, HubListingError, read_config
 from dwscan.text import one_line
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -51,6 +61,8 @@ RETRY_STATUSES = {429, 500, 502, 503, 504}
 NOT_FOUND_CODES = {"RepoNotFound", "EntryNotFound", "RevisionNotFound"}
 STREAM_CHUNK = 1 << 20  # bytes taken from a response body at a time
 MAX_OPEN_PASSES = 4  # whole-file answers kept open per model, for the next ranges of their files
+WEIGHTS = "model.safetensors"  # the weights file read ahead, before the file list is known
+CONFIG_PARSE_FACTOR = 4  # what parsing a config.json holds per byte of it (its budget share)
 T = TypeVar("T")
 
 
@@ -63,10 +75,73 @@ class HubOptions:
     max_range_bytes: int = 64 << 20  # one range request at most; a longer range takes several
     mismatch_attempts: int = 2  # tries of a range whose answer is not the range asked (a lying
     # server rarely stops lying: these are not worth max_attempts)
+    head_bytes: int = 8 << 10  # the first read of a safetensors file, with the model info: its
+    # header length and, for small headers, all of it (a longer one takes a second round trip);
+    # bytes past the header serve the first tensors. timm headers are 10-60 KB: a longer first
+    # read would cost small models more than the floor allows (resnet18: an 11 KB header alone)
+    deadline: Deadline | None = None  # when this model's time is up (`--model-timeout`)
+
+
+class Deadline:
+    """When one model's time is up: every request, retry wait and body chunk checks it, so a
+    model read in a thread beside others ends on time without killing its worker."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.at = seconds, time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise ModelTimeout(f"timed out after {self.seconds:g} s")
 
 
 class HubError(CheckpointError):
     """A hub request that failed for good; the message is the one-line reason recorded."""
+
+
+class ModelTimeout(HubError):
+    """The model's `--model-timeout` ran out while it was being read."""
+
+
+def _request_timeout(options: HubOptions) -> float:
+    """Seconds the next request may wait for bytes: the stall timeout, or less near the deadline."""
+    if options.deadline is None:
+        return options.timeout
+    options.deadline.check()
+    return max(0.05, min(options.timeout, options.deadline.remaining()))
+
+
+def _check_deadline(options: HubOptions) -> None:
+    if options.deadline is not None:
+        options.deadline.check()
+
+
+class ByteBudget:
+    """The bytes the models read side by side in one worker may hold at once: a model waits
+    until its share fits. A model larger than the whole budget waits until it is alone. A
+    thread holds at most one share at a time, so no two wait on each other."""
+
+    def __init__(self, total: int):
+        self.total, self.held = max(1, total), 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int, deadline: Deadline | None = None) -> Iterator[None]:
+        n = min(max(0, n), self.total)
+        with self._free:
+            while self.held + n > self.total:
+                if deadline is not None:
+                    deadline.check()
+                self._free.wait(timeout=0.5)
+            self.held += n
+        try:
+            yield
+        finally:
+            with self._free:
+                self.held -= n
+                self._free.notify_all()
 
 
 @dataclass
@@ -79,6 +154,12 @@ class HubCheckpoint:
     bytes_fetched: int = 0  # payload bytes received from the hub for this model
     range_support: str | None = None  # 'yes': every range read answered 206 with the range;
     # 'no': some answered with the whole file (read in one pass); None: no range read
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, n: int) -> None:
+        """Add n received bytes (reads of one model run in several threads)."""
+        with self._lock:
+            self.bytes_fetched += n
 
 
 def list_hub_models(author: str | None = None, filter: str | None = None,
@@ -118,45 +199,146 @@ def _listing(call: Callable[[], T], options: HubOptions) -> T:
 def hub_revision(repo_id: str, options: HubOptions | None = None) -> str | None:
     """The current commit sha of one repo (a metadata call, no file is read)."""
     options = options or HubOptions()
-    return with_retries(lambda: HfApi().model_info(repo_id, timeout=options.timeout).sha,
+    return with_retries(lambda: HfApi().model_info(repo_id, timeout=_request_timeout(options)).sha,
                         options, f"model info of {repo_id}")
+
+
+_AHEAD: ThreadPoolExecutor | None = None
+_AHEAD_LOCK = threading.Lock()
+
+
+def _ahead(call: Callable[[], T]) -> Future[T]:
+    """Run `call` (one request, with its retries) in this process's pool of request threads.
+    Such a call never waits on another future, so the pool cannot deadlock."""
+    global _AHEAD
+    with _AHEAD_LOCK:
+        if _AHEAD is None:
+            _AHEAD = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dwscan-hub")
+    return _AHEAD.submit(call)
 
 
 @contextmanager
 def open_hub_checkpoint(repo_id: str, revision: str | None = None,
                         options: HubOptions | None = None,
-                        limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[HubCheckpoint]:
-    """The repo's weights at one commit, read with as few bytes as the format allows. Its
-    config.json is returned as parsed; `dwscan.io.zoo.timm_metadata` type-checks the fields."""
+                        limits: ReadLimits = DEFAULT_LIMITS,
+                        budget: ByteBudget | None = None) -> Iterator[HubCheckpoint]:
+    """The repo's weights at one commit, read with as few bytes and round trips as the format
+    allows. Its config.json is returned as parsed; `dwscan.io.zoo.timm_metadata` type-checks
+    the fields.
+
+    The model info, config.json and the head of model.safetensors are asked for at once (one
+    round trip, not three after each other), at `revision` (or main). What came back is used
+    only if the server says it is of the commit the model info names (X-Repo-Commit);
+    otherwise it is read again at that commit. `budget` bounds what parsing headers and
+    loading a torch file hold, with the other models this worker reads."""
     options = options or HubOptions()
-    info = with_retries(lambda: HfApi().model_info(repo_id, revision=revision,
-                                                   timeout=options.timeout),
-                        options, f"model info of {repo_id}")
-    sha = info.sha or revision
-    files = {s.rfilename for s in (info.siblings or [])}
-    opened = HubCheckpoint(repo_id=repo_id, revision=sha, reader=None)
+    budget = budget or ByteBudget(1 << 62)
+    asked = revision or "main"
+    pinned = {"revision": asked}
+    opened = HubCheckpoint(repo_id=repo_id, revision=revision, reader=None)
     scratch = Path(tempfile.mkdtemp(prefix="dwscan-hub-"))
-    fetch = RangeReader(lambda file: hf_hub_url(repo_id, file, revision=sha), options, opened,
-                        f" of {repo_id}")
-    try:
+    fetch = RangeReader(lambda file: hf_hub_url(repo_id, file, revision=pinned["revision"]),
+                        options, opened, f" of {repo_id}")
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, True)
+        stack.callback(fetch.close)
+        config_ahead = _ahead(lambda: _small_file(repo_id, "config.json", asked, options, opened))
+        head_ahead = _ahead(lambda: fetch.head(WEIGHTS, options.head_bytes))
+        try:
+            info = with_retries(lambda: HfApi().model_info(repo_id, revision=revision,
+                                                           timeout=_request_timeout(options)),
+                                options, f"model info of {repo_id}")
+        finally:
+            wait_all([config_ahead, head_ahead])  # nothing may touch `opened` after we leave
+        sha = info.sha or revision
+        opened.revision = sha
+        files = {s.rfilename for s in (info.siblings or [])}
         if "config.json" in files:
-            config_path = _download(repo_id, "config.json", sha, None, options, opened)
-            opened.config, opened.config_warnings = read_config(config_path)
+            body, commit = config_ahead.result()
+            if not _of_commit(commit, asked, sha):
+                body, commit = _small_file(repo_id, "config.json", sha, options, opened)
+            with budget.hold(CONFIG_PARSE_FACTOR * len(body or b""), options.deadline):
+                opened.config, opened.config_warnings = _parse_config(body, scratch)
         name = choose_weight_file(files)
         if name is None:
             raise HubError(f"no weights file ({', '.join(FOLDER_WEIGHT_FILES)})")
+        heads = {}
+        if name == WEIGHTS:
+            head, commit = head_ahead.result()  # its failure is this model's
+            if _of_commit(commit, asked, sha):
+                heads[WEIGHTS] = head
+            else:
+                fetch.forget()
+        if sha:
+            pinned["revision"] = sha
         if name.endswith(".safetensors.index.json"):
             index = read_shard_index(_download(repo_id, name, sha, None, options, opened), limits)
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, shard_names(index, name), limits)
+            opened.reader = RemoteSafetensorsCheckpoint(fetch, shard_names(index, name), limits,
+                                                        heads, budget.hold)
         elif name.endswith(".safetensors"):
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, [name], limits)
-        else:
+            opened.reader = RemoteSafetensorsCheckpoint(fetch, [name], limits, heads,
+                                                        budget.hold)
+        else:  # held while the model is: what the file takes loaded is capped by max_torch_bytes
+            stack.enter_context(budget.hold(limits.max_torch_bytes, options.deadline))
             opened.reader = TorchCheckpoint(
                 _download(repo_id, name, sha, scratch, options, opened), limits)
         yield opened
+
+
+def _of_commit(commit: str | None, asked: str, sha: str | None) -> bool:
+    """Whether an answer read at `asked` is of commit `sha`: asked at that sha, or the server
+    says so (X-Repo-Commit). A server that does not say is asked again at the sha."""
+    return sha is None or asked == sha or commit == sha
+
+
+def _small_file(repo_id: str, filename: str, revision: str, options: HubOptions,
+                opened: HubCheckpoint) -> tuple[bytes | None, str | None]:
+    """A small file (config.json) at `revision`: its bytes, at most MAX_CONFIG_BYTES + 1 of
+    them (more is over the cap), or None where it does not exist; and the commit the server
+    names for it. One GET, no HEAD first."""
+    url = hf_hub_url(repo_id, filename, revision=revision)
+
+    def get() -> tuple[bytes | None, str | None]:
+        with get_session().stream("GET", url, timeout=_request_timeout(options),
+                                  follow_redirects=True,
+                                  headers={**build_hf_headers(), "Accept-Encoding": "identity"}
+                                  ) as response:
+            if response.status_code == 404:
+                return None, _commit_of(response)
+            if response.status_code != 200:
+                raise _HttpStatus(response.status_code, _retry_after(response),
+                                  _error_code(response))
+            body = bytearray()
+            for chunk in response.iter_bytes(STREAM_CHUNK):
+                _check_deadline(options)
+                opened.count(len(chunk))
+                body += chunk[:MAX_CONFIG_BYTES + 1 - len(body)]
+                if len(body) > MAX_CONFIG_BYTES:
+                    break
+            return bytes(body), _commit_of(response)
+
+    return with_retries(get, options, f"{filename} of {repo_id}")
+
+
+def _parse_config(body: bytes | None, scratch: Path) -> tuple[dict, list[str]]:
+    """config.json's bytes through `read_config`, the one parser (and cap) for local and hub."""
+    if body is None:
+        return {}, []
+    path = scratch / "config.json"
+    path.write_bytes(body)
+    try:
+        return read_config(path)
     finally:
-        fetch.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        path.unlink(missing_ok=True)
+
+
+def _commit_of(response) -> str | None:
+    """The commit the hub says an answer is of (X-Repo-Commit), on it or on a redirect before it."""
+    for answer in [response, *getattr(response, "history", [])]:
+        commit = answer.headers.get("X-Repo-Commit")
+        if commit:
+            return commit.strip()
+    return None
 
 
 def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
@@ -168,6 +350,7 @@ def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
     mismatches = 0
     for attempt in range(options.max_attempts):
         wait = None
+        _check_deadline(options)
         try:
             return call()
         except HfHubHTTPError as exc:
@@ -190,9 +373,13 @@ def with_retries(call: Callable[[], T], options: HubOptions, what: str) -> T:
         except (httpx2.TransportError, _ShortRead) as exc:
             last = f"{type(exc).__name__}: {exc}"
         if attempt + 1 < options.max_attempts:
-            time.sleep(wait if wait is not None else
-                       min(options.max_backoff, options.backoff * 2**attempt)
-                       * random.uniform(0.5, 1.5))
+            pause = (wait if wait is not None else
+                     min(options.max_backoff, options.backoff * 2**attempt)
+                     * random.uniform(0.5, 1.5))
+            if options.deadline is not None:
+                pause = min(pause, max(0.0, options.deadline.remaining()))
+            time.sleep(pause)
+            _check_deadline(options)
     raise HubError(f"{what}: gave up after {options.max_attempts} attempts ({last})")
 
 
@@ -254,24 +441,59 @@ class RangeReader:
         self._url_of, self._options, self._opened = url_of, options, opened
         self._what = what
         self._passes: OrderedDict[str, _WholeFilePass] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # file sizes the answers gave (Content-Range, -Length)
 
-    def __call__(self, file: str, start: int, stop: int) -> bytearray:
+    def __call__(self, file: str, start: int, stop: int, keep: bool = True) -> bytearray:
+        size = self._sizes.get(file)
+        if size is not None and stop > size:  # known from an earlier answer: no request
+            raise HubError(f"{file}{self._what}: the file ends at byte {size}, before byte "
+                           f"{stop} asked")
         out = bytearray(stop - start)  # the one copy of the range held: returned as it is
         at = start
         while at < stop:
             at = with_retries(lambda at=at: self._read_some(file, at, start, stop,
-                                                            memoryview(out)),
+                                                            memoryview(out), keep=keep),
                               self._options, f"{file}{self._what}")
         return out
+
+    def many(self, ranges: list[tuple[str, int, int]]) -> list[bytearray]:
+        """Several ranges (file, start, stop), in order: side by side, one request each, from
+        a server that answered Range as asked so far; else one after another, so that a
+        whole-file answer is read forward once. Side by side, a whole-file answer is read up to
+        its range and closed: never kept by two threads."""
+        if len(ranges) < 2 or self._opened.range_support != "yes" or self._passes:
+            return [self(*r) for r in ranges]
+        futures = [_ahead(lambda r=r: self(*r, keep=False)) for r in ranges]
+        wait_all(futures)
+        return [future.result() for future in futures]
+
+    def head(self, file: str, n: int) -> tuple[bytearray, str | None]:
+        """The first `n` bytes of `file`, or all of it where it is shorter (its size is then
+        known, and a later range past it fails at once); and the commit the server names for
+        them (X-Repo-Commit), None where it names none."""
+        out = bytearray(n)
+        commit: list[str | None] = [None]
+        got = with_retries(lambda: self._read_some(file, 0, 0, n, memoryview(out), commit),
+                           self._options, f"{file}{self._what}")
+        del out[got:]
+        return out, commit[0]
+
+    def forget(self) -> None:
+        """Drop what earlier answers told (another commit's): open passes and file sizes."""
+        self.close()
+        self._sizes.clear()
 
     def close(self) -> None:
         while self._passes:
             self._passes.popitem()[1].close()
 
-    def _read_some(self, file: str, at: int, start: int, stop: int, out: memoryview) -> int:
-        """Fill out[at - start:] as far as one answer goes; the file offset reached."""
-        open_pass = self._passes.get(file)
-        if open_pass is not None and open_pass.position <= at:
+    def _read_some(self, file: str, at: int, start: int, stop: int, out: memoryview,
+                   commit: list | None = None, keep: bool = True) -> int:
+        """Fill out[at - start:] as far as one answer goes; the file offset reached. With
+        `commit` (a head read), a file that ends before `stop` ends the read there. Without
+        `keep`, a whole-file answer is not kept open for the next ranges."""
+        open_pass = self._passes.get(file) if keep else None
+        if open_pass is not None and open_pass.position <= at and commit is None:
             return self._from_pass(file, open_pass, at, start, stop, out)
         if open_pass is not None:  # asked to go back: that pass is of no further use
             self._passes.pop(file).close()
@@ -279,14 +501,25 @@ class RangeReader:
         stack = ExitStack()
         try:
             response = stack.enter_context(get_session().stream(
-                "GET", self._url_of(file), timeout=self._options.timeout, follow_redirects=True,
+                "GET", self._url_of(file), timeout=_request_timeout(self._options),
+                follow_redirects=True,
                 headers={**build_hf_headers(), "Range": f"bytes={at}-{end - 1}",
                          "Accept-Encoding": "identity"}))
-            _check_answer(response, at, end)
+            size = _check_answer(response, at, end, cut_ok=commit is not None)
+            if commit is not None:
+                commit[0] = _commit_of(response)
+            if size is not None:
+                self._sizes[file] = size
+                end = min(end, size)
+            if response.status_code == 200 and not keep:
+                self._opened.range_support = "no"
+                return _WholeFilePass(response, stack, self._count).read_into(
+                    at, out[at - start:end - start])
             if response.status_code == 200:
                 self._keep_pass(file, _WholeFilePass(response, stack, self._count))
                 stack = ExitStack()  # the pass owns the response now
-                return self._from_pass(file, self._passes[file], at, start, stop, out)
+                return self._from_pass(file, self._passes[file], at, start, end, out,
+                                       eof_ok=commit is not None)
             _read_exactly(response.iter_raw(STREAM_CHUNK), out[at - start:end - start],
                           self._count)
             self._opened.range_support = self._opened.range_support or "yes"
@@ -295,14 +528,16 @@ class RangeReader:
             stack.close()
 
     def _from_pass(self, file: str, open_pass: _WholeFilePass, at: int, start: int, stop: int,
-                   out: memoryview) -> int:
+                   out: memoryview, eof_ok: bool = False) -> int:
         self._passes.move_to_end(file)
         try:
-            open_pass.read_into(at, out[at - start:stop - start])
+            reached = open_pass.read_into(at, out[at - start:stop - start], eof_ok)
         except BaseException:
             self._passes.pop(file).close()  # a broken pass is retried from a fresh request
             raise
-        return stop
+        if reached < stop:  # the file ended there (a head read)
+            self._sizes[file] = reached
+        return reached
 
     def _keep_pass(self, file: str, open_pass: _WholeFilePass) -> None:
         self._opened.range_support = "no"
@@ -311,7 +546,9 @@ class RangeReader:
             self._passes.popitem(last=False)[1].close()
 
     def _count(self, n: int) -> None:
-        self._opened.bytes_fetched += n
+        """n bytes received; between chunks, the model's deadline is checked."""
+        self._opened.count(n)
+        _check_deadline(self._options)
 
 
 class _WholeFilePass:
@@ -324,11 +561,15 @@ class _WholeFilePass:
         self._chunks = response.iter_raw(STREAM_CHUNK)
         self._stack, self._count = stack, count
 
-    def read_into(self, start: int, out: memoryview) -> None:
+    def read_into(self, start: int, out: memoryview, eof_ok: bool = False) -> int:
+        """Copy bytes start.. into `out`; the file offset reached (short only with `eof_ok`,
+        where the file ends first)."""
         want, stop = start, start + len(out)
         while want < stop:
             if not self._pending:
                 chunk = next(self._chunks, b"")
+                if not chunk and eof_ok:
+                    return want
                 if not chunk:
                     raise _ShortRead(f"the whole-file answer ended at byte {self.position}, "
                                      f"before byte {stop}")
@@ -342,6 +583,7 @@ class _WholeFilePass:
                 want = upto
             used = min(end, want) - self.position
             self._pending, self.position = self._pending[used:], self.position + used
+        return stop
 
     def close(self) -> None:
         self._stack.close()
@@ -350,9 +592,11 @@ class _WholeFilePass:
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-def _check_answer(response, start: int, stop: int) -> None:
+def _check_answer(response, start: int, stop: int, cut_ok: bool = False) -> int | None:
     """Raise unless `response` can hold bytes start..stop-1 as asked: a 206 naming exactly
-    that range with as many bytes, or a 200 (the whole file); never an encoded body."""
+    that range with as many bytes, or a 200 (the whole file); never an encoded body. With
+    `cut_ok`, a range cut at the end of the file is an answer too. Returns the file's size
+    where the answer gives it."""
     if response.status_code not in (200, 206):
         raise _HttpStatus(response.status_code, _retry_after(response), _error_code(response))
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
@@ -360,19 +604,24 @@ def _check_answer(response, start: int, stop: int) -> None:
         raise _RangeMismatch(f"Content-Encoding {encoding[:40]}")
     length = response.headers.get("Content-Length")
     if response.status_code == 200:
-        if length is not None and length.strip().isdigit() and int(length) < stop:
-            raise _ShortFile(f"the file ends at byte {int(length)}, before byte {stop} asked")
-        return
+        size = int(length) if length is not None and length.strip().isdigit() else None
+        if size is not None and size < stop and not cut_ok:
+            raise _ShortFile(f"the file ends at byte {size}, before byte {stop} asked")
+        return size
     content_range = response.headers.get("Content-Range", "")
     match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    size = int(match[3]) if match is not None and match[3].isdigit() else None
     if match is not None and int(match[1]) == start and match[3] == str(int(match[2]) + 1) \
             and int(match[2]) + 1 < stop:  # a server cuts a range at the end of the file
-        raise _ShortFile(f"the file ends at byte {match[3]}, before byte {stop} asked")
+        if not cut_ok:
+            raise _ShortFile(f"the file ends at byte {match[3]}, before byte {stop} asked")
+        stop = int(match[3])
     if match is None or (int(match[1]), int(match[2]) + 1) != (start, stop):
         raise _RangeMismatch(f"asked bytes {start}-{stop - 1}, "
                              f"got Content-Range {content_range[:80]!r}")
     if length is not None and length.strip() != str(stop - start):
         raise _RangeMismatch(f"asked {stop - start} bytes, got Content-Length {length[:40]}")
+    return size
 
 
 def _read_exactly(chunks: Iterator[bytes], out: memoryview, count: Callable[[int], None]) -> None:
@@ -398,8 +647,9 @@ def _download(repo_id: str, filename: str, sha: str, folder: Path | None, option
     cached = folder is None and isinstance(
         try_to_load_from_cache(repo_id, filename, revision=sha), str)
     path = Path(with_retries(lambda: hf_hub_download(
-        repo_id, filename, revision=sha, local_dir=folder, etag_timeout=options.timeout),
+        repo_id, filename, revision=sha, local_dir=folder,
+        etag_timeout=_request_timeout(options)),
         options, f"{filename} of {repo_id}"))
     if not cached:
-        opened.bytes_fetched += path.stat().st_size
+        opened.count(path.stat().st_size)
     return path

@@ -304,8 +304,10 @@ def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa
         sink = tmp
     rows = 0
     try:
-        with pq.ParquetWriter(sink, schema, compression="zstd",
-                              use_byte_stream_split=_float_columns(schema)) as writer:
+        floats = _float_columns(schema)
+        with pq.ParquetWriter(sink, schema, compression="zstd", use_byte_stream_split=floats,
+                              use_dictionary=[p for p in _leaf_paths(schema)
+                                              if p not in floats]) as writer:
             for table in tables:
                 writer.write_table(table.select(schema.names).cast(schema))
                 rows += table.num_rows
@@ -323,9 +325,25 @@ def write_tables(tables: Iterable[pa.Table], path: str | os.PathLike, schema: pa
     return rows
 
 
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Parquet paths of every leaf column (lists as `name.list.element`, struct fields as
+    `name.field`)."""
+    def leaves(path: str, kind: pa.DataType) -> list[str]:
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            return leaves(f"{path}.list.element", kind.value_type)
+        if pa.types.is_struct(kind):
+            return [p for i in range(kind.num_fields)
+                    for p in leaves(f"{path}.{kind.field(i).name}", kind.field(i).type)]
+        return [path]
+
+    return [p for f in schema for p in leaves(f.name, f.type)]
+
+
 def _float_columns(schema: pa.Schema) -> list[str]:
     """Parquet paths of float columns: byte-stream-split encoding makes kernel weights ~10%
-    smaller and ~35% faster to read than zstd alone (benchmarks/assign.py)."""
+    smaller and ~35% faster to read than zstd alone (benchmarks/assign.py). They are kept out
+    of dictionary encoding, which otherwise takes precedence: a kernels file then took ~5x as
+    long to write (a dictionary of unique floats built, then dropped) and ~1.8x the bytes."""
     paths = []
     for f in schema:
         if pa.types.is_floating(f.type):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,16 @@ def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS
     """Depthwise kernels from any reader with `tensor_infos()` and `read(name)` (and, if it has
     one, `prefetch(names)`, called once with every tensor it will be asked for). The kernel caps
     are checked on the declared shapes, before anything is read."""
+    kept, skipped = depthwise_tensors(ckpt, limits)
+    if hasattr(ckpt, "prefetch"):
+        ckpt.prefetch([info.name for info in kept])
+    return kernels_of(ckpt, model_id, kept, skipped)
+
+
+def depthwise_tensors(ckpt, limits: ReadLimits = DEFAULT_LIMITS
+                      ) -> tuple[list[TensorInfo], list[dict]]:
+    """The tensors to keep, in network order, and the depthwise-like ones skipped (with why);
+    the kernel caps checked on their declared shapes, before anything is read."""
     kept: list[TensorInfo] = []
     skipped: list[dict] = []
     for info in ckpt.tensor_infos():
@@ -74,8 +86,11 @@ def extract_from_reader(ckpt, model_id: str, limits: ReadLimits = DEFAULT_LIMITS
             skipped.append({"layer": one_line(info.name, None),
                             "shape": "x".join(map(str, info.shape)), "reason": one_line(verdict)})
     _check_kernel_caps(kept, limits)
-    if hasattr(ckpt, "prefetch"):
-        ckpt.prefetch([info.name for info in kept])
+    return kept, skipped
+
+
+def kernels_of(ckpt, model_id: str, kept: list[TensorInfo], skipped: list[dict]) -> Extraction:
+    """The KERNELS table of the `kept` tensors: the CPU part of a model's extraction."""
     columns: dict[str, list] = {name: [] for name in schemas.KERNELS.names}
     n_layers = len(kept)
     for index, info in enumerate(kept):
@@ -131,7 +146,7 @@ def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimit
     row = model_row(spec)
     try:
         if spec.source.startswith(HUB_PREFIX):
-            from dwscan.io.hub import open_hub_checkpoint
+            from dwscan.io.hub import open_hub_checkpoint  # huggingface_hub: only when needed
 
             with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision,
                                      limits=limits) as hub:
@@ -146,6 +161,14 @@ def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimit
         reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
         return {**row, "status": "failed", "error": one_line(reason),
                 "peak_memory_bytes": peak_memory_bytes()}
+    _complete_row(row, spec, layout, extraction, config, warnings, token)
+    return {**row, "peak_memory_bytes": peak_memory_bytes()}
+
+
+def _complete_row(row: dict, spec: ModelSpec, layout: OutputLayout, extraction: Extraction,
+                  config: dict, warnings: list[str], token: str | None) -> None:
+    """Fill a read model's row from its config.json and kernels, and write the kernels (to the
+    pending file with a `token`); OutputWriteError when OUT cannot be written."""
     metadata = timm_metadata(config)
     warnings = warnings + metadata["warnings"]
     row.update(architecture=metadata["architecture"], pretrained_tag=metadata["pretrained_tag"],
@@ -163,7 +186,102 @@ def extract_model_to_parquet(spec: ModelSpec, out: str | Path, limits: ReadLimit
                                    f"{layout.root}: {one_line(str(exc), 200)}") from None
     else:
         row.update(status="skipped", error="no depthwise convs")
-    return {**row, "peak_memory_bytes": peak_memory_bytes()}
+
+
+# What the hub models read side by side in one worker may hold at once: their depthwise ranges,
+# headers being parsed, torch files loaded (hub.ByteBudget). One model larger than this is read
+# alone; the README's per-model caps still bound each one.
+HUB_BUDGET_BYTES = 512 << 20
+# A model thread still running this long after its deadline (a read that cannot see the
+# deadline, e.g. a whole pytorch_model.bin download) is left behind and its model recorded as
+# timed out, so the other models of its batch are not held up.
+ABANDON_GRACE_S = 10.0
+
+
+def extract_hub_models_to_parquet(specs: list[ModelSpec], out: str | Path,
+                                  limits: ReadLimits = DEFAULT_LIMITS, token: str | None = None,
+                                  threads: int = 16, model_timeout: float | None = None,
+                                  budget_bytes: int = HUB_BUDGET_BYTES) -> list[dict]:
+    """Extract hub models in this one worker, `threads` at once: a hub model spends nearly all
+    its time waiting on round trips, so one process overlaps many instead of one process per
+    model (~200 MB each). What they hold is bounded by `budget_bytes`; the CPU part (decoding,
+    the table, the Parquet write) runs one model at a time in one thread, as the worker holds
+    one CPU.
+
+    Returns one MODELS row per spec, as `extract_model_to_parquet` would. Each model has
+    `model_timeout` seconds from when its thread starts: its requests, retry waits and body
+    reads stop at the deadline ('timed out after N s'). A failure to write OUT raises
+    OutputWriteError once the batch's other models are done. `peak_memory_bytes` is the
+    worker's peak while the batch ran up to that model's end (shared with the models beside it).
+    """
+    from dwscan.io.hub import ByteBudget, Deadline, HubOptions, ModelTimeout, open_hub_checkpoint
+
+    _reset_peak_memory()
+    layout = OutputLayout(out)
+    budget = ByteBudget(budget_bytes)
+    # The CPU part of every model runs in this one thread: one model at a time, as the worker
+    # holds one CPU, and one thread's allocator caches (Arrow's mimalloc keeps a heap per
+    # thread: 16 threads writing Parquet held ~0.4 GB where one holds ~0.2 GB)
+    cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dwscan-cpu")
+    started: dict[int, float] = {}
+    left_behind: set[int] = set()
+
+    def write(i: int, spec: ModelSpec, hub, kept: list[TensorInfo], skipped: list[dict],
+              row: dict) -> None:
+        if i in left_behind:
+            raise ModelTimeout(f"timed out after {model_timeout:g} s")
+        extraction = kernels_of(hub.reader, spec.model_id, kept, skipped)
+        row.update(revision=one_line(hub.revision or "", 100) or None,
+                   bytes_fetched=hub.bytes_fetched, range_support=hub.range_support)
+        _complete_row(row, spec, layout, extraction, hub.config, hub.config_warnings, token)
+
+    def one(i: int, spec: ModelSpec) -> dict:
+        started[i] = time.monotonic()
+        deadline = Deadline(model_timeout) if model_timeout else None
+        row = model_row(spec)
+        try:
+            with open_hub_checkpoint(spec.source.removeprefix(HUB_PREFIX), spec.revision,
+                                     HubOptions(deadline=deadline), limits, budget) as hub:
+                kept, skipped = depthwise_tensors(hub.reader, limits)
+                names = [info.name for info in kept]
+                need = hub.reader.planned_bytes(names) if hasattr(hub.reader, "plan") else 0
+                with budget.hold(need, deadline):
+                    if hasattr(hub.reader, "prefetch"):
+                        hub.reader.prefetch(names)
+                    cpu.submit(write, i, spec, hub, kept, skipped, row).result()
+        except OutputWriteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not end the batch
+            reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+            row.update(status="failed", error=one_line(reason))
+        return {**row, "peak_memory_bytes": peak_memory_bytes()}
+
+    rows: list[dict | None] = [None] * len(specs)
+    write_error: OutputWriteError | None = None
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="dwscan-model")
+    try:
+        futures = {pool.submit(one, i, spec): i for i, spec in enumerate(specs)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    rows[futures[future]] = future.result()
+                except OutputWriteError as exc:
+                    write_error = write_error or exc
+            for future in [f for f in pending if model_timeout and futures[f] in started and
+                           time.monotonic() - started[futures[f]] > model_timeout + ABANDON_GRACE_S]:
+                i = futures[future]
+                left_behind.add(i)
+                pending.discard(future)
+                rows[i] = {**model_row(specs[i], f"timed out after {model_timeout:g} s"),
+                           "peak_memory_bytes": peak_memory_bytes()}
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        cpu.shutdown(wait=False)
+    if write_error is not None:
+        raise write_error
+    return rows
 
 
 def _reset_peak_memory() -> None:

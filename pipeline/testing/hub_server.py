@@ -61,12 +61,28 @@ class Fault:
     seconds: float = 0.0
 
 
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that were open at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = open_now = 0
+    for _, step in events:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
+
+
 class HubStandIn:
-    def __init__(self):
+    def __init__(self, latency: float = 0.0):
         self.repos: dict[str, Repo] = {}
+        # seconds added before every answer (each request's handler thread sleeps, so answers
+        # overlap as over a real network): what a round trip to a distant hub costs
+        self.latency = latency
         self.faults: list[Fault] = []
         self.bytes_sent: dict[str, int] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
+        # (method, path, Range header or None, start, end): when each request was in the
+        # server, time.monotonic(), from its arrival to its answer's end
+        self.timeline: list[tuple[str, str, str | None, float, float]] = []
         # what GET /api/models answers: 'json' (the listing), 'empty' (200 with no body, as olah
         # does), 'malformed' (200 with a JSON object, not a list) or 'none' (404, no such route)
         self.listing = "json"
@@ -123,14 +139,24 @@ def _handler_for(hub: HubStandIn):
             pass
 
         def do_HEAD(self):
-            self._serve(head=True)
+            self._timed(head=True)
 
         def do_GET(self):
-            self._serve(head=False)
+            self._timed(head=False)
+
+        def _timed(self, head: bool):
+            start = time.monotonic()
+            try:
+                self._serve(head)
+            finally:
+                hub.timeline.append((self.command, unquote(urlparse(self.path).path),
+                                     self.headers.get("Range"), start, time.monotonic()))
 
         def _serve(self, head: bool):
             url = urlparse(self.path)
             path = unquote(url.path)
+            if hub.latency:
+                time.sleep(hub.latency)
             fault = hub.take_fault(path)
             if fault and fault.kind == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,

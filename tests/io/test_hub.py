@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,7 @@ def hub(zoo):
     server, _ = zoo
     server.bytes_sent.clear()
     server.requests.clear()
+    server.timeline.clear()
     server.faults.clear()
     server.listing = "json"
     yield server
@@ -319,6 +321,8 @@ def test_a_server_that_ignores_range_costs_one_pass_and_liars_fail_beside_a_good
     """Issues 22 and 23: a mirror that answers Range with the whole file is read in one pass (one
     GET, at most the file's bytes); a shifted or gzip-encoded 206 is never stored, the model
     fails with the reason; the honest repo beside them reads as before."""
+    from dwscan.io.hub import HubOptions
+
     _, local = zoo
     want = extract_depthwise_kernels(local / "mobilenetv3_small_050", "m").kernels
     good = extract_model_to_parquet(hub_spec("timm/mobilenetv3_small_050.lamb_in1k"), tmp_path)
@@ -342,7 +346,9 @@ def test_a_server_that_ignores_range_costs_one_pass_and_liars_fail_beside_a_good
         assert "\n" not in row["error"]
         assert not layout.kernels_path(f"timm/mobilenetv3_small_050.range-{mode}").exists()
     assert "Content-Encoding gzip" in rows["gzip"]["error"]
-    assert "Content-Range 'bytes 4-11/" in rows["shift"]["error"]
+    head = HubOptions().head_bytes  # the first read: the header length and the header
+    assert f"asked bytes 0-{head - 1}, got Content-Range 'bytes 4-{head + 3}/" in rows["shift"][
+        "error"]
 
 
 def test_a_file_shorter_than_its_header_says_fails_at_once(hub, tmp_path):
@@ -353,7 +359,8 @@ def test_a_file_shorter_than_its_header_says_fails_at_once(hub, tmp_path):
     assert row["status"] == "failed", row
     assert row["error"].startswith("model.safetensors of cut/short: the file ends at byte 300, "
                                    "before byte "), row["error"]
-    assert len([p for m, p, s in hub.requests if p.endswith("model.safetensors")]) == 2
+    # one request: the first read (HubOptions.head_bytes) finds the file ends before its header
+    assert len([p for m, p, s in hub.requests if p.endswith("model.safetensors")]) == 1
 
 
 def test_a_range_longer_than_the_request_cap_takes_several_requests(hub):
@@ -499,3 +506,40 @@ def test_scan_and_rescan_hub_over_an_endpoint_without_listing_exit_2_in_one_line
                              f"{mirror.endpoint} cannot list models (its answer is not a model "
                              f"listing: JSONDecodeError: Expecting value: line 1 column 1 (char "
                              f"0)); name the repos with --model REPO_ID instead"), error
+
+
+def test_a_deadline_ends_a_body_that_never_ends():
+    """Issue 24: a model read in a thread beside others cannot have its worker killed; its
+    deadline is checked between chunks, so a server that streams forever ends it on time."""
+    from dwscan.io.hub import Deadline, HubCheckpoint, HubOptions, ModelTimeout, RangeReader
+
+    server = _EndlessFile("whole")
+    opened = HubCheckpoint("x/y", "0" * 40, None)
+    reader = RangeReader(lambda file: server.url, HubOptions(deadline=Deadline(0.5)), opened)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ModelTimeout, match=r"^timed out after 0.5 s$"):
+            reader("f", _EndlessFile.SIZE - 100, _EndlessFile.SIZE)  # 1 GiB on: seconds here
+    finally:
+        reader.close()
+        server.close()
+    assert time.monotonic() - start < 2.0
+    assert opened.bytes_fetched < _EndlessFile.SIZE - 100
+
+
+def test_a_models_ranges_go_out_side_by_side(hub, zoo):
+    """Issue 24: convnext_atto's depthwise tensors lie between large ones, 12 ranges apart; from a
+    server that answers Range as asked they are requested at once, not one round trip each."""
+    from dwscan.testing.hub_server import peak_overlap
+
+    _, local = zoo
+    hub.latency = 0.05
+    try:
+        extraction, opened = _hub_kernels("timm/convnext_atto.d2_in1k")
+    finally:
+        hub.latency = 0.0
+    assert extraction.kernels.equals(extract_depthwise_kernels(local / "convnext_atto", "m").kernels)
+    ranges = [(start, end) for _, path, wanted, start, end in hub.timeline
+              if path.endswith("model.safetensors") and not wanted.startswith("bytes=0-")]
+    assert len(ranges) >= 10 and peak_overlap(ranges) >= 4  # one after another: 1
+    assert opened.range_support == "yes"
