@@ -310,10 +310,11 @@ def hub_batches(n_models: int, max_in_flight: int | None, cpus: int) -> tuple[in
     models in flight over the cluster: spread over at most one worker per CPU. By default a
     batch is HUB_MODELS_PER_CPU models, fewer where that spreads a small zoo over the CPUs; as
     many batches run as the cluster has CPUs, and the rest wait as pending tasks the
-    autoscaler sees."""
+    autoscaler sees. A cluster that reports no CPU (every worker autoscaled, none up yet, no
+    maximum it tells) caps nothing: `max_in_flight` workers of one model each."""
     if not max_in_flight:
         return max(1, min(HUB_MODELS_PER_CPU, -(-n_models // max(1, cpus)))), None
-    workers = max(1, min(max_in_flight, cpus, n_models))
+    workers = max(1, min(max_in_flight, cpus or max_in_flight, n_models))
     return -(-max_in_flight // workers), workers
 
 

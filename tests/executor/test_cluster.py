@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -78,9 +79,11 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
 
     # The cluster's nodes start with an empty Hub cache, and each checkpoint takes a second to
     # arrive, as over a real network: cached or loopback-fast tasks could drain the queue on the
-    # first node before the autoscaler's next ones join, and nothing would show the spread.
+    # first node before the autoscaler's next ones join, and nothing would show the spread. A
+    # batch reads its models side by side, so each takes ten seconds: when the first is done,
+    # the nodes that joined after it are still on theirs, and the one killed loses its batch.
     slow_downloads = Fault(path="/model.safetensors", kind="stall", times=10 * ZOO_SIZE,
-                           seconds=1.0)
+                           seconds=10.0)
     hub.faults.append(slow_downloads)
     port = free_port()
     config = fake_autoscaling_config(f"{node_ip()}:{port}", max_workers=MAX_WORKERS,
@@ -94,6 +97,9 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
             watcher = _watch_the_autoscaler(cluster, reports)
             log = tmp_path / "cluster.log"
             with log.open("w") as handle:
+                # default flags: a worker reads hub models in batches of up to 16 side by
+                # side (a cluster with no CPU up yet: 16 a batch), so four batch tasks ask for
+                # the four workers
                 process = subprocess.Popen(
                     ["dwscan", "run", "--address", cluster.address, "--out",
                      str(tmp_path / "cluster"), *select], cwd=tmp_path,
@@ -114,14 +120,16 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
                 "from ray.util.state import list_tasks\n"
                 "nodes = [n for n in ray.nodes() if n['Resources'].get('CPU')]\n"
                 f"tasks = list_tasks(address={cluster.dashboard!r}, limit=10000, detail=True,\n"
-                "                   filters=[('name', '=', 'extract_model_to_parquet')])\n"
+                "                   filters=[('name', '=', 'extract_hub_models_to_parquet')])\n"
                 "print(json.dumps({'workers': len(nodes),"
                 " 'task_nodes': [t.node_id for t in tasks]}))"
             ).splitlines()[-1])
     finally:
         hub.faults.remove(slow_downloads)
     assert seen["workers"] >= 2, seen  # the head has no CPU: every worker node was autoscaled
-    assert len(seen["task_nodes"]) == ZOO_SIZE + retries  # each retry is a task of its own
+    batch = int(re.search(rf"extract \({ZOO_SIZE} hub models, (\d+) a batch\)", output)[1])
+    # each batch is a task, and each retry a task of its own
+    assert len(seen["task_nodes"]) == -(-ZOO_SIZE // batch) + retries
     # What the autoscaler itself reported (what `ray status` prints), every half second: the
     # scan's queued tasks as demand while it still had nodes to add, then all of them up.
     # (Before the cluster is first full: after the node is killed, Ray still counts its CPU
@@ -132,11 +140,10 @@ def test_the_autoscaler_adds_nodes_for_a_zoo_and_the_tables_match_a_local_run(tm
     full = [i for i, (_, up) in enumerate(grown) if up == MAX_WORKERS]
     assert full, grown  # the cluster reached its configured maximum
     assert max(demand for demand, _ in grown[:full[0]]) > 1, grown
-    # Spread: no node ran more than twice its fair share of the extraction tasks, a quarter of
-    # them (the cluster had its four workers). Twice leaves room for the first node's head
-    # start (nodes join seconds apart, a model takes a second or more) and for the killed
-    # node's tasks, which the others ran again; runs here split 18/17/15/1, and a queue that
-    # drained onto one or two nodes (49/1, 30/20) would not pass.
+    # Spread: no node ran more than twice its fair share of the extraction tasks (batches of up
+    # to 16 models), a quarter of them (the cluster had its four workers). Twice leaves room
+    # for the first node's head start and for the killed node's batch, which another ran
+    # again; a queue that drained onto one node would not pass.
     per_node = Counter(seen["task_nodes"])
     fair = len(seen["task_nodes"]) / MAX_WORKERS
     assert len(per_node) >= 2 and max(per_node.values()) <= 2 * fair, per_node
@@ -183,9 +190,10 @@ def _cpu_demand(report: dict) -> int:
 
 def _kill_a_busy_worker_node(cluster: LocalCluster, kernels: Path,
                              process: subprocess.Popen) -> int:
-    """Once two autoscaled nodes are up and eight models are extracted (so every node is busy:
-    50 downloads of a second each are queued), SIGKILL the newest worker node's raylet, as a
-    reclaimed spot instance would go; its workers die with it. Returns the raylet's pid."""
+    """Once two autoscaled nodes are up and eight models are extracted (the first batch is done;
+    the nodes that joined after it are ten seconds into theirs), SIGKILL the newest worker
+    node's raylet, as a reclaimed spot instance would go; its workers die with it. Returns the
+    raylet's pid."""
     deadline = time.time() + 300
     while True:
         assert process.poll() is None, "the run ended before a node could be killed"
@@ -215,15 +223,17 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
     out = tmp_path / "out"
     out.mkdir()
     hub = shared_hub()
-    models = [f"late-org/net{i}" for i in range(3)]
+    # 17 models: a worker reads up to 16 hub models side by side, so two batch tasks, one
+    # for the head's one CPU and one left for the node that joins
+    models = [f"late-org/net{i}" for i in range(17)]
     for i, repo in enumerate(models):
         hub.add_repo(repo, Repo({"model.safetensors": save(tiny_state(i))}))
     isolated = "ab" * 28  # the node id Ray gives that node
     in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                      f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
-    # each download takes a minute: the head's one CPU is still on its first model, the others
+    # every download takes a minute: the head's one CPU is still on its first batch, the other
     # queued, when the node joins (the run ends as soon as that node's task is refused)
-    stalled = Fault(path="/model.safetensors", kind="stall", times=10, seconds=60.0)
+    stalled = Fault(path="/model.safetensors", kind="stall", times=20, seconds=60.0)
     hub.faults.append(stalled)
     try:
         with LocalCluster(head_cpus=1) as cluster:

@@ -152,6 +152,7 @@ def test_a_batch_killed_midway_leaves_only_pending_files_that_the_next_run_drops
     (300, 8, 2, (4, 2)),  # --concurrency 8: 8 models in flight, over two workers
     (300, 1, 2, (1, 1)),  # --concurrency 1: one model at a time, as before
     (3, 8, 16, (3, 3)),  # never more workers than models
+    (50, 4, 0, (1, 4)),  # a cluster with no CPU up yet (all autoscaled): one model a worker
 ])
 def test_concurrency_is_models_in_flight(n, concurrency, cpus, expected):
     from dwscan.run import hub_batches
