@@ -51,11 +51,11 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
     defaults = AutoencoderConfig()
     command.add_argument("--epochs", type=int, default=None,
                          help=f"train the autoencoders for exactly this many passes over the "
-                              f"kernels (default: {defaults.step_cap():,} steps for each of "
-                              f"several seeds; a lone seed, --seeds 1, until its templates stop "
-                              f"moving and its loss plateaus, checked every "
-                              f"{defaults.check_every} steps, from {defaults.min_steps:,} to "
-                              f"{LONE_SEED_STEP_CAP:,} steps)")
+                              f"kernels (default: until the templates stop moving and the loss "
+                              f"plateaus, checked every {defaults.check_every} steps, from "
+                              f"{defaults.min_steps:,} steps to at most {defaults.step_cap():,} "
+                              f"steps or 5 passes, whichever is more, for each of several seeds; "
+                              f"a lone seed, --seeds 1, up to {LONE_SEED_STEP_CAP:,} steps)")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
     command.add_argument("--train-workers", type=int, default=1,

@@ -147,7 +147,7 @@ def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> 
     """Optimiser steps of a run: exactly `epochs` passes when given, else the cap."""
     if config.epochs is not None:
         return config.epochs * steps_per_epoch(n_rows, config, world_size)
-    return config.step_cap()
+    return config.step_cap(steps_per_epoch(n_rows, config, world_size))
 
 
 STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"

@@ -10,7 +10,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-CONSENSUS_STEP_CAP = 1500  # a seed of several: the consensus places the templates (METHOD.md 4b)
+# A seed of several trains until converged, at most 1,500 steps or 5 passes over the kernels,
+# whichever is more (METHOD.md 3): on a small zoo (the demo: 83 passes in 1,500 steps) the
+# consensus places the templates; on a large one (500,000 kernels a size: 1,500 steps are 1.5
+# passes) the seeds must first leave the early plateau where the code has not spread out
+# (1,000 planted models: every fraction wrong by up to 0.9 at 1,500 steps)
+CONSENSUS_STEP_CAP = 1500
+CONSENSUS_EPOCHS = 5
 LONE_SEED_STEP_CAP = 20_000  # a lone seed (--seeds 1) trains to convergence
 
 
@@ -22,8 +28,8 @@ class AutoencoderConfig:
     code_dim: int = 1  # the paper's 1-D code
     epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
     min_steps: int = 1500  # no convergence stop before this many optimiser steps
-    # the step cap of a convergence-stopped run; None: step_cap() (1,500 with several seeds,
-    # whose consensus needs no converged seed; 20,000 for a lone seed; METHOD.md 3)
+    # the step cap of a convergence-stopped run; None: step_cap() (several seeds: 1,500 steps
+    # or 5 passes, whichever is more; a lone seed: 20,000; METHOD.md 3)
     max_steps: int | None = None
     check_every: int = 250  # optimiser steps between two convergence checks
     check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
@@ -45,10 +51,15 @@ class AutoencoderConfig:
     # templates are their consensus (dwscan.stages.templates, METHOD.md 4)
     seeds: int = 5
 
-    def step_cap(self) -> int:
+    def step_cap(self, steps_per_epoch: int = 0) -> int:
+        """The cap: `max_steps`; by default for several seeds 1,500 steps or CONSENSUS_EPOCHS
+        passes over the kernels, whichever is more; for a lone seed 20,000 steps."""
         if self.max_steps is not None:
             return self.max_steps
-        return CONSENSUS_STEP_CAP if self.seeds > 1 else LONE_SEED_STEP_CAP
+        if self.seeds == 1:
+            return LONE_SEED_STEP_CAP
+        return min(LONE_SEED_STEP_CAP,
+                   max(CONSENSUS_STEP_CAP, CONSENSUS_EPOCHS * steps_per_epoch))
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:

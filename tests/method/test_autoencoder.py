@@ -74,6 +74,15 @@ def test_an_ensemble_trains_each_seed_as_if_alone():
     assert not torch.allclose(models[0].decoder[-1].weight, models[1].decoder[-1].weight)
 
 
+def test_the_step_cap_is_1500_steps_or_5_passes_for_seeds_of_a_consensus():
+    """Several seeds: 1,500 steps on a small zoo (the demo's 9,332 3x3 kernels: 18 steps a
+    pass), 5 passes on a large one (500,000 kernels: 976 steps a pass); a lone seed 20,000."""
+    assert step_budget(9332, AutoencoderConfig()) == 1500
+    assert step_budget(500_000, AutoencoderConfig()) == 5 * (500_000 // 512) == 4880
+    assert step_budget(500_000, AutoencoderConfig(seeds=1)) == 20_000
+    assert step_budget(500_000, AutoencoderConfig(max_steps=300)) == 300
+
+
 def test_the_batch_size_follows_the_device():
     config = AutoencoderConfig()
     assert (config.batch_size, config.gpu_batch_size) == (512, 8192)
