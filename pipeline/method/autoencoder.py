@@ -58,8 +58,9 @@ class KernelAutoencoder(nn.Module):
 
 class AutoencoderEnsemble(nn.Module):
     """R independent KernelAutoencoders trained as one network: each layer's weights are stacked
-    (R, in, out) and applied with one batched matmul, so R seeds cost about 2.4x one seed on a
-    CPU thread rather than R times (METHOD.md 3). Member r starts exactly as a KernelAutoencoder
+    (R, in, out) and applied with one batched matmul, one launch per layer for all seeds (the
+    arithmetic still grows with R: five seeds cost about five times one on a CPU thread;
+    METHOD.md 3). Member r starts exactly as a KernelAutoencoder
     built after torch.manual_seed(seeds[r]); Adam is elementwise, so training the stack is
     training R separate models. `member(r)` gives one back as a plain KernelAutoencoder."""
 
@@ -130,8 +131,9 @@ def _linears(model: KernelAutoencoder) -> list[nn.Linear]:
 
 
 def cosine_loss(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """1 - cosine(x, x_hat), averaged: the paper's loss; scale of the output is free."""
-    return 1.0 - F.cosine_similarity(x, reconstruction, dim=1, eps=1e-8).mean()
+    """1 - cosine(x, x_hat), averaged over the rows: the paper's loss; scale of the output is
+    free. Rows (B, dim) give one number, an ensemble's batches (R, B, dim) one per member."""
+    return 1.0 - F.cosine_similarity(x, reconstruction, dim=-1, eps=1e-8).mean(dim=-1)
 
 
 def batch_size_for(config: AutoencoderConfig, device: str | torch.device) -> int:
@@ -323,7 +325,7 @@ def train_ensemble(
             if step >= budget:  # the cap, fixed epochs, or the end of the cool-down
                 break
             batch = tensor[shards[:, i * config.batch_size:(i + 1) * config.batch_size]]
-            losses = 1.0 - F.cosine_similarity(batch, trained(batch), dim=2, eps=1e-8).mean(dim=1)
+            losses = cosine_loss(batch, trained(batch))
             optimiser.zero_grad(set_to_none=True)
             losses.sum().backward()  # members share no weight: each gets its own loss's gradient
             optimiser.step()

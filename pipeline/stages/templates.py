@@ -142,24 +142,28 @@ def discover_templates(model: KernelAutoencoder, kernels: np.ndarray,
                        config: TemplateConfig | None = None,
                        threshold: float = DEFAULT_THRESHOLD) -> TemplateSet:
     """Templates of one kernel size from its autoencoder and its (centred, unit-norm) kernels."""
+    config = config or TemplateConfig()
+    codes, candidates = _decoded_candidates(model, config)
+    return select_templates(candidates, codes, kernels, config, threshold)
+
+
+def _decoded_candidates(model: KernelAutoencoder, config: TemplateConfig
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The codes and the centred unit templates of the decoded sweep, constant ones dropped."""
     from dwscan.method.autoencoder import decode_sweep
 
-    config = config or TemplateConfig()
     codes, decoded = decode_sweep(model, config.sweep_points)
     candidates, why = centre_and_normalise(decoded)
     usable = why == VALID
     if not usable.any():
         raise ValueError("the autoencoder decodes only constant kernels; train it longer")
-    return select_templates(candidates[usable], codes[usable], kernels, config, threshold)
+    return codes[usable], candidates[usable]
 
 
 def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0,
                      threshold: float = DEFAULT_THRESHOLD) -> TemplateSet:
     """The paper's fallback (its appendix, for MobileNetV3): spherical k-means on the kernels."""
-    candidates, why = centre_and_normalise(spherical_kmeans(kernels, config.n_clusters, seed))
-    candidates = candidates[why == VALID]
-    return select_templates(candidates, np.full(len(candidates), np.nan, np.float32), kernels,
-                            config, threshold)
+    return kmeans_member(kernels, config, threshold, seed).templates
 
 
 def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndarray,
@@ -386,24 +390,22 @@ class ConsensusSet(TemplateSet):
 
 def member_templates(model: KernelAutoencoder, kernels: np.ndarray, config: TemplateConfig,
                      threshold: float, seed: int) -> MemberTemplates:
-    """One autoencoder's templates (discover_templates) and its thinned template sweep."""
-    from dwscan.method.autoencoder import decode_sweep
-
-    found = discover_templates(model, kernels, config, threshold)
-    sweep, why = centre_and_normalise(decode_sweep(model, config.sweep_points)[1])
-    sweep = sweep[why == VALID]
+    """One autoencoder's templates (as discover_templates) and its thinned template sweep, from
+    one decoding of the sweep."""
+    codes, sweep = _decoded_candidates(model, config)
+    found = select_templates(sweep, codes, kernels, config, threshold)
     sweep = sweep[merge_near_duplicates(sweep, config.sweep_thinning, config.sign_invariant)]
     return MemberTemplates(seed, found, np.concatenate([found.weights, sweep]))
 
 
 def kmeans_member(kernels: np.ndarray, config: TemplateConfig, threshold: float,
                   seed: int) -> MemberTemplates:
-    """One k-means seed's templates (kmeans_templates) and its raw centres as candidates."""
+    """One k-means seed's templates and its raw centres as candidates."""
     centres, why = centre_and_normalise(spherical_kmeans(kernels, config.n_clusters, seed))
-    found = select_templates(centres[why == VALID],
-                             np.full(int((why == VALID).sum()), np.nan, np.float32), kernels,
+    centres = centres[why == VALID]
+    found = select_templates(centres, np.full(len(centres), np.nan, np.float32), kernels,
                              config, threshold)
-    return MemberTemplates(seed, found, np.concatenate([found.weights, centres[why == VALID]]))
+    return MemberTemplates(seed, found, np.concatenate([found.weights, centres]))
 
 
 def member_support(templates: np.ndarray, member_sets: list[TemplateSet], cosine: float,
