@@ -55,29 +55,39 @@ def clusterability_table(assignments: pa.Table, threshold: float,
     return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
 
 
+def seed_template_id_matrix(assignments: pa.Table) -> np.ndarray | None:
+    """(rows, seeds) of the assignments' seed_template_ids: each seed's template, -1 where
+    unclustered under it or where a row has no list (invalid kernels); None where no row has
+    one, or the files are of runs with different --seeds."""
+    if "seed_template_ids" not in assignments.column_names:
+        return None
+    lists = assignments.column("seed_template_ids").combine_chunks()
+    present = np.asarray(lists.is_valid())
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    if not present.any() or len(set(lengths[present])) != 1:
+        return None
+    n_seeds = int(lengths[present][0])
+    ids = np.full((len(lengths), n_seeds), -1, np.int64)
+    ids[present] = pc.fill_null(lists.flatten(), -1).to_numpy().reshape(-1, n_seeds)
+    return ids
+
+
 def seed_clustered_counts(assignments: pa.Table) -> dict[tuple[str, int], np.ndarray]:
     """Per (model, size): valid kernels clustered under each seed's own template set, from
     the assignments' seed_template_ids; none where the sets were not recorded."""
-    if "seed_template_ids" not in assignments.column_names:
+    ids = seed_template_id_matrix(assignments)
+    if ids is None:
         return {}
-    ids = assignments.column("seed_template_ids")
-    present = pc.is_valid(ids)
+    present = pc.is_valid(assignments.column("seed_template_ids"))
     rows = assignments.filter(present)
-    if not rows.num_rows:
-        return {}
-    lists = rows.column("seed_template_ids").combine_chunks()
-    n_seeds = len(lists[0].as_py())
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-    if (lengths != n_seeds).any():  # files of two runs with different --seeds
-        return {}
-    clustered = np.asarray(lists.flatten().is_valid()).reshape(-1, n_seeds)
+    clustered = ids[np.asarray(present)] >= 0
     table = pa.table({"model_id": rows.column("model_id"),
                       "kernel_size": rows.column("kernel_size"),
-                      **{f"s{i}": clustered[:, i] for i in range(n_seeds)}})
+                      **{f"s{i}": clustered[:, i] for i in range(ids.shape[1])}})
     grouped = table.group_by(["model_id", "kernel_size"], use_threads=False).aggregate(
-        [(f"s{i}", "sum") for i in range(n_seeds)])
-    return {(g["model_id"], g["kernel_size"]): np.array([g[f"s{i}_sum"] for i in range(n_seeds)])
-            for g in grouped.to_pylist()}
+        [(f"s{i}", "sum") for i in range(ids.shape[1])])
+    return {(g["model_id"], g["kernel_size"]):
+            np.array([g[f"s{i}_sum"] for i in range(ids.shape[1])]) for g in grouped.to_pylist()}
 
 
 def _with_seed_range(row: dict) -> dict:
@@ -341,43 +351,56 @@ PatternCounts = dict[tuple[str, int], tuple[int, dict[tuple[str, str | None],
 def pattern_counts(assignments: pa.Table, templates: pa.Table,
                    seed_templates: pa.Table | None) -> PatternCounts:
     """Kernels per family x polarity of their template, consensus and per seed, per model and
-    size. Counted model by model so the report can add the zoo's rows over its batches."""
+    size. Counted model by model so the report can add the zoo's rows over its batches; with
+    array counts (one bincount per seed), not a Python step per kernel."""
     names = _pattern_lookup(templates, None)
     seed_names = _pattern_lookup(seed_templates, "seed_index") if seed_templates else {}
-    model_ids = np.asarray(assignments.column("model_id").to_pylist(), dtype=object)
+    patterns = sorted(set(names.values()) | set(seed_names.values()),
+                      key=lambda p: (p[0], p[1] or ""))
+    index = {p: i for i, p in enumerate(patterns)}
+    model_ids, model_of = np.unique(
+        np.asarray(assignments.column("model_id").to_pylist(), dtype=object), return_inverse=True)
     sizes = assignments.column("kernel_size").to_numpy()
+    size_values, size_of = np.unique(sizes, return_inverse=True)
+    group = model_of * len(size_values) + size_of
+    n_groups = len(model_ids) * len(size_values)
     valid = np.asarray(pc.is_null(assignments.column("invalid_reason")))
+    n_valid = np.bincount(group[valid], minlength=n_groups)
     template = pc.fill_null(assignments.column("template_id"), -1).to_numpy()
-    seed_ids = None
-    if "seed_template_ids" in assignments.column_names and seed_names:
-        lists = assignments.column("seed_template_ids").combine_chunks()
-        present = np.asarray(lists.is_valid())
-        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
-        if present.any() and len(set(lengths[present])) == 1:
-            n_seeds = int(lengths[present][0])
-            seed_ids = np.full((len(lengths), n_seeds), -1, np.int64)
-            seed_ids[present] = pc.fill_null(lists.flatten(), -1).to_numpy().reshape(-1, n_seeds)
+    seed_ids = seed_template_id_matrix(assignments) if seed_names else None
+
+    def counted(ids: np.ndarray, seed: int | None) -> np.ndarray:
+        """(groups, patterns) counts of the valid kernels whose template `ids` names."""
+        which = valid & (ids >= 0)
+        pattern = (_pattern_of(sizes[which], ids[which], seed,
+                               names if seed is None else seed_names, index)
+                   if which.any() else np.zeros(0, np.int64))
+        return np.bincount(group[which] * len(patterns) + pattern,
+                           minlength=n_groups * len(patterns)).reshape(n_groups, -1)
+
+    consensus = counted(template, None)
+    per_seed = (np.stack([counted(seed_ids[:, i], i) for i in range(seed_ids.shape[1])], axis=2)
+                if seed_ids is not None else None)
+    present = np.bincount(group, minlength=n_groups) > 0  # (model, size) pairs with a kernel
     counts: PatternCounts = {}
-    for model_id in dict.fromkeys(model_ids):
-        for k in np.unique(sizes[model_ids == model_id]):
-            rows = (model_ids == model_id) & (sizes == k) & valid
-            found: dict[tuple[str, str | None], list] = {}
-            for t in template[rows][template[rows] >= 0]:
-                found.setdefault(names[(int(k), None, int(t))], [0, None])[0] += 1
-            if seed_ids is not None:
-                mine = seed_ids[rows]
-                for i in range(mine.shape[1]):
-                    for t in mine[:, i][mine[:, i] >= 0]:
-                        entry = found.setdefault(seed_names[(int(k), i, int(t))], [0, None])
-                        if entry[1] is None:
-                            entry[1] = np.zeros(mine.shape[1], np.int64)
-                        entry[1][i] += 1
-                for entry in found.values():
-                    if entry[1] is None:
-                        entry[1] = np.zeros(mine.shape[1], np.int64)
-            counts[(str(model_id), int(k))] = (int(rows.sum()),
-                                               {p: (n, s) for p, (n, s) in found.items()})
+    for g in np.flatnonzero(present):
+        model_id, k = model_ids[g // len(size_values)], size_values[g % len(size_values)]
+        seen = consensus[g] > 0
+        if per_seed is not None:
+            seen |= per_seed[g].any(axis=1)
+        counts[(str(model_id), int(k))] = (int(n_valid[g]), {
+            patterns[p]: (int(consensus[g, p]), None if per_seed is None else per_seed[g, p])
+            for p in np.flatnonzero(seen)})
     return counts
+
+
+def _pattern_of(sizes: np.ndarray, ids: np.ndarray, seed: int | None, names: dict,
+                index: dict) -> np.ndarray:
+    """Pattern index of each (size, template id), looked up once per distinct pair."""
+    pairs, inverse = np.unique(np.stack([sizes.astype(np.int64), ids]), axis=1,
+                               return_inverse=True)
+    looked_up = np.array([index[names[(int(k), seed, int(t))]] for k, t in pairs.T], np.int64)
+    return looked_up[inverse.ravel()]
 
 
 def _pattern_lookup(templates: pa.Table, seed_column: str | None
