@@ -296,14 +296,14 @@ def test_kmeans_fallback_with_signs_folded(tmp_path):
     # with sharded epochs (whether DDP ranks converge alike: tests/method/test_autoencoder.py)
     env = shared_ray_env()
     trained = subprocess.run(["dwscan", "train", "--out", str(out), "--train-workers", "2",
-                              "--epochs", "2"], cwd=tmp_path, env=env,
+                              "--seeds", "2", "--epochs", "2"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     for k in (5, 7):
         record = json.loads((layout.autoencoders_dir / f"k{k}.json").read_text())
         assert (record["world_size"], record["stop_reason"]) == (2, "fixed epochs")
-        assert record["epochs"] == 2.0 and f"seeds, {record['steps']:,} steps" in \
-            trained.stdout
+        assert record["epochs"] == 2.0 and record["seeds"] == [0, 1]
+        assert f"2 seeds, {record['steps']:,} steps" in trained.stdout
     assert "stale until `dwscan assign" in trained.stdout
     # two epochs may keep no template: said so, and the sizes' training lines still print
     kept = read_table(layout.templates_path).num_rows
