@@ -27,6 +27,34 @@ from dwscan.method.autoencoder_config import (
 )
 
 
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) computed as 2 * sigmoid(2x) - 1 (equal to within 2e-7), with tanh's own backward
+    (1 - y^2). On the CPU torch's tanh is a 1-ulp Sleef routine that costs about three times its
+    sigmoid: at (5, 512, 128) 1.2 to 1.7 ms against 0.3 to 0.5 ms on our 2-core machine, a fifth
+    of a training step; this form makes a step about 8% faster. CUDA keeps torch.tanh."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """The autoencoders' activation: _SigmoidTanh on the CPU, torch.tanh elsewhere."""
+    return torch.tanh(x) if x.is_cuda else _SigmoidTanh.apply(x)
+
+
+class Tanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tanh(x)
+
+
 class KernelAutoencoder(nn.Module):
     def __init__(self, dim: int, hidden: tuple[int, ...] = AutoencoderConfig.hidden,
                  code_dim: int = 1):
@@ -35,7 +63,7 @@ class KernelAutoencoder(nn.Module):
         widths = [dim, *hidden]
         enc: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            enc += [nn.Linear(a, b), nn.Tanh()]
+            enc += [nn.Linear(a, b), Tanh()]
         # Batch norm before the sigmoid keeps codes spread over (0, 1); without it some seeds
         # saturate at 0 and 1 early, the gradient vanishes and the code collapses to two values.
         self.encoder = nn.Sequential(*enc, nn.Linear(widths[-1], code_dim),
@@ -43,7 +71,7 @@ class KernelAutoencoder(nn.Module):
         dec: list[nn.Module] = []
         back = [code_dim, *reversed(hidden)]
         for a, b in zip(back[:-1], back[1:]):
-            dec += [nn.Linear(a, b), nn.Tanh()]
+            dec += [nn.Linear(a, b), Tanh()]
         self.decoder = nn.Sequential(*dec, nn.Linear(back[-1], dim))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +117,7 @@ class AutoencoderEnsemble(nn.Module):
         for i in layers:
             x = torch.baddbmm(self.biases[i], x, self.weights[i])
             if i not in (self.n_encoder - 1, len(self.weights) - 1):
-                x = torch.tanh(x)
+                x = tanh(x)
         return x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,8 +314,9 @@ def train_ensemble(
     n_members = len(seeds)
     model = AutoencoderEnsemble(data.shape[1], seeds, config.hidden, config.code_dim).to(device)
     trained = wrap_model(model) if wrap_model else model
-    # fused Adam: one kernel launch for all parameters on CUDA (not available for CPU tensors)
-    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=on_cuda or None)
+    # fused Adam: one kernel for all parameters, on CUDA and on the CPU (there about 8% of a
+    # step faster than the per-parameter loop on our 2-core machine)
+    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=True)
     per_epoch = steps_per_epoch(len(data), config, world_size)
     budget = step_budget(len(data), config, world_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
