@@ -105,6 +105,7 @@ class RunSummary:
     missed_patterns: pa.Table = field(default_factory=schemas.MISSED_PATTERNS.empty_table)
     training: dict[int, dict] = field(default_factory=dict)  # autoencoders/k*.json, if trained
     system_retries: int = 0  # tasks run again after Ray lost their worker or node
+    pattern_shares: pa.Table = field(default_factory=schemas.PATTERN_SHARES.empty_table)
 
     @property
     def failed(self) -> list[tuple[str, str]]:
@@ -159,7 +160,7 @@ def run_pipeline(specs: list[ModelSpec], options: RunOptions, address: str | Non
         log_run(layout, command, started, counts, run_models, retrain, template_set_of(templates),
                 retries)
     return RunSummary(run_models, templates, report.clusterability, report.correlation, timings,
-                      missed, training, retries)
+                      missed, training, retries, report.pattern_shares)
 
 
 def _counts_before_scan(layout: OutputLayout, specs: list[ModelSpec]) -> ScanCounts:

@@ -17,6 +17,7 @@ from dwscan.cli.flags import (
     run_options,
     specs_from_args,
 )
+from dwscan.reports.patterns import format_kinds
 from dwscan.reports.statistics import format_correlations
 from dwscan.reports.tables import format_clusterability, format_text_table
 
@@ -92,13 +93,7 @@ def print_run_summary(summary, args: argparse.Namespace) -> int:
         print("Clustered fraction vs top-1 over models (bootstrap 95% intervals):")
         print(format_correlations(summary.correlation))
         print()
-        for k in sorted(set(summary.templates.column("kernel_size").to_pylist())):
-            rows = sorted((r for r in summary.templates.to_pylist() if r["kernel_size"] == k),
-                          key=lambda r: -r["share"])
-            print(f"Templates {k}x{k} (share of clustered kernels; support: seeds of "
-                  f"{rows[0]['n_seeds']} that found it): " + ", ".join(
-                      f"#{r['template_id']} {r['label']} {100 * r['share']:.0f}% "
-                      f"({r['support']}/{r['n_seeds']})" for r in rows))
+        print(format_kinds(summary.pattern_shares, summary.templates))
     for r in summary.missed_patterns.to_pylist():
         k = r["kernel_size"]
         remedy = ("the 1-D code may not reach it: try --templates kmeans"

@@ -15,6 +15,7 @@ from dwscan.cli.flags import (
     ray_session,
     run_options,
 )
+from dwscan.reports.patterns import format_kinds
 from dwscan.reports.statistics import format_correlations
 from dwscan.reports.tables import format_clusterability
 
@@ -139,6 +140,8 @@ def command_report(args: argparse.Namespace) -> int:
     print(format_clusterability(reports.clusterability))
     print()
     print(format_correlations(reports.correlation))
+    print()
+    print(format_kinds(reports.pattern_shares, reports.templates))
     for model_id, plot in reports.layer_share_plots.items():
         print(f"wrote {plot} ({model_id})")
     print(f"\nwrote {reports.index_html}")

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dwscan import schemas
 from dwscan.io.storage import write_bytes_atomic
+from dwscan.reports.patterns import kind_order
+from dwscan.reports.tables import UNCLUSTERED
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -63,22 +66,31 @@ def html_table(table: pa.Table, columns: list[Column], max_rows: int = 2000) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-def family_label_shares_html(family_shares: pa.Table) -> str:
-    """Mean label shares (report.family_label_shares) as one row per family and kernel size,
-    one column per label."""
+def family_kind_shares_html(family_shares: pa.Table) -> str:
+    """Mean shares per model family and kernel size (report.family_label_shares with a `kind`
+    column): a row per family and size with one column per kind of pattern, so the table keeps
+    a dozen columns however many templates there are; the single labels beneath, collapsed, a
+    row per label under its kind."""
     rows = family_shares.to_pylist()
-    labels = sorted({r["label"] for r in rows} - {"unclustered"}) + ["unclustered"]
+    kinds = sorted({r["kind"] for r in rows}, key=kind_order)
     wide: dict[tuple, dict] = {}
     for r in rows:
-        wide.setdefault((r["family"], r["kernel_size"]), {
-            "family": r["family"], "kernel_size": r["kernel_size"],
-            "n_models": r["n_models"]})[r["label"]] = r["share"]
+        into = wide.setdefault((r["family"], r["kernel_size"]), {
+            "family": r["family"], "kernel_size": r["kernel_size"], "n_models": r["n_models"]})
+        into[r["kind"]] = into.get(r["kind"], 0.0) + r["share"]
     table = pa.Table.from_pylist(
-        [{c: w.get(c) for c in ["family", "kernel_size", "n_models", *labels]} for w in wide.values()],
+        [{c: w.get(c) for c in ["family", "kernel_size", "n_models", *kinds]} for w in wide.values()],
         schema=pa.schema([("family", pa.string()), ("kernel_size", pa.int32()),
-                          ("n_models", pa.int64())] + [(c, pa.float64()) for c in labels]))
-    return html_table(table, [("family", "family", None), ("kernel_size", "k", None),
-                              ("n_models", "models", None)] + [(c, c, percent) for c in labels])
+                          ("n_models", pa.int64())] + [(c, pa.float64()) for c in kinds]))
+    labels = family_shares.filter(pc.not_equal(family_shares.column("kind"), UNCLUSTERED))
+    return (html_table(table, [("family", "model family", None), ("kernel_size", "k", None),
+                               ("n_models", "models", None)] + [(c, c, percent) for c in kinds])
+            + f"<details><summary>Single templates ({labels.num_rows} rows: model family, "
+            "size and label)</summary>"
+            + html_table(labels, [("family", "model family", None), ("kernel_size", "k", None),
+                                  ("kind", "kind of pattern", None), ("label", "template", None),
+                                  ("share", "share", percent)])
+            + "</details>")
 
 
 # A column of the model explorer: (column, heading, format); formats: text, int, pct, num2, num3,
@@ -257,11 +269,11 @@ _EXPLORER_JS = r"""
       add("h4", d.title + " (" + rows.length + ")");
       if (rows.length) panel.appendChild(table(d.columns, rows)); else add("p", "none").className = "note";
     });
-    add("h4", "Template shares per layer");
+    add("h4", "Kinds of pattern per layer");
     if (data.plots[m]) {
       const img = document.createElement("img");
       img.src = data.plots[m];
-      img.alt = "layer shares of " + m;
+      img.alt = "kinds of pattern per layer of " + m;
       panel.appendChild(img);
     } else {
       add("p", "Not drawn: dwscan report --out OUT --model " + m + " draws it.").className = "note";

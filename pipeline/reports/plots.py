@@ -12,6 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dwscan.reports.patterns import OTHER as OTHER_KIND
+from dwscan.reports.patterns import kind_order, label_kinds
+from dwscan.reports.tables import UNCLUSTERED
+
 
 @functools.cache
 def _pyplot():
@@ -191,38 +195,88 @@ def plot_clusterability_vs_top1(report: pa.Table, path: Path, named: tuple[str, 
 
 
 MAX_BARS = 60  # label-share groups drawn; the page's table lists every group
+# a hue per kind of pattern (tab10 without its grey, which marks 'other')
+_KIND_HUES = (0, 1, 2, 3, 4, 5, 6, 8, 9)
+
+
+def _kind_colours(kind_of: dict[str, str]) -> tuple[list[str], dict[str, object], dict[str, object]]:
+    """Labels in stack order, kind by kind (kind_order), and the colour of each label and each
+    kind: a hue per kind, its templates in shades of it (darkest first), so a stack reads by
+    kind first; 'other' grey, 'unclustered' light grey."""
+    from matplotlib.colors import to_rgb
+
+    plt = _pyplot()
+    kinds = sorted(set(kind_of.values()), key=kind_order)
+    hued = [k for k in kinds if k not in (OTHER_KIND, UNCLUSTERED)]
+    hues = {k: to_rgb(plt.get_cmap("tab10")(_KIND_HUES[i % len(_KIND_HUES)]))
+            for i, k in enumerate(hued)}
+    hues |= {OTHER_KIND: to_rgb("tab:gray"), UNCLUSTERED: to_rgb("lightgrey")}
+    order, colours = [], {}
+    for kind in kinds:
+        mine = sorted(label for label, k in kind_of.items() if k == kind)
+        for i, label in enumerate(mine):
+            paler = 0.6 * i / max(len(mine) - 1, 1)
+            colours[label] = tuple(c + (1 - c) * paler for c in hues[kind])
+            order.append(label)
+    return order, colours, {k: hues[k] for k in kinds}
+
+
+def _stack(ax, positions: np.ndarray, shares: np.ndarray, labels: list[str],
+           colours: dict[str, object], horizontal: bool) -> None:
+    """Stacked bars of `shares` (bars x labels, fractions) in percent, a white hairline between
+    templates."""
+    base = np.zeros(len(positions))
+    for j, label in enumerate(labels):
+        values = 100 * shares[:, j]
+        style = {"color": colours[label], "edgecolor": "white", "linewidth": 0.2}
+        if horizontal:
+            ax.barh(positions, values, left=base, height=0.8, **style)
+        else:
+            ax.bar(positions, values, bottom=base, width=0.85, **style)
+        base += values
+
+
+def _kind_legend(ax, hues: dict[str, object]) -> None:
+    """A legend of the kinds (not the single templates) beside the axes; the figure's
+    constrained layout keeps it inside the canvas."""
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colour, label=kind) for kind, colour in hues.items()],
+              fontsize=7, title="kind of pattern\n(shades: its templates)", title_fontsize=7,
+              bbox_to_anchor=(1.01, 1), loc="upper left")
+
+
+def _legend_height(entries: int) -> float:
+    """Inches a _kind_legend of `entries` kinds needs, its title and margins included."""
+    return 0.6 + 0.17 * entries
 
 
 def plot_label_shares(family_shares: pa.Table, path: Path) -> Path:
     """Stacked horizontal bars: the mean share of each template label over the models of each
-    family and kernel size (FAMILY_LABEL_SHARES rows), so the plot keeps its size at any zoo."""
+    family and kernel size (FAMILY_LABEL_SHARES rows with their `kind`), kind by kind, so the
+    plot keeps its size at any zoo and reads by kind of pattern first."""
     plt = _pyplot()
     rows = family_shares.to_pylist()
     groups = sorted({(r["family"], r["kernel_size"], r["n_models"]) for r in rows},
                     key=lambda g: (g[0], g[1]))
     shown = sorted(sorted(groups, key=lambda g: -g[2])[:MAX_BARS], key=lambda g: (g[0], g[1]))
-    names = sorted({r["label"] for r in rows} - {"unclustered"}) + ["unclustered"]
+    names, colours, hues = _kind_colours({r["label"]: r["kind"] for r in rows})
     shares = np.zeros((len(shown), len(names)))
     row_of = {g[:2]: i for i, g in enumerate(shown)}
     for r in rows:
         if (r["family"], r["kernel_size"]) in row_of:
             shares[row_of[r["family"], r["kernel_size"]], names.index(r["label"])] = r["share"]
-    fig, ax = plt.subplots(figsize=(8, min(0.26 * len(shown) + 1.6, 18)))
-    colours = plt.get_cmap("tab20")
-    left = np.zeros(len(shown))
+    height = max(0.26 * len(shown) + 1.6, _legend_height(len(hues)))
+    fig, ax = plt.subplots(figsize=(8, min(height, 18)), layout="constrained")
     y = np.arange(len(shown))[::-1]
-    for j, name in enumerate(names):
-        colour = "lightgrey" if name == "unclustered" else colours(j % 20)
-        ax.barh(y, 100 * shares[:, j], left=100 * left, color=colour, label=name, height=0.8)
-        left += shares[:, j]
+    _stack(ax, y, shares, names, colours, horizontal=True)
     ax.set_yticks(y, [f"{f} {k}x{k} ({n})" for f, k, n in shown], fontsize=7)
     ax.set_xlabel("valid kernels (%), mean over the models of the group")
     ax.set_xlim(0, 100)
     more = f"; the {MAX_BARS} largest of {len(groups)} groups" if len(groups) > len(shown) else ""
-    ax.set_title(f"Template labels per family and kernel size (models in brackets{more})",
+    ax.set_title(f"Kinds of pattern per model family and kernel size (models in brackets{more})",
                  fontsize=9)
-    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
+    _kind_legend(ax, hues)
     return _save(fig, path)
 
 
@@ -273,37 +327,33 @@ def plot_fraction_vs_depth(layers: pa.Table, path: Path, bins: int = 10) -> Path
 
 def plot_layer_shares(assignments: pa.Table, templates: pa.Table, model_id: str,
                       path: Path) -> Path:
-    """Share of each template label in every depthwise layer of one model, layers by depth."""
+    """Share of each template label in every depthwise layer of one model, layers by depth,
+    stacked kind by kind (a hue per kind of pattern, a shade per template)."""
     plt = _pyplot()
     labels = {(r["kernel_size"], r["template_id"]): r["label"] for r in templates.to_pylist()}
     mine = assignments.filter(pc.equal(assignments.column("model_id"), model_id)).to_pylist()
     layers = sorted({(r["layer_index"], r["depth"], r["kernel_size"]) for r in mine})
-    names = sorted({labels[k] for k in labels}) + ["unclustered"]
+    names, colours, hues = _kind_colours({**label_kinds(templates), UNCLUSTERED: UNCLUSTERED})
     counts = np.zeros((len(layers), len(names)))
     row_of = {layer[0]: i for i, layer in enumerate(layers)}
     for r in mine:
         if r["invalid_reason"] is not None:
             continue
-        name = ("unclustered" if r["template_id"] is None
+        name = (UNCLUSTERED if r["template_id"] is None
                 else labels[r["kernel_size"], r["template_id"]])
         counts[row_of[r["layer_index"]], names.index(name)] += 1
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(min(max(6, 0.35 * len(layers) + 3), MAX_WIDTH_PX / DPI), 4))
-    colours = plt.get_cmap("tab20")
-    bottom = np.zeros(len(layers))
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.35 * len(layers) + 3), MAX_WIDTH_PX / DPI),
+                                    max(4, _legend_height(len(hues)))), layout="constrained")
     x = np.arange(len(layers))
-    for j, name in enumerate(names):
-        colour = "lightgrey" if name == "unclustered" else colours(j % 20)
-        ax.bar(x, 100 * shares[:, j], bottom=100 * bottom, color=colour, label=name, width=0.85)
-        bottom += shares[:, j]
+    _stack(ax, x, shares, names, colours, horizontal=False)
     step = -(-len(layers) // 50)  # at most 50 tick labels, however deep the model
     ax.set_xticks(x[::step], [f"{d:.2f}\n{k}x{k}" for _, d, k in layers[::step]], fontsize=6)
     ax.set_xlabel("relative depth (and kernel size) of each depthwise layer")
     ax.set_ylabel("kernels (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{model_id}: template shares per layer", fontsize=10)
-    ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
+    ax.set_title(f"{model_id}: kinds of pattern per layer", fontsize=10)
+    _kind_legend(ax, hues)
     return _save(fig, path)
 
 

@@ -313,10 +313,10 @@ def format_clusterability(table: pa.Table, max_models: int = 20) -> str:
         lines.append([
             r["model_id"], "all" if r["kernel_size"] is None else f"{r['kernel_size']}x"
             f"{r['kernel_size']}", str(r["n_filters"]), str(r["n_invalid"]),
-            _pct(r["clustered_fraction"]), _range(r.get("clustered_fraction_seed_min"),
-                                                  r.get("clustered_fraction_seed_max")),
-            _pct(r["family_fraction"]),
-            _pct(r["master_key_fraction"]), _pct(r["chance_fraction"]),
+            pct_text(r["clustered_fraction"]),
+            range_text(r.get("clustered_fraction_seed_min"), r.get("clustered_fraction_seed_max")),
+            pct_text(r["family_fraction"]),
+            pct_text(r["master_key_fraction"]), pct_text(r["chance_fraction"]),
             "-" if r["top1"] is None else f"{r['top1']:.3f}"])
     return format_text_table(lines) + note
 
@@ -331,14 +331,14 @@ def format_text_table(lines: list[list[str]], left_aligned: int | set[int] = 1) 
                      for line in lines)
 
 
-def _range(low: float | None, high: float | None) -> str:
+def range_text(low: float | None, high: float | None) -> str:
     """'60.1-64.0%': a seed range, '-' where there is none."""
     if low is None or high is None:
         return "-"
     return f"{100 * low:.1f}-{100 * high:.1f}%"
 
 
-def _pct(value: float | None) -> str:
+def pct_text(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 

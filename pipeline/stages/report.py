@@ -32,13 +32,14 @@ from dwscan.io.template_set import (
 from dwscan.reports.page import (
     DetailTable,
     ExplorerColumn,
-    family_label_shares_html,
+    family_kind_shares_html,
     html_table,
     model_explorer_html,
     number,
     percent,
     write_index_html,
 )
+from dwscan.reports.patterns import kind_of_label, label_kinds, pattern_kinds, with_kind
 from dwscan.reports.plots import (
     plot_clusterability_vs_top1,
     plot_fraction_vs_depth,
@@ -64,6 +65,8 @@ class Reports:
     clusterability: pa.Table
     correlation: pa.Table
     index_html: Path
+    pattern_shares: pa.Table  # PATTERN_SHARES: kinds of pattern per model and over the zoo
+    templates: pa.Table  # the templates the report read (the single patterns of each kind)
     layer_share_plots: dict[str, Path] = field(default_factory=dict)  # model id -> its PNG
     unknown_models: list[str] = field(default_factory=list)  # asked for, but not scanned ok
 
@@ -112,7 +115,8 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
              f">= {record.threshold:g}{', sign-invariant' if record.sign_invariant else ''}); "
              f"accuracy from {accuracy.sources[0]}, pre-training from {accuracy.sources[1]}.")
     return Reports(tables[schemas.CLUSTERABILITY], tables[schemas.CORRELATION],
-                   write_index_html(layout.reports_dir, sections, about), plots,
+                   write_index_html(layout.reports_dir, sections, about),
+                   tables[schemas.PATTERN_SHARES], templates, plots,
                    [m for m in dict.fromkeys(show_models) if m not in set(ok)])
 
 
@@ -160,12 +164,34 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
     """The plots (drawn here) and tables of index.html, section by section."""
     reports = layout.reports_dir
     clusterability = tables[schemas.CLUSTERABILITY]
-    family_shares = family_label_shares(tables[schemas.LABEL_SHARES])
+    kinds = label_kinds(templates)
+    labels = family_label_shares(tables[schemas.LABEL_SHARES])
+    family_shares = with_kind(labels, [kind_of_label(kinds, label) for label in
+                                       labels.column("label").to_pylist()],
+                              ["family", "kernel_size", "kind", "label"])
     patterns = tables[schemas.PATTERN_SHARES]
-    zoo_patterns = patterns.filter(pc.is_null(patterns.column("model_id"))).sort_by(
-        [("kernel_size", "ascending"), ("share", "descending")])
+    zoo_patterns = patterns.filter(pc.is_null(patterns.column("model_id")))
+    zoo_patterns = with_kind(zoo_patterns, pattern_kinds(zoo_patterns), ["kernel_size", "kind"])
     sizes = sorted(set(templates.column("kernel_size").to_pylist()))
     sections = [
+        ("Kinds of pattern over the zoo",
+         "The first grouping of this page: a template's kind is its family x polarity (its "
+         "fitted parametric family, METHOD.md section 4). Share of the valid kernels of each "
+         "size on a template of each kind (the consensus templates), and its lowest and highest "
+         "over the seeds' own template sets: how far one autoencoder's answer could have been. "
+         "The single templates are beneath: per model family below, in each model's details, "
+         "and in the template galleries.", [],
+         html_table(zoo_patterns, [
+             ("kernel_size", "k", None), ("kind", "kind of pattern", None),
+             ("share", "share", percent), ("share_seed_min", "seed low", percent),
+             ("share_seed_max", "seed high", percent), ("n_kernels", "kernels", None)])),
+        ("Kinds of pattern per model family and kernel size",
+         "Each kind's share of the valid kernels, averaged over the models of a model family and "
+         "kernel size (every model counts once); in the plot each kind is a hue and its single "
+         "templates are shades of it. The single templates' shares are in the collapsed table "
+         "below, and each model's own in its details.",
+         [plot_label_shares(family_shares, reports / "label_shares.png")],
+         family_kind_shares_html(family_shares)),
         ("Models",
          f"Every scanned model, all kernel sizes together; clustered = kernels within cosine "
          f"{record.threshold:g} of a template, chance = random Gaussian kernels against the same "
@@ -173,8 +199,9 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
          "that cosine of some member of the parametric families, and at 7x7 of the best fit "
          "a*F + b to one of the eight master-key filters), which no seed moves. Click a heading "
          "to sort (again to reverse); filter by family, pre-training data, kernel size or a "
-         "search; a model's link opens its kernel sizes, layers, label shares and accuracy rows "
-         "below the table.", [], _model_explorer(tables, plots)),
+         "search; a model's link opens its kernel sizes, kinds of pattern, layers, single "
+         "template shares and accuracy rows below the table.", [],
+         _model_explorer(tables, kinds, plots)),
         ("Clustered fraction against ImageNet top-1",
          "Each point is a model (all kernel sizes). Spearman and Pearson correlations over models, "
          "with bootstrap 95% intervals (models resampled); group rows compare each pre-training "
@@ -189,20 +216,6 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
              ("estimate_seed_max", "seed high", number(3)),
              ("ci_low", "95% low", number(3)), ("ci_high", "95% high", number(3)),
              ("note", "note", None)])),
-        ("Kinds of pattern over the zoo",
-         "Share of the valid kernels of each size on a template of each family and polarity "
-         "(the consensus templates), and its lowest and highest over the seeds' own template "
-         "sets: how far one autoencoder's answer could have been.", [],
-         html_table(zoo_patterns, [
-             ("kernel_size", "k", None), ("family", "family", None),
-             ("polarity", "polarity", None), ("share", "share", percent),
-             ("share_seed_min", "seed low", percent), ("share_seed_max", "seed high", percent),
-             ("n_kernels", "kernels", None)])),
-        ("Template labels per family and kernel size",
-         "Each label's share of the valid kernels, averaged over the models of a family and kernel "
-         "size (every model counts once); each model's own shares are in its details.",
-         [plot_label_shares(family_shares, reports / "label_shares.png")],
-         family_label_shares_html(family_shares)),
         ("Clusterability by depth", "", [plot_fraction_vs_depth(
             tables[schemas.LAYERS], reports / "clusterability_vs_depth.png")], ""),
         ("Templates", "The templates of each kernel size beside their fitted family members, "
@@ -213,8 +226,9 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
     ]
     for model_id, plot in plots.items():
         mine = clusterability.filter(pc.equal(clusterability.column("model_id"), model_id))
-        sections.append((f"Model {model_id}", "Template shares in each depthwise layer, layers by "
-                         "depth (drawn because the report was asked for this model).", [plot],
+        sections.append((f"Model {model_id}", "Kinds of pattern in each depthwise layer, layers "
+                         "by depth, each kind's single templates in shades of its hue (drawn "
+                         "because the report was asked for this model).", [plot],
                          html_table(mine, _SIZE_COLUMNS_STATIC)))
     substitution = layout.table_path(schemas.SUBSTITUTION)
     if substitution.exists() and (reports / "substitution.png").exists():
@@ -283,13 +297,18 @@ _DETAIL_COLUMNS: dict[pa.Schema, tuple[str, list[ExplorerColumn]]] = {
         ("clustered_fraction_seed_max", "seed high", "pct"),
         ("family_fraction", "families", "pct"), ("master_key_fraction", "master keys", "pct"),
         ("chance_fraction", "chance", "pct")]),
+    schemas.PATTERN_SHARES: ("Kinds of pattern per kernel size", [
+        ("kernel_size", "k", "k"), ("kind", "kind of pattern", "text"),
+        ("n_kernels", "kernels", "int"), ("share", "share", "pct"),
+        ("share_seed_min", "seed low", "pct"), ("share_seed_max", "seed high", "pct")]),
     schemas.LAYERS: ("Depthwise layers", [
         ("layer_index", "#", "int"), ("layer", "layer", "text"), ("depth", "depth", "num2"),
         ("kernel_size", "k", "k"), ("n_filters", "filters", "int"),
         ("n_invalid", "invalid", "int"), ("n_clustered", "clustered", "int"),
         ("clustered_fraction", "clustered (%)", "pct")]),
-    schemas.LABEL_SHARES: ("Template label shares", [
-        ("kernel_size", "k", "k"), ("label", "label", "text"), ("n_kernels", "kernels", "int"),
+    schemas.LABEL_SHARES: ("Template label shares, by kind", [
+        ("kernel_size", "k", "k"), ("kind", "kind of pattern", "text"),
+        ("label", "template", "text"), ("n_kernels", "kernels", "int"),
         ("share", "share", "pct")]),
     schemas.ACCURACY: ("Accuracy rows (timm, every image size)", [
         ("img_size", "image size", "int"), ("top1", "top-1", "num3"), ("top5", "top-5", "num3"),
@@ -298,18 +317,30 @@ _DETAIL_COLUMNS: dict[pa.Schema, tuple[str, list[ExplorerColumn]]] = {
 }
 
 
-def _model_explorer(tables: dict[pa.Schema, pa.Table], plots: dict[str, Path]) -> str:
+def _model_explorer(tables: dict[pa.Schema, pa.Table], kinds: dict[str, str],
+                    plots: dict[str, Path]) -> str:
     """The Models section: one row per model (its all-sizes clusterability row), and each model's
-    rows of the per-size, layer, label-share and accuracy tables for its details."""
+    rows of the per-size, kinds-of-pattern, layer, label-share and accuracy tables for its
+    details; kinds before single labels, and the labels sorted by kind."""
     rows = _rows_by_model(tables[schemas.CLUSTERABILITY])
     models = []
     for mine in rows.values():
         overall = next(r for r in mine if r["kernel_size"] is None)
         models.append({**overall, "kernel_sizes": [r["kernel_size"] for r in mine
                                                    if r["kernel_size"] is not None]})
+    patterns = tables[schemas.PATTERN_SHARES].filter(
+        pc.is_valid(tables[schemas.PATTERN_SHARES].column("model_id")))
+    labels = tables[schemas.LABEL_SHARES]
+    shown = {
+        **tables,
+        schemas.PATTERN_SHARES: with_kind(patterns, pattern_kinds(patterns),
+                                          ["model_id", "kernel_size", "kind"]),
+        schemas.LABEL_SHARES: with_kind(labels, [kind_of_label(kinds, label) for label in
+                                                 labels.column("label").to_pylist()],
+                                        ["model_id", "kernel_size", "kind", "label"])}
     details = [DetailTable(title, columns, {m: [r for r in mine if r["kernel_size"] is not None]
                                             for m, mine in rows.items()}
-                           if schema is schemas.CLUSTERABILITY else _rows_by_model(tables[schema]))
+                           if schema is schemas.CLUSTERABILITY else _rows_by_model(shown[schema]))
                for schema, (title, columns) in _DETAIL_COLUMNS.items()]
     return model_explorer_html(_MODEL_COLUMNS, models, details,
                                {m: Path(str(p)).name for m, p in plots.items()})

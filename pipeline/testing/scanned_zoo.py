@@ -53,10 +53,17 @@ def zoo_kernel_sizes(model_id: str) -> tuple[int, ...]:
     return ZOO_FAMILIES.get(match.group(1) if match else "", (5,))
 
 
-# the family of each label the scanned zoos use (templates.parquet's `family`)
-LABEL_FAMILIES = {"on-centre": "centre-surround", "off-centre": "centre-surround",
-                  "+d/dx": "first-derivative", "-d/dx": "first-derivative",
-                  "+d/dy": "first-derivative", "-d/dy": "first-derivative"}
+# the family and polarity of a label the scanned zoos use, by how it starts (templates.parquet's
+# `family` and `polarity`, as the fitted families name them); any other label is 'other'
+LABEL_PATTERNS = (("on-centre", "centre-surround", "on"), ("off-centre", "centre-surround", "off"),
+                  ("+d2/d", "second-derivative", "+"), ("-d2/d", "second-derivative", "-"),
+                  ("+d/d", "first-derivative", "+"), ("on-cross", "cross", "on"))
+
+
+def label_pattern(label: str) -> tuple[str, str | None]:
+    """(family, polarity) of a scanned zoo's template label (LABEL_PATTERNS)."""
+    return next(((f, p) for start, f, p in LABEL_PATTERNS if label.startswith(start)),
+                ("other", None))
 
 
 def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
@@ -119,7 +126,8 @@ def write_scanned_zoo(root, zoo=SCANNED_ZOO, layers: int = SCANNED_LAYERS,
     write_table(pa.Table.from_pylist(models, schema=schemas.MODELS), layout.models_path,
                 schemas.MODELS)
     templates = [{"kernel_size": k, "template_id": t, "label": label,
-                  "family": LABEL_FAMILIES.get(label, "other"), "fit_cosine": 0.95,
+                  "family": label_pattern(label)[0], "polarity": label_pattern(label)[1],
+                  "fit_cosine": 0.95,
                   "fit_parameters": {"sigma": 1.0},
                   "fit_weights": (np.zeros(k * k, np.float32) + t - 0.5).tolist(),
                   "code": (t + 0.5) / len(labels),

@@ -181,8 +181,9 @@ def test_model_table_sorts_filters_and_opens_a_model_in_chromium(zoo_report):
             "#model-details table",
             "ts => ts.map(t => Array.from(t.tBodies[0].rows).map(r => r.innerText))")
         titles = page.eval_on_selector_all("#model-details h4", "hs => hs.map(h => h.innerText)")
-        per_size, layers, shares, accuracy = tables
-        assert titles[1] == f"Depthwise layers ({LAYERS})" and len(layers) == LAYERS
+        per_size, kinds, layers, shares, accuracy = tables
+        assert titles[1].startswith("Kinds of pattern") and kinds  # before the single labels
+        assert titles[2] == f"Depthwise layers ({LAYERS})" and len(layers) == LAYERS
         sizes = ZOO_FAMILIES[_family(model_id)]
         assert len(per_size) == len(sizes)
         n_clustered = round(fraction * N_VALID)
