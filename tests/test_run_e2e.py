@@ -204,9 +204,9 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
     out = tmp_path / "out"
     # the three sizes train side by side, one task each (Ray Train's DDP path: the k-means
     # test), two seeds each (the consensus at its smallest; five, as by default: the demo test),
-    # for a fixed 1,500 steps (800 kernels a size: one batch an epoch), which recovers the
+    # for a fixed 1,000 steps (800 kernels a size: one batch an epoch), which recovers the
     # patterns
-    result = run_dwscan(["--out", str(out), "--seeds", "2", "--epochs", "1500",
+    result = run_dwscan(["--out", str(out), "--seeds", "2", "--epochs", "1000",
                          "--checkpoint", str(synthetic), "--model-id", "synth",
                          "--checkpoint", str(truncated), "--checkpoint", str(evil),
                          "--checkpoint", str(tmp_path / "missing.pth")], cwd=tmp_path)
@@ -216,7 +216,7 @@ def test_broken_checkpoints_fail_alone_and_a_synthetic_zoo_comes_back(tmp_path):
     for k in (3, 5, 7):
         record = json.loads((layout.autoencoders_dir / f"k{k}.json").read_text())
         assert (record["stop_reason"], record["steps"], record["world_size"]) == (
-            "fixed epochs", 1500, 1)
+            "fixed epochs", 1000, 1)
     models = {r["model_id"]: r for r in read_table(layout.models_path).to_pylist()}
     assert models["synth"]["status"] == "ok" and models["synth"]["n_layers"] == 6
     assert "corrupt safetensors" in models["truncated"]["error"]
