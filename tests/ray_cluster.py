@@ -136,6 +136,23 @@ class LocalCluster:
                  if cmdline.split(b"\0")[0].endswith(b"/raylet")]
         return [pid for _, pid in sorted(found)]
 
+    def busy_raylets(self, task_name: str) -> list[int]:
+        """The raylets (oldest first) with a worker that is running a task named `task_name`
+        right now: Ray titles a worker `ray::<task name>` while it runs one."""
+        raylets = self.raylets()
+        busy = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (entry / "cmdline").read_bytes()
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent in raylets and title.startswith(f"ray::{task_name}".encode()):
+                busy.add(parent)
+        return [pid for pid in raylets if pid in busy]
+
     def _own_processes(self) -> list[tuple[int, bytes, int]]:
         """(pid, command line, start time in clock ticks) of every process, other than this
         one, whose command line names our temp dir."""

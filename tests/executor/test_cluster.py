@@ -191,20 +191,22 @@ def _cpu_demand(report: dict) -> int:
 def _kill_a_busy_worker_node(cluster: LocalCluster, kernels: Path,
                              process: subprocess.Popen) -> int:
     """Once two autoscaled nodes are up and eight models are extracted (the first batch is done;
-    the nodes that joined after it are ten seconds into theirs), SIGKILL the newest worker
-    node's raylet, as a reclaimed spot instance would go; its workers die with it. Returns the
-    raylet's pid."""
+    the nodes that joined after it are ten seconds into theirs), SIGKILL the raylet of the
+    newest worker node that is running a batch, as a reclaimed spot instance would go; its
+    workers die with it. Returns the raylet's pid."""
     deadline = time.time() + 300
     while True:
         assert process.poll() is None, "the run ended before a node could be killed"
         assert time.time() < deadline, "no two worker nodes and eight models in 300 s"
         raylets = cluster.raylets()
-        if len(raylets) >= 3 and len(list(kernels.glob(".*.pending"))) >= 8:
+        # the head's raylet started first; a node just up may have no batch yet
+        busy = [pid for pid in cluster.busy_raylets("extract_hub_models_to_parquet")
+                if pid != raylets[0]]
+        if len(raylets) >= 3 and busy and len(list(kernels.glob(".*.pending"))) >= 8:
             break
         time.sleep(0.2)
-    newest = raylets[-1]  # the head's raylet started first
-    os.kill(newest, signal.SIGKILL)
-    return newest
+    os.kill(busy[-1], signal.SIGKILL)
+    return busy[-1]
 
 
 def _checkpoint(tmp_path: Path) -> Path:

@@ -66,8 +66,11 @@ def test_models_in_one_worker_overlap_their_round_trips(hub, planted, tmp_path):
         local = extract_depthwise_kernels(folder, repo_id).kernels
         assert read_table(layout.kernels_path(repo_id)).column("weights").equals(
             local.column("weights"))
-    # model info, config.json and the weights' first read in one round trip, then one range
-    assert len(hub.requests) == 4 * N_MODELS
+    # model info, config.json and the weights' first read in one round trip, then one range.
+    # Counted for this test's repos only: the stand-in is shared, and a request an earlier test
+    # stalled may be answered (and logged) while this one runs
+    ours = [r for r in hub.requests if "/conc/" in r[1]]
+    assert len(ours) == 4 * N_MODELS, (len(ours), len(hub.requests), ours)
     # one model at a time would have at most its 3 first requests open at once
     assert peak_overlap([(start, end) for *_, start, end in hub.timeline]) >= N_MODELS
     for row, folder in zip(rows, planted.values()):
