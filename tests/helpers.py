@@ -6,7 +6,11 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,3 +72,24 @@ def shared_ray_env() -> dict[str, str]:
     (`RAY_ADDRESS=""`)."""
     cluster = shared_ray()
     return {**cluster.env, "RAY_ADDRESS": cluster.address}
+
+
+@contextmanager
+def page_in_chromium(page_file: Path, viewport: dict | None = None) -> Iterator[object]:
+    """`page_file` loaded in headless Chromium (Debian's package, through Playwright): the
+    Playwright page, the browser closed after."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "the browser test needs Debian's chromium: apt-get install -y chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page(**({"viewport": viewport} if viewport else {}))
+            page.goto(page_file.as_uri())
+            page.wait_for_load_state("load")
+            yield page
+        finally:
+            browser.close()

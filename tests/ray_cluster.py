@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
@@ -140,35 +141,31 @@ class LocalCluster:
         """The raylets (oldest first) with a worker that is running a task named `task_name`
         right now: Ray titles a worker `ray::<task name>` while it runs one."""
         raylets = self.raylets()
-        busy = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                title = (entry / "cmdline").read_bytes()
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent in raylets and title.startswith(f"ray::{task_name}".encode()):
-                busy.add(parent)
+        title = f"ray::{task_name}".encode()
+        busy = {fields[1] for _, cmdline, fields in _processes()
+                if fields[1] in raylets and cmdline.startswith(title)}
         return [pid for pid in raylets if pid in busy]
 
     def _own_processes(self) -> list[tuple[int, bytes, int]]:
         """(pid, command line, start time in clock ticks) of every process, other than this
         one, whose command line names our temp dir."""
         marker = str(self.temp).encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                started = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
-            except (OSError, ValueError, IndexError):
-                continue
-            if marker in cmdline:
-                found.append((int(entry.name), cmdline, started))
-        return found
+        return [(pid, cmdline, fields[19]) for pid, cmdline, fields in _processes()
+                if marker in cmdline and pid != os.getpid()]
+
+
+def _processes() -> Iterator[tuple[int, bytes, list[int]]]:
+    """(pid, command line, the numeric fields of /proc/pid/stat after the name: [1] is the
+    parent's pid, [19] the start time in clock ticks) of every process still there."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            yield int(entry.name), cmdline, [0, *(int(f) for f in fields[1:])]
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 def fake_autoscaling_config(gcs_address: str, max_workers: int, worker_cpus: int) -> dict:

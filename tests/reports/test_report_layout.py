@@ -5,7 +5,6 @@ gives the kinds before the single templates."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from dwscan.io.storage import OutputLayout
 from dwscan.reports import plots
 from dwscan.stages.report import Reports, write_reports
 from dwscan.testing.scanned_zoo import label_pattern, write_scanned_zoo, zoo_of
+from tests.helpers import page_in_chromium
 
 # 36 labels in five kinds: a table with a column per label would be far wider than the page
 LABELS = tuple([f"on-centre DoG sigma {s / 10:.1f}" for s in range(5, 15)]
@@ -78,17 +78,8 @@ def test_page_groups_by_kind_first_and_fits_1400_px_in_chromium(many_labels):
     collapsed detail opened, and again with a model's details open, the document is no wider
     than the window, no element reaches past it or overflows a box that clips, and no table
     (the scrolling model table aside) has more than 12 columns."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium")
-    assert chromium, "the browser test needs Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-        page.goto(many_labels.reports.index_html.as_uri())
-        page.wait_for_load_state("load")
+    with page_in_chromium(many_labels.reports.index_html,
+                          viewport={"width": WIDTH, "height": 900}) as page:
         headings = page.eval_on_selector_all("h2", "hs => hs.map(h => h.innerText)")
         page.eval_on_selector_all("details", "ds => ds.forEach(d => { d.open = true; })")
         whole_page = page.evaluate(_OVERFLOW_JS)
@@ -97,7 +88,6 @@ def test_page_groups_by_kind_first_and_fits_1400_px_in_chromium(many_labels):
         page.wait_for_selector("#model-details", state="visible")
         details = page.inner_text("#model-details")
         with_details = page.evaluate(_OVERFLOW_JS)
-        browser.close()
     assert whole_page == [WIDTH, []]
     assert with_details == [WIDTH, []]
     assert max(columns) <= 12, columns

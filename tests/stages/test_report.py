@@ -21,6 +21,7 @@ from dwscan.testing.scanned_zoo import (
     SCANNED_ZOO,
     write_scanned_zoo,
 )
+from tests.helpers import page_in_chromium
 
 N_VALID = SCANNED_LAYERS * SCANNED_CHANNELS - SCANNED_INVALID
 
@@ -125,22 +126,11 @@ def test_correlations_with_intervals_and_caveats(reported):
 def test_report_page_shows_tables_and_plots_in_chromium(reported):
     """Open index.html in headless Chromium (Debian's package): every plot decodes, every
     scanned model is in the tables, and only the model asked for has a layer-share plot."""
-    from playwright.sync_api import sync_playwright
-
     root, reports = reported
-    chromium = shutil.which("chromium")
-    assert chromium, "the browser test needs Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        page = browser.new_page()
-        page.goto(reports.index_html.as_uri())
-        page.wait_for_load_state("load")
+    with page_in_chromium(reports.index_html) as page:
         images = page.eval_on_selector_all(
             "img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth > 0])")
         tables = page.eval_on_selector_all("table", "els => els.map(e => e.innerText)")
-        browser.close()
     sources = {src for src, _ in images}
     assert {"clusterability_vs_top1.png", "label_shares.png", "clusterability_vs_depth.png",
             "templates_k5.png"} <= sources
