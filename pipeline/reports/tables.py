@@ -358,8 +358,11 @@ def pattern_counts(assignments: pa.Table, templates: pa.Table,
     patterns = sorted(set(names.values()) | set(seed_names.values()),
                       key=lambda p: (p[0], p[1] or ""))
     index = {p: i for i, p in enumerate(patterns)}
-    model_ids, model_of = np.unique(
-        np.asarray(assignments.column("model_id").to_pylist(), dtype=object), return_inverse=True)
+    # hashed, not sorted: np.unique over 1.4M strings and (size, id) pairs was most of the
+    # report stage of a 300-model zoo (9.8 of 16.7 s)
+    encoded = pc.dictionary_encode(assignments.column("model_id").combine_chunks())
+    model_ids = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    model_of = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     sizes = assignments.column("kernel_size").to_numpy()
     size_values, size_of = np.unique(sizes, return_inverse=True)
     group = model_of * len(size_values) + size_of
@@ -396,11 +399,19 @@ def pattern_counts(assignments: pa.Table, templates: pa.Table,
 
 def _pattern_of(sizes: np.ndarray, ids: np.ndarray, seed: int | None, names: dict,
                 index: dict) -> np.ndarray:
-    """Pattern index of each (size, template id), looked up once per distinct pair."""
-    pairs, inverse = np.unique(np.stack([sizes.astype(np.int64), ids]), axis=1,
-                               return_inverse=True)
-    looked_up = np.array([index[names[(int(k), seed, int(t))]] for k, t in pairs.T], np.int64)
-    return looked_up[inverse.ravel()]
+    """Pattern index of each (size, template id), through a table over every (size, id) pair
+    of this seed (-1 seed: None, the consensus)."""
+    width = int(ids.max()) + 1
+    keys = sizes.astype(np.int64) * width + ids
+    table = np.full(int(sizes.max()) * width + width, -1, np.int64)
+    for (k, s, t), pattern in names.items():
+        if s == seed and t < width and k * width + t < len(table):
+            table[k * width + t] = index[pattern]
+    looked_up = table[keys]
+    if (looked_up < 0).any():  # a kernel on a template the table does not hold
+        bad = int(np.flatnonzero(looked_up < 0)[0])
+        raise KeyError((int(sizes[bad]), seed, int(ids[bad])))
+    return looked_up
 
 
 def _pattern_lookup(templates: pa.Table, seed_column: str | None
