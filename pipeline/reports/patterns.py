@@ -55,6 +55,13 @@ def pattern_kinds(pattern_shares: pa.Table) -> list[str]:
                                             pattern_shares.column("polarity").to_pylist())]
 
 
+def labels_with_kind(table: pa.Table, kinds: dict[str, str], sort_keys: list[str]) -> pa.Table:
+    """Rows with a template `label` (LABEL_SHARES and its family means) with the label's kind
+    (label_kinds), sorted as with_kind."""
+    return with_kind(table, [kind_of_label(kinds, label)
+                             for label in table.column("label").to_pylist()], sort_keys)
+
+
 SUMMARY_WIDTH = 96  # characters a line of the printed summary keeps under
 
 

@@ -399,8 +399,8 @@ def pattern_counts(assignments: pa.Table, templates: pa.Table,
 
 def _pattern_of(sizes: np.ndarray, ids: np.ndarray, seed: int | None, names: dict,
                 index: dict) -> np.ndarray:
-    """Pattern index of each (size, template id), through a table over every (size, id) pair
-    of this seed (-1 seed: None, the consensus)."""
+    """Pattern index of each (size, template id) of seed `seed` (None: the consensus), looked
+    up in a dense table over the (size, id) pairs: O(n), where np.unique sorted the pairs."""
     width = int(ids.max()) + 1
     keys = sizes.astype(np.int64) * width + ids
     table = np.full(int(sizes.max()) * width + width, -1, np.int64)

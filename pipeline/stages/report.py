@@ -39,7 +39,7 @@ from dwscan.reports.page import (
     percent,
     write_index_html,
 )
-from dwscan.reports.patterns import kind_of_label, label_kinds, pattern_kinds, with_kind
+from dwscan.reports.patterns import label_kinds, labels_with_kind, pattern_kinds, with_kind
 from dwscan.reports.plots import (
     plot_clusterability_vs_top1,
     plot_fraction_vs_depth,
@@ -166,9 +166,7 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
     clusterability = tables[schemas.CLUSTERABILITY]
     kinds = label_kinds(templates)
     labels = family_label_shares(tables[schemas.LABEL_SHARES])
-    family_shares = with_kind(labels, [kind_of_label(kinds, label) for label in
-                                       labels.column("label").to_pylist()],
-                              ["family", "kernel_size", "kind", "label"])
+    family_shares = labels_with_kind(labels, kinds, ["family", "kernel_size", "kind", "label"])
     patterns = tables[schemas.PATTERN_SHARES]
     zoo_patterns = patterns.filter(pc.is_null(patterns.column("model_id")))
     zoo_patterns = with_kind(zoo_patterns, pattern_kinds(zoo_patterns), ["kernel_size", "kind"])
@@ -330,14 +328,12 @@ def _model_explorer(tables: dict[pa.Schema, pa.Table], kinds: dict[str, str],
                                                    if r["kernel_size"] is not None]})
     patterns = tables[schemas.PATTERN_SHARES].filter(
         pc.is_valid(tables[schemas.PATTERN_SHARES].column("model_id")))
-    labels = tables[schemas.LABEL_SHARES]
     shown = {
         **tables,
         schemas.PATTERN_SHARES: with_kind(patterns, pattern_kinds(patterns),
                                           ["model_id", "kernel_size", "kind"]),
-        schemas.LABEL_SHARES: with_kind(labels, [kind_of_label(kinds, label) for label in
-                                                 labels.column("label").to_pylist()],
-                                        ["model_id", "kernel_size", "kind", "label"])}
+        schemas.LABEL_SHARES: labels_with_kind(tables[schemas.LABEL_SHARES], kinds,
+                                               ["model_id", "kernel_size", "kind", "label"])}
     details = [DetailTable(title, columns, {m: [r for r in mine if r["kernel_size"] is not None]
                                             for m, mine in rows.items()}
                            if schema is schemas.CLUSTERABILITY else _rows_by_model(shown[schema]))
