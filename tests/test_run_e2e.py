@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 from pathlib import Path
 
@@ -39,13 +40,18 @@ def _depthwise_counts(path: str) -> tuple[int, int]:
 @pytest.mark.slow
 def test_demo_zoo_end_to_end(tmp_path):
     """The quick start's `dwscan run`, its output sent to a file as `ray job logs`, cron mail and
-    journald see it: plain lines (no redrawn bars), at most 100 of them, the summary last."""
+    journald see it: plain lines (no redrawn bars), at most 100 of them, the summary last.
+    Under umask 022, every file and folder it writes is 0644 / 0755: Ray's workers (kernels,
+    assignments, autoencoders) and the driver (tables, template set, reports) alike, where
+    mkstemp's 0600 would otherwise leak through the atomic writes. (Other umasks, on other
+    nodes: the autoscaling test's 027.)"""
     log = tmp_path / "run.log"
     with log.open("w") as handle:
         done = subprocess.run(["dwscan", "run", "--accuracy-csv", str(DEMO_ACCURACY_CSV),
                                "--pretrain-csv", str(DEMO_PRETRAIN_CSV)], cwd=tmp_path,
                               env={**os.environ, "RAY_ADDRESS": ""}, stdout=handle,
-                              stderr=subprocess.STDOUT, timeout=900)
+                              stderr=subprocess.STDOUT, timeout=900,
+                              preexec_fn=lambda: os.umask(0o022))
     text = log.read_text()
     assert done.returncode == 0, text[-3000:]
     assert "\r" not in text and "\x1b" not in text  # no redraws, no colour codes
@@ -113,6 +119,14 @@ def test_demo_zoo_end_to_end(tmp_path):
                  "clusterability_vs_top1.png", "label_shares.png", "clusterability_vs_depth.png"):
         assert (layout.reports_dir / name).exists(), name
     assert "spearman" in text and "fewer than 5 models (3)" in text
+    written = list(layout.root.rglob("*"))
+    assert {p.relative_to(layout.root).as_posix() for p in written} >= {
+        "models.parquet", "runs.parquet", "templates.parquet", "template_set.json",
+        "kernels/efficientnet-lite0.parquet", "assignments/efficientnet-lite0.parquet",
+        "autoencoders/k3.seed0.safetensors", "reports/index.html",
+        "reports/clusterability.parquet", "reports/clusterability_vs_top1.png"}
+    for path in [layout.root, *written]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
     _readme_queries_answer_as_shown(tmp_path / "dwscan-out")
 
 

@@ -230,7 +230,6 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
     models = [f"late-org/net{i}" for i in range(17)]
     for i, repo in enumerate(models):
         hub.add_repo(repo, Repo({"model.safetensors": save(tiny_state(i))}))
-    isolated = "ab" * 28  # the node id Ray gives that node
     in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                      f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
     # every download takes a minute: the head's one CPU is still on its first batch, the other
@@ -250,8 +249,7 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
                 assert process.poll() is None, log.read_text()[-3000:]
                 assert time.time() < deadline, "the run wrote no token in 120 s"
                 time.sleep(0.2)
-            cluster.add_node(cpus=1, wrapper=in_own_mounts,
-                             env={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": isolated})
+            isolated = cluster.add_node(cpus=1, wrapper=in_own_mounts, node_id="ab" * 28)
             assert process.wait(timeout=120) == 2, log.read_text()[-3000:]
             late = log.read_text()
             # what that node saw at the path of --out: nothing written by it
@@ -305,28 +303,3 @@ def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp
     assert "cannot join the Ray cluster at 127.0.0.1:" in nobody.stderr
     assert "nothing answers there" in nobody.stderr
     assert not (tmp_path / "out" / "kernels").exists()
-
-
-@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755)])
-def test_a_run_writes_with_the_users_umask(tmp_path, umask, file_mode, dir_mode):
-    """Ray's workers write the kernels and assignments, the driver the tables, template set
-    and reports: every file and folder of a `dwscan run` gets the umask's modes. (k-means
-    templates: the autoencoders' files go through the same atomic writer, write_bytes_atomic.
-    Files that workers write on other nodes: the autoscaling test, under umask 027, whose
-    0640/0750 neither a world-readable 0644 nor mkstemp's 0600 would pass; a second local run
-    under 077 here added nothing to that, for a Ray start of its own: CI time.)"""
-    out = tmp_path / "out"
-    done = subprocess.run(["dwscan", "run", "--out", str(out), "--checkpoint",
-                           str(_checkpoint(tmp_path)), *FAST], cwd=tmp_path,
-                          env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
-                          timeout=600, preexec_fn=lambda: os.umask(umask))
-    assert done.returncode == 0, done.stderr[-3000:]
-    written = list(out.rglob("*"))
-    assert {p.relative_to(out).as_posix() for p in written} >= {
-        "models.parquet", "runs.parquet", "templates.parquet", "template_set.json",
-        "kernels/net.parquet", "assignments/net.parquet", "reports/index.html",
-        "reports/clusterability.parquet", "reports/clusterability_vs_top1.png",
-        "reports/templates_k3.png"}
-    for path in [out, *written]:
-        expected = dir_mode if path.is_dir() else file_mode
-        assert stat.S_IMODE(path.stat().st_mode) == expected, path
