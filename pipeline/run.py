@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,7 +64,12 @@ from dwscan.stages.extract import (
     extract_model_to_parquet,
 )
 from dwscan.stages.report import write_reports
-from dwscan.stages.templates import TemplateConfig, build_templates
+from dwscan.stages.templates import (
+    TemplateConfig,
+    build_templates,
+    join_template_tables,
+    templates_of_size,
+)
 from dwscan.stages.train import train_on_ray
 from dwscan.text import one_line
 
@@ -178,26 +184,36 @@ def uses_ray_train(options: RunOptions) -> bool:
 
 def train_templates(layout: OutputLayout, options: RunOptions, ok: list[str],
                     timings: dict[str, float]) -> tuple[pa.Table, pa.Table]:
-    """Stages 3 and 4: a new template set from the kernels of every ok model, with its record."""
+    """Stages 3 and 4: a new template set from the kernels of every ok model, with its record.
+    By default each size's templates are built in the task that trained it, on the kernels it
+    trained on, while other sizes still train (one stage time: "train + templates"); k-means
+    and Ray Train's ranks build them here, one size after another."""
     kernel_paths = [layout.kernels_path(m) for m in ok]
-    if options.templates.method == "autoencoder":
-        with _timed(timings, "train"):
-            train_on_ray(
-                kernel_paths, layout.autoencoders_dir, options.autoencoder,
-                num_workers=options.train_workers, use_gpu=options.use_gpu)
-    with _timed(timings, "templates"):
-        templates, seed_templates, missed = build_templates(
-            kernel_paths, layout.autoencoders_dir, options.templates,
-            seed=options.autoencoder.seed, threshold=options.threshold,
-            n_seeds=options.autoencoder.seeds)
-        write_table(missed, layout.missed_patterns_path, schemas.MISSED_PATTERNS)
-        write_table(seed_templates, layout.seed_templates_path, schemas.SEED_TEMPLATES)
-        # the record goes first: templates.parquet existing means a complete set
-        write_template_set_record(layout.template_set_path, TemplateSetRecord(
-            template_set=template_set_of(templates), method=options.templates.method,
-            threshold=options.threshold, sign_invariant=options.templates.sign_invariant,
-            n_templates=templates.num_rows))
-        write_table(templates, layout.templates_path, schemas.TEMPLATES)
+    template_options = {"autoencoders_dir": layout.autoencoders_dir,
+                        "config": options.templates, "seed": options.autoencoder.seed,
+                        "threshold": options.threshold, "n_seeds": options.autoencoder.seeds}
+    if options.templates.method == "autoencoder" and not uses_ray_train(options):
+        with _timed(timings, "train + templates"):
+            sizes = train_on_ray(kernel_paths, layout.autoencoders_dir, options.autoencoder,
+                                 use_gpu=options.use_gpu,
+                                 then=partial(templates_of_size, **template_options))
+            found = join_template_tables([sizes[k] for k in sorted(sizes)])
+    else:
+        if options.templates.method == "autoencoder":
+            with _timed(timings, "train"):
+                train_on_ray(kernel_paths, layout.autoencoders_dir, options.autoencoder,
+                             num_workers=options.train_workers, use_gpu=options.use_gpu)
+        with _timed(timings, "templates"):
+            found = build_templates(kernel_paths, **template_options)
+    templates, seed_templates, missed = found
+    write_table(missed, layout.missed_patterns_path, schemas.MISSED_PATTERNS)
+    write_table(seed_templates, layout.seed_templates_path, schemas.SEED_TEMPLATES)
+    # the record goes first: templates.parquet existing means a complete set
+    write_template_set_record(layout.template_set_path, TemplateSetRecord(
+        template_set=template_set_of(templates), method=options.templates.method,
+        threshold=options.threshold, sign_invariant=options.templates.sign_invariant,
+        n_templates=templates.num_rows))
+    write_table(templates, layout.templates_path, schemas.TEMPLATES)
     return templates, missed
 
 

@@ -98,12 +98,22 @@ def keep_attracting(candidates: np.ndarray, kernels: np.ndarray, min_share: floa
     kernels below the threshold keep nothing alive. Empty when no kernel reaches the threshold.
     threshold=-inf counts every kernel (the loose rule used before refinement)."""
     alive = np.arange(len(candidates))
+    if not len(alive):
+        return alive
+    # one search; after a drop only the kernels nearest to the dropped candidate move (to their
+    # nearest among the rest): the weakest holds the fewest, so each round is a small search
+    ids, cosines = TemplateIndex(candidates, sign_invariant).nearest(kernels)
     while len(alive):
-        counts, _ = _nearest_counts(candidates[alive], kernels, threshold, sign_invariant)
+        counts = np.bincount(ids[cosines >= threshold], minlength=len(candidates))[alive]
         weakest = int(np.argmin(counts))
         if counts[weakest] > 0 and counts[weakest] >= min_share * counts.sum():
             break
+        moved = np.flatnonzero(ids == alive[weakest])
         alive = np.delete(alive, weakest)
+        if len(alive) and len(moved):
+            near, near_cosines = TemplateIndex(candidates[alive], sign_invariant).nearest(
+                kernels[moved])
+            ids[moved], cosines[moved] = alive[near], near_cosines
     return alive
 
 
@@ -119,13 +129,16 @@ def refine_to_member_means(templates: np.ndarray, kernels: np.ndarray, steps: in
     templates = templates.copy()
     for _ in range(steps):
         ids, cosines, signs = TemplateIndex(templates, sign_invariant).nearest_with_sign(kernels)
+        # each template's members, in kernel order (a stable sort, not a mask per template)
+        order = np.argsort(ids, kind="stable")
+        starts = np.searchsorted(ids[order], np.arange(len(templates) + 1))
         for t in range(len(templates)):
-            mine = ids == t
-            if not mine.any():
+            mine = order[starts[t]:starts[t + 1]]
+            if not len(mine):
                 continue
             # the close members, or the closer half where the template starts off-centre
             floor = min(min_cosine, float(np.median(cosines[mine])))
-            pulling = mine & (cosines >= floor)
+            pulling = mine[cosines[mine] >= floor]
             # members matched to -T pull as their negative (one template's rows at a time: a
             # sign-aligned copy of every kernel would double the stage's memory)
             members = kernels[pulling] * signs[pulling, None]
@@ -314,49 +327,71 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
                     config: TemplateConfig | None = None, seed: int = 0,
                     threshold: float = DEFAULT_THRESHOLD, n_seeds: int = AutoencoderConfig.seeds
                     ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """TEMPLATES for every kernel size (the consensus of its seeds), SEED_TEMPLATES (each seed's
-    own set) and MISSED_PATTERNS: recurring patterns (>= 2% of the kernels of a size) that no
-    template reaches at `threshold`. The autoencoder's seeds are those the train stage trained
-    (its record, k*.json); k-means runs `n_seeds` seeds here. Torch is imported only for the
-    autoencoder (k-means runs, the tests' fast ones among them, skip its 3 s import)."""
+    """TEMPLATES (the consensus of each size's seeds), SEED_TEMPLATES (each seed's own set) and
+    MISSED_PATTERNS for every kernel size, one size after another. (A default run builds each
+    size in the task that trained it instead: dwscan.run.train_templates.)"""
+    found = []
+    for k in kernel_sizes_of(kernel_paths):
+        kernels = None  # the last size's kernels go before this size's are read
+        release_free_memory()
+        kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
+        found.append(templates_of_size(k, kernels, autoencoders_dir, config, seed, threshold,
+                                       n_seeds))
+    return join_template_tables(found)
+
+
+def templates_of_size(k: int, kernels: np.ndarray, autoencoders_dir: Path,
+                      config: TemplateConfig | None = None, seed: int = 0,
+                      threshold: float = DEFAULT_THRESHOLD,
+                      n_seeds: int = AutoencoderConfig.seeds
+                      ) -> tuple[pa.Table, pa.Table, pa.Table] | None:
+    """The TEMPLATES (the consensus of its seeds), SEED_TEMPLATES (each seed's own set, without
+    the template set id) and MISSED_PATTERNS rows of kernel size `k` from its centred, unit
+    kernels (load_normalised_kernels, as the train stage samples them at `seed`);
+    join_template_tables makes the sizes one set. Missed patterns are recurring ones (>= 2% of
+    the kernels of the size) that no template reaches at `threshold`. None when there is no
+    kernel. The autoencoder's seeds are those the train stage trained (its record, k*.json);
+    k-means runs `n_seeds` seeds here. Torch is imported only for the autoencoder (k-means
+    runs, the tests' fast ones among them, skip its import)."""
     config = config or TemplateConfig()
     master_keys = (read_master_key_filters(config.master_key_filters)
                    if config.master_key_filters else None)
-    tables, seed_tables, missed_tables = [], [], []
-    for k in kernel_sizes_of(kernel_paths):
-        kernels = None  # the last size's kernels go before this size's are read
-        kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
-        release_free_memory()
-        if len(kernels) == 0:
-            continue
-        if config.method == "kmeans":
-            members = [kmeans_member(kernels, config, threshold, s)
-                       for s in member_seeds(seed, n_seeds)]
-        else:
-            members = _autoencoder_members(autoencoders_dir, k, kernels, config, threshold)
-        found = consensus_templates(members, kernels, config, threshold)
-        tables.append(template_table(k, found, len(members), master_keys))
-        seed_tables.append(seed_template_table(k, members))
-        missed = find_missed_patterns(found.weights, kernels, threshold,
-                                      sign_invariant=config.sign_invariant, seed=seed)
-        weights = np.array([m for m, _ in missed], np.float32).reshape(len(missed), k * k)
-        fits = fit_families(weights, k)
-        columns = _fit_columns(fits, k)
-        missed_tables.append(pa.table({
-            "kernel_size": pa.array(np.full(len(missed), k), pa.int32()),
-            "share": pa.array([share for _, share in missed], pa.float64()),
-            **{name: columns[name] for name in ("label", "family", "fit_cosine")},
-            "weights": matrices_to_list_array([weights]),
-        }, schema=schemas.MISSED_PATTERNS))
-    templates = with_template_set_id(
-        pa.concat_tables(tables) if tables else schemas.TEMPLATES.empty_table())
+    if len(kernels) == 0:
+        return None
+    if config.method == "kmeans":
+        members = [kmeans_member(kernels, config, threshold, s)
+                   for s in member_seeds(seed, n_seeds)]
+    else:
+        members = _autoencoder_members(autoencoders_dir, k, kernels, config, threshold)
+    found = consensus_templates(members, kernels, config, threshold)
+    missed = find_missed_patterns(found.weights, kernels, threshold,
+                                  sign_invariant=config.sign_invariant, seed=seed)
+    weights = np.array([m for m, _ in missed], np.float32).reshape(len(missed), k * k)
+    columns = _fit_columns(fit_families(weights, k), k)
+    missed_table = pa.table({
+        "kernel_size": pa.array(np.full(len(missed), k), pa.int32()),
+        "share": pa.array([share for _, share in missed], pa.float64()),
+        **{name: columns[name] for name in ("label", "family", "fit_cosine")},
+        "weights": matrices_to_list_array([weights]),
+    }, schema=schemas.MISSED_PATTERNS)
+    return (template_table(k, found, len(members), master_keys),
+            seed_template_table(k, members), missed_table)
+
+
+def join_template_tables(sizes: list[tuple[pa.Table, pa.Table, pa.Table] | None]
+                         ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """templates_of_size's answers for every size as one TEMPLATES table (with its template
+    set id), SEED_TEMPLATES (carrying that id) and MISSED_PATTERNS."""
+    found = [part for part in sizes if part is not None]
+    templates = with_template_set_id(pa.concat_tables([t for t, _, _ in found]) if found
+                                     else schemas.TEMPLATES.empty_table())
     set_id = template_set_of(templates) if templates.num_rows else None
-    seed_templates = (pa.concat_tables(seed_tables) if seed_tables
+    seed_templates = (pa.concat_tables([s for _, s, _ in found]) if found
                       else schemas.SEED_TEMPLATES.empty_table())
     seed_templates = seed_templates.set_column(
         0, schemas.SEED_TEMPLATES.field("template_set"),
         pa.array([set_id] * seed_templates.num_rows, pa.string()))
-    missed = (pa.concat_tables(missed_tables) if missed_tables
+    missed = (pa.concat_tables([m for _, _, m in found]) if found
               else schemas.MISSED_PATTERNS.empty_table())
     return templates, seed_templates, missed
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dwscan.executor.ray_executor import run_ray_train, run_tasks_at_once
 from dwscan.io.kernels import kernel_sizes_of, load_normalised_kernels
@@ -22,6 +22,7 @@ from dwscan.method.autoencoder_config import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from dwscan.method.autoencoder import TrainingLog
@@ -32,12 +33,16 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
                        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
                        device: str = "cpu",
                        on_check: Callable[[int, int, int, float, float | None], None] | None = None,
-                       kernel_sizes: list[int] | None = None) -> dict[int, TrainingLog]:
+                       kernel_sizes: list[int] | None = None,
+                       after_size: Callable[[int, np.ndarray], None] | None = None
+                       ) -> dict[int, TrainingLog]:
     """Train and (on rank 0) save the `config.seeds` autoencoders of each kernel size
     (`kernel_sizes`, default every size in the shards): `k3.seed0.safetensors`, ... and the
     record of their training, `k3.json`. Returns each size's log.
 
-    `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress.
+    `on_check(kernel_size, step, step_budget, loss, template_cosine)` reports progress;
+    `after_size(kernel_size, kernels)` runs on rank 0 once a size is saved, on the kernels it
+    trained on (the next stage's work on them, without reading them again).
     """
     from dwscan.method.autoencoder import jsonable, save_autoencoder, train_ensemble
 
@@ -63,6 +68,8 @@ def train_autoencoders(kernel_paths: list[Path], out_dir: Path, config: Autoenco
                       "train_seconds": time.perf_counter() - start}
             write_bytes_atomic(training_record_path(out_dir, k),
                                json.dumps(record, indent=2, default=jsonable).encode())
+            if after_size is not None:
+                after_size(k, data)
     return logs
 
 
@@ -75,16 +82,19 @@ TRAIN_THREADS = 1
 
 
 def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderConfig, *,
-                 num_workers: int = 1, use_gpu: bool = False) -> dict[int, float]:
+                 num_workers: int = 1, use_gpu: bool = False,
+                 then: Callable[[int, np.ndarray], Any] | None = None) -> dict[int, Any]:
     """Train the autoencoders of every kernel size on the cluster; rank 0 writes the weights to
-    `out_dir`. Returns the final training loss (mean over seeds) per kernel size.
+    `out_dir`. Returns `then(kernel_size, kernels)` of each size, run in the size's task right
+    after its training, on the kernels it trained on (None without `then`).
 
     One worker (the default): each size's seeds train together as one Ray task asking for one
     CPU (or one GPU), all sizes submitted at once, so they train side by side wherever there are
-    CPUs. Ray Train's controller and helper actors would add five processes and about 0.7 GiB
-    of memory for no parallelism (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo
-    on CPU, NCCL on GPU), `num_workers` ranks of one CPU or one GPU each (train_scaling), which
-    on a cluster is what makes the autoscaler start gpu_worker nodes.
+    CPUs; `then` runs there, while other sizes still train. Ray Train's controller and helper
+    actors would add five processes and about 0.7 GiB of memory for no parallelism
+    (BENCHMARKS.md, "zoo"). Several workers: Ray Train DDP (gloo on CPU, NCCL on GPU),
+    `num_workers` ranks of one CPU or one GPU each (train_scaling), which on a cluster is what
+    makes the autoscaler start gpu_worker nodes; `then` must be None there.
     """
     if num_workers < 1:
         raise ValueError(f"--train-workers must be at least 1, not {num_workers}")
@@ -92,29 +102,35 @@ def train_on_ray(kernel_paths: list[Path], out_dir: Path, config: AutoencoderCon
                    "config": asdict(config),
                    "cpus_per_worker": max(1, (os.cpu_count() or 1) // num_workers)}
     if num_workers > 1:
-        found = run_ray_train(_train_rank, loop_config, num_workers, use_gpu,
-                              what="autoencoder training")
-        return {int(k): v for k, v in found.items()}
+        if then is not None:
+            raise ValueError("`then` runs in a size's own task, which Ray Train's ranks are not")
+        run_ray_train(_train_rank, loop_config, num_workers, use_gpu, what="autoencoder training")
+        return {}
     sizes = kernel_sizes_of(kernel_paths)
-    calls = [({**loop_config, "kernel_sizes": [k]}, use_gpu) for k in sizes]
-    losses = run_tasks_at_once(_train_single_worker, calls, num_gpus=1 if use_gpu else 0,
-                               what="autoencoder training")
-    return {k: loss for found in losses for k, loss in found.items()}
+    calls = [({**loop_config, "kernel_sizes": [k]}, use_gpu, then) for k in sizes]
+    found = run_tasks_at_once(_train_single_worker, calls, num_gpus=1 if use_gpu else 0,
+                              what="autoencoder training")
+    return {k: result for done in found for k, result in done.items()}
 
 
-def _train_single_worker(loop_config: dict, use_gpu: bool) -> dict[int, float]:
+def _train_single_worker(loop_config: dict, use_gpu: bool,
+                         then: Callable[[int, np.ndarray], Any] | None) -> dict[int, Any]:
     import torch
 
     # Ray points CUDA_VISIBLE_DEVICES at the task's one GPU
     device = torch.device("cuda" if use_gpu else "cpu")
     loop_config = {**loop_config, "cpus_per_worker": TRAIN_THREADS}
-    losses = _train_rank(loop_config, rank=0, world_size=1, device=device, wrap_model=None)
+    results: dict[int, Any] = {k: None for k in loop_config["kernel_sizes"]}
+    after_size = None if then is None else (lambda k, kernels: results.update({k: then(k, kernels)}))
+    _train_rank(loop_config, rank=0, world_size=1, device=device, wrap_model=None,
+                after_size=after_size)
     release_free_memory()  # the worker lingers a few seconds while it exits (max_calls=1)
-    return {int(k): v for k, v in losses.items()}
+    return results
 
 
 def _train_rank(loop_config: dict, rank: int, world_size: int, device,
-                wrap_model: Callable | None) -> dict[str, float]:
+                wrap_model: Callable | None,
+                after_size: Callable[[int, np.ndarray], None] | None = None) -> dict[str, float]:
     """One rank's share of training, with plain progress lines (no redrawn bar) that reach the
     driver's log at most every TRAIN_PROGRESS_EVERY_S seconds and at each size's last step.
     Returns each size's final loss (keys as text: Ray Train reports them as JSON)."""
@@ -137,5 +153,5 @@ def _train_rank(loop_config: dict, rank: int, world_size: int, device,
     logs = train_autoencoders(
         [as_location(p) for p in loop_config["kernel_paths"]], as_location(loop_config["out_dir"]),
         config, rank=rank, world_size=world_size, wrap_model=wrap_model, device=str(device),
-        on_check=on_check, kernel_sizes=loop_config.get("kernel_sizes"))
+        on_check=on_check, kernel_sizes=loop_config.get("kernel_sizes"), after_size=after_size)
     return {str(k): log.losses[-1] for k, log in logs.items()}

@@ -23,6 +23,7 @@ from dwscan.stages.templates import (
     kmeans_templates,
     member_templates,
     merge_near_duplicates,
+    refine_to_member_means,
     template_table,
 )
 from dwscan.testing.synthetic import PlantedPattern, noisy_copies, planted_patterns
@@ -270,6 +271,59 @@ def test_only_clustered_kernels_keep_a_template_alive():
     assert keep_attracting(e[:3], kernels, min_share=0.05, threshold=0.8).tolist() == [0]
     assert keep_attracting(e[:3], kernels, min_share=0.01, threshold=0.8).tolist() == [0, 1]
     assert keep_attracting(e[2:3], kernels[61:], min_share=0.01, threshold=0.8).tolist() == []
+
+
+@pytest.mark.parametrize("sign_invariant", [False, True])
+def test_the_fast_selection_and_refinement_equal_their_plain_definitions(sign_invariant):
+    """keep_attracting searches once and then moves only the dropped candidate's kernels;
+    refine_to_member_means groups members by one sort. Both must give what searching every
+    kernel again each round and masking each template's members give, on kernels with many
+    candidates, several of them weak, and a threshold that drops some."""
+    rng = np.random.default_rng(7)
+    centres, _ = centre_and_normalise(rng.standard_normal((12, 25)))
+    kernels, _ = centre_and_normalise(np.concatenate([
+        centres[i] + rng.normal(0, 0.08 + 0.04 * i, (n, 25))
+        for i, n in enumerate([900, 700, 500, 300, 120, 60, 30, 15, 8, 4, 2, 1])]
+        + [rng.standard_normal((400, 25))]))
+    candidates, _ = centre_and_normalise(centres + rng.normal(0, 0.15, centres.shape))
+
+    def plain_keep(candidates, min_share, threshold):
+        alive = np.arange(len(candidates))
+        while len(alive):
+            ids, cosines = TemplateIndex(candidates[alive], sign_invariant).nearest(kernels)
+            counts = np.bincount(ids[cosines >= threshold], minlength=len(alive))
+            weakest = int(np.argmin(counts))
+            if counts[weakest] > 0 and counts[weakest] >= min_share * counts.sum():
+                break
+            alive = np.delete(alive, weakest)
+        return alive
+
+    def plain_refine(templates, steps, min_cosine):
+        templates = templates.copy()
+        for _ in range(steps):
+            index = TemplateIndex(templates, sign_invariant)
+            ids, cosines, signs = index.nearest_with_sign(kernels)
+            for t in range(len(templates)):
+                mine = ids == t
+                if mine.any():
+                    pulling = mine & (cosines >= min(min_cosine, np.median(cosines[mine])))
+                    mean = (kernels[pulling] * signs[pulling, None]).mean(axis=0)
+                    mean -= mean.mean()
+                    templates[t] = mean / np.linalg.norm(mean)
+        return templates
+
+    decisions = set()
+    for min_share in (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3):
+        for threshold in (-np.inf, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+            kept = keep_attracting(candidates, kernels, min_share, threshold, sign_invariant)
+            assert kept.tolist() == plain_keep(candidates, min_share, threshold).tolist(), (
+                min_share, threshold)
+            decisions.add(tuple(kept))
+    assert len(decisions) >= 5  # the grid reaches many different selections
+    assert 0 < len(keep_attracting(candidates, kernels, 0.02, 0.8, sign_invariant)) < 12
+    refined = refine_to_member_means(candidates, kernels, 3, 0.8, sign_invariant)
+    assert np.array_equal(refined, plain_refine(candidates, 3, 0.8))
+    assert not np.allclose(refined, candidates)
 
 
 def test_template_config_defaults_are_documented_values():
