@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 SIZES = (300, 1000)
-TARGET_SECONDS = {300: 300, 1000: 900}
+TARGET_SECONDS = {300: 300, 1000: 240}  # 1,000: issue 24's four minutes
 TARGET_GIB = 2.0
 HUB_AUTHOR = "planted"
 
@@ -185,7 +185,8 @@ def run_zoo(n_models: int, workdir: Path, extra_args: tuple[str, ...] = ()) -> d
         "models": n_models, "kernels": sum(t["n_kernels"] for t in truth),
         "fetched MB": fetched / 1e6, "wall s (dwscan run)": wall,
         **{f"{stage} s": stages.get(stage) for stage in
-           ("ray start", "extract", "train", "templates", "assign", "report")},
+           ("ray start", "extract", "train + templates", "train", "templates", "assign",
+            "report")},
         "train steps (stop)": "; ".join(
             f"{k}x{k}: {t['steps']:,} ({t['stop_reason']})" for k, t in sorted(training.items())),
         "peak tree PSS GiB": memory.peak_tree_pss / 2**30,

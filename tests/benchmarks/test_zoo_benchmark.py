@@ -38,5 +38,6 @@ def test_a_served_planted_zoo_comes_back_through_dwscan_run(tmp_path):
     assert abs(row["spearman measured"] - row["spearman planted"]) <= 0.02
     assert row["spearman planted"] > 0.5
     assert row["max abs(fraction - planted)"] == pytest.approx(np.abs(measured - planted).max())
-    assert (row["train s"], row["train steps (stop)"]) == (None, "")  # nothing trained
+    assert (row["train + templates s"], row["train s"], row["train steps (stop)"]) == (
+        None, None, "")  # nothing trained
     assert row["extract s"] > 0 and row["templates s"] > 0 and row["peak tree PSS GiB"] > 0.1

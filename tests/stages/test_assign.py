@@ -109,6 +109,37 @@ def test_a_file_assigned_in_batches_equals_one_pass(tmp_path):
     assert n == 56 and read_table(tmp_path / "a.parquet").equals(whole.cast(schemas.ASSIGNMENTS))
 
 
+def test_one_worker_assigning_against_one_set_then_another_uses_each_sets_templates(tmp_path):
+    """A worker keeps the indexes of the last template set it assigned against (by its id, a
+    hash of its templates): a file assigned against set B after set A gets B's templates, and
+    A again gets A's, each what a fresh process would give."""
+    from dwscan.io.arrays import matrices_to_list_array as to_list
+    from dwscan.io.storage import read_table, write_table
+    from dwscan.io.template_index import template_indexes
+    from dwscan.io.template_set import with_template_set_id
+    from dwscan.stages.assign import assign_model_file
+
+    truth = np.stack([p.weights(3) for p in planted_patterns(3)])
+    raw, _ = noisy_copies(truth, 7, noise=0.5, rng=np.random.default_rng(2))
+    kernels = kernels_table(raw, 3)
+    write_table(kernels, tmp_path / "k.parquet", schemas.KERNELS)
+
+    def template_set(rows: np.ndarray) -> pa.Table:
+        return with_template_set_id(pa.table({
+            "template_set": pa.array([""] * len(rows), pa.string()),
+            "kernel_size": pa.array([3] * len(rows), pa.int32()),
+            "template_id": pa.array(range(len(rows)), pa.int32()), "weights": to_list([rows])}))
+
+    first, second = template_set(truth), template_set(truth[::-1][:5])
+    for n, templates in enumerate([first, second, first]):
+        out = tmp_path / f"a{n}.parquet"
+        assign_model_file(tmp_path / "k.parquet", templates, 0.8, out)
+        fresh = assign_kernels(kernels, template_indexes(templates), 0.8,
+                               templates.column("template_set")[0].as_py())
+        assert read_table(out).equals(fresh.cast(schemas.ASSIGNMENTS)), n
+    assert not read_table(tmp_path / "a0.parquet").equals(read_table(tmp_path / "a1.parquet"))
+
+
 def test_a_kernel_size_without_templates_leaves_its_kernels_unclustered():
     """A size where no kernel reached the threshold has no templates: its valid kernels are
     unclustered with no nearest template, and the other size is assigned as usual."""
