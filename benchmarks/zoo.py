@@ -5,7 +5,7 @@ the loopback hub stand-in the tests use. Per run: wall time per stage (the run s
 training steps and why training stopped, peak memory (see `ProcessTreeMemory`), the largest
 |measured - planted| clustered fraction over models, and the Spearman correlation of clustered
 fraction with top-1 as planted and as dwscan measured it. Targets: 300 models <= 5 min, 1,000
-<= 15 min, peak memory <= 2 GiB, every fraction within 0.01, Spearman within 0.02.
+<= 4 min (issue 24), peak memory <= 2 GiB, every fraction within 0.01, Spearman within 0.02.
 `python -m benchmarks zoo --models 300` picks the sizes."""
 
 from __future__ import annotations
