@@ -4,6 +4,7 @@ multi-node autoscaler. Nothing here stops a Ray it did not start (no `ray stop`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -102,7 +103,8 @@ class LocalCluster:
             # node.py): on two cores under two busy test workers a node missed it once in about
             # ten CI runs. Once more, under a new node id (the GCS may hold the first as dead).
             if attempt == 1 and name == "node" and "timed out during startup" in text:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # what it started, if anything
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=60)
                 node_id = secrets.token_hex(28) if node_id else ""
                 continue
