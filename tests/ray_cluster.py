@@ -79,37 +79,43 @@ class LocalCluster:
             head_env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
         self._start(head, head_env, "head")
 
-    def _start(self, command: list[str], env: dict[str, str], name: str) -> str:
-        """Start `command` and wait until it blocks; returns the node id it was given (a fresh
-        one when it had to start again), or "" when Ray chose it."""
-        node_id = env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING", "")
+    def _start(self, command: list[str], env: dict[str, str], name: str,
+               node_id: str = "") -> str:
+        """Start `command` (under `node_id`, if given) and wait until it blocks; returns the
+        node id in use."""
+        started, text = self._launch(command, env, name, node_id)
+        # Ray gives a starting node 30 s to register with the GCS (fixed in ray/_private/
+        # node.py): on two cores under two busy test workers a node missed it once in about ten
+        # CI runs. Once more, under a new node id (the GCS may hold the first as dead).
+        if not started and name == "node" and "timed out during startup" in text:
+            node_id = secrets.token_hex(28) if node_id else ""
+            started, text = self._launch(command, env, name, node_id)
+        assert started, f"{name} did not start:\n{text[-3000:]}"
+        return node_id
+
+    def _launch(self, command: list[str], env: dict[str, str], name: str,
+                node_id: str) -> tuple[bool, str]:
+        """(whether it reached `ray start --block`'s wait, its log); what a failed start left
+        running is killed."""
+        log = open(self.temp / f"{name}-{len(self._processes)}.log", "wb")
         umask = self.umask
-        for attempt in (1, 2):
-            log = open(self.temp / f"{name}-{len(self._processes)}.log", "wb")
-            process = subprocess.Popen(
-                command, env={**env, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id} if node_id
-                else env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=None if umask is None else lambda: os.umask(umask))
-            self._processes.append(process)
-            deadline = time.time() + 120
-            text = ""
-            while "will now block forever" not in text and process.poll() is None:
-                assert time.time() < deadline, f"{name} did not start in 120 s:\n{text[-3000:]}"
-                time.sleep(0.5)
-                text = Path(log.name).read_text(errors="replace")
-            if "will now block forever" in text:
-                return node_id
-            # Ray gives a starting node 30 s to register with the GCS (fixed in ray/_private/
-            # node.py): on two cores under two busy test workers a node missed it once in about
-            # ten CI runs. Once more, under a new node id (the GCS may hold the first as dead).
-            if attempt == 1 and name == "node" and "timed out during startup" in text:
-                with contextlib.suppress(ProcessLookupError):  # what it started, if anything
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=60)
-                node_id = secrets.token_hex(28) if node_id else ""
-                continue
-            raise AssertionError(f"{name} did not start:\n{text[-3000:]}")
-        raise AssertionError("unreachable")
+        process = subprocess.Popen(
+            command, env={**env, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id} if node_id else env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=None if umask is None else lambda: os.umask(umask))
+        self._processes.append(process)
+        deadline = time.time() + 120
+        text = ""
+        while "will now block forever" not in text and process.poll() is None:
+            assert time.time() < deadline, f"{name} did not start in 120 s:\n{text[-3000:]}"
+            time.sleep(0.5)
+            text = Path(log.name).read_text(errors="replace")
+        if "will now block forever" in text:
+            return True, text
+        with contextlib.suppress(ProcessLookupError):  # what it started, if anything
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        return False, text
 
     def add_node(self, cpus: int = 1, wrapper: list[str] | None = None,
                  env: dict[str, str] | None = None, node_id: str = "") -> str:
@@ -118,10 +124,8 @@ class LocalCluster:
         use (another than `node_id` if the node had to start again), or "" for Ray's choice."""
         command = [RAY, "start", "--address", self.address, "--block", "--num-cpus", str(cpus),
                    "--disable-usage-stats", *_agent_ports()]
-        return self._start([*(wrapper or []), *command],
-                           {**self.env, **(env or {}),
-                            **({"RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id} if node_id else {})},
-                           "node")
+        return self._start([*(wrapper or []), *command], {**self.env, **(env or {})}, "node",
+                           node_id)
 
     def python(self, code: str, timeout: float = 120) -> str:
         """Run `code` in a driver joined to the cluster; returns its stdout."""

@@ -333,8 +333,8 @@ def build_templates(kernel_paths: list[Path], autoencoders_dir: Path,
     found = []
     for k in kernel_sizes_of(kernel_paths):
         kernels = None  # the last size's kernels go before this size's are read
-        release_free_memory()
         kernels = load_normalised_kernels(kernel_paths, k, seed=seed)
+        release_free_memory()
         found.append(templates_of_size(k, kernels, autoencoders_dir, config, seed, threshold,
                                        n_seeds))
     return join_template_tables(found)
@@ -353,11 +353,11 @@ def templates_of_size(k: int, kernels: np.ndarray, autoencoders_dir: Path,
     kernel. The autoencoder's seeds are those the train stage trained (its record, k*.json);
     k-means runs `n_seeds` seeds here. Torch is imported only for the autoencoder (k-means
     runs, the tests' fast ones among them, skip its import)."""
+    if len(kernels) == 0:
+        return None
     config = config or TemplateConfig()
     master_keys = (read_master_key_filters(config.master_key_filters)
                    if config.master_key_filters else None)
-    if len(kernels) == 0:
-        return None
     if config.method == "kmeans":
         members = [kmeans_member(kernels, config, threshold, s)
                    for s in member_seeds(seed, n_seeds)]
