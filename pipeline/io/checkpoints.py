@@ -86,12 +86,18 @@ def natural_key(name: str) -> tuple:
 
 
 class SafetensorsCheckpoint:
-    """One or more safetensors files (a sharded checkpoint), read lazily through mmap."""
+    """One or more safetensors files (a sharded checkpoint), read lazily through mmap.
+
+    Opened for numpy, not torch: importing torch costs a Ray worker about 3 s of CPU, more than
+    reading a small model. numpy has no bfloat16, so a BF16 tensor is read raw and widened
+    (decode_tensor)."""
 
     def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
         from safetensors import safe_open
 
         self._handles = []
+        self._files: dict[str, Path] = {}
+        self._offsets: dict[Path, dict[str, tuple[int, int]]] = {}
         self._where: dict[str, object] = {}
         self._infos: dict[str, TensorInfo] = {}
         header_bytes = 0
@@ -100,7 +106,7 @@ class SafetensorsCheckpoint:
                                        limits.max_header_bytes, "bytes of safetensors header",
                                        "ReadLimits.max_header_bytes")
             try:
-                handle = safe_open(str(file), framework="pt")
+                handle = safe_open(str(file), framework="numpy")
             except FileNotFoundError as exc:
                 raise CheckpointError(f"file not found: {file}") from exc
             except Exception as exc:  # safetensors raises its own error type for bad headers
@@ -113,17 +119,38 @@ class SafetensorsCheckpoint:
             for name in names:
                 sl = handle.get_slice(name)
                 self._where[name] = handle
+                self._files[name] = file
                 self._infos[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()))
 
     def tensor_infos(self) -> list[TensorInfo]:
         return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
 
     def read(self, name: str) -> np.ndarray:
+        info = self._infos[name]
         try:
-            tensor = self._where[name].get_tensor(name)
+            if info.dtype == "BF16":
+                return decode_tensor(self._raw_bytes(name), "BF16", info.shape)
+            return self._where[name].get_tensor(name).astype(np.float32)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(f"cannot read tensor {name}: {one_line(exc)}") from exc
-        return tensor.float().numpy()
+
+    def _raw_bytes(self, name: str) -> bytes:
+        """A tensor's bytes as stored, at the offsets its file's header gives (safetensors has
+        checked that header, within the header cap, when it opened the file)."""
+        file = self._files[name]
+        if file not in self._offsets:  # parsed again once per file, at its first BF16 read
+            with open(file, "rb") as handle:
+                length = struct.unpack("<Q", handle.read(8))[0]
+                header = json.loads(handle.read(length))
+            self._offsets[file] = {key: (8 + length + entry["data_offsets"][0],
+                                         entry["data_offsets"][1] - entry["data_offsets"][0])
+                                   for key, entry in header.items() if key != "__metadata__"}
+        start, size = self._offsets[file][name]
+        with open(file, "rb") as handle:
+            handle.seek(start)
+            return handle.read(size)
 
 
 def _local_header_length(file: Path) -> int:

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -58,6 +59,53 @@ def test_half_precision_is_read_as_float32(tmp_path):
     got = _read_all(path)["w"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, value.float().numpy())
+
+
+def test_safetensors_of_every_float_dtype_read_as_torch_widens_them(tmp_path):
+    """Local safetensors are read without torch (numpy, and BF16 from its raw bytes): each
+    float dtype gives what torch's .float() gives, in a sharded file whose second shard (with
+    its own header and offsets) holds the BF16 tensors after others."""
+    from safetensors.torch import save_file as save_torch
+
+    g = torch.Generator().manual_seed(0)
+    first = {"a.dw": torch.randn(4, 1, 3, 3, generator=g).half(),
+             "b.dw": torch.randn(2, 1, 5, 5, generator=g).double()}
+    second = {"c.norm": torch.randn(7, generator=g),
+              "d.dw": torch.randn(3, 1, 3, 3, generator=g).bfloat16(),
+              "e.dw": torch.randn(8, 1, 7, 7, generator=g).bfloat16()}
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_torch(first, str(folder / "model-00001-of-00002.safetensors"), metadata={"x": "y"})
+    save_torch(second, str(folder / "model-00002-of-00002.safetensors"))
+    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {name: shard for shard, part in shards.items() for name in part}}))
+    got = _read_all(folder)
+    for name, value in {**first, **second}.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], value.float().numpy())
+
+
+def test_reading_a_safetensors_model_does_not_import_torch(tmp_path):
+    """Extraction from safetensors (F32 and BF16) needs no torch: a Ray worker that imports it
+    pays about 3 s of CPU, more than a small model takes to read."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file as save_torch
+
+    path = tmp_path / "m.safetensors"
+    save_torch({"blocks.0.conv_dw.weight": torch.randn(4, 1, 3, 3),
+                "blocks.1.conv_dw.weight": torch.randn(4, 1, 5, 5).bfloat16()}, str(path))
+    code = ("import sys\n"
+            "from dwscan.stages.extract import extract_depthwise_kernels\n"
+            f"extraction = extract_depthwise_kernels({str(path)!r}, 'm')\n"
+            "assert extraction.kernels.num_rows == 8, extraction\n"
+            "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_natural_order_puts_block_2_before_block_10():
