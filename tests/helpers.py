@@ -50,14 +50,15 @@ _RAY = None
 
 
 def shared_ray():
-    """This test process's one local Ray (tests.ray_cluster.LocalCluster: a head with the
-    dashboard and job API, token authentication on), started on first use, stopped at exit.
-    Nothing may `ray stop` it: that stops every Ray on the machine."""
+    """This test process's one local Ray (tests.ray_cluster.LocalCluster: a head with token
+    authentication on, no dashboard: an idle head with one burns a third more CPU, and only
+    the job-submission test needs its job API, on a head of its own), started on first use,
+    stopped at exit. Nothing may `ray stop` it: that stops every Ray on the machine."""
     global _RAY
     if _RAY is None:
         from tests.ray_cluster import LocalCluster
 
-        _RAY = LocalCluster(head_cpus=os.cpu_count() or 2, dashboard=True).__enter__()
+        _RAY = LocalCluster(head_cpus=os.cpu_count() or 2).__enter__()
         atexit.register(_RAY.__exit__)
     return _RAY
 

@@ -20,7 +20,8 @@ from safetensors.torch import save
 from dwscan.io.accuracy import DEMO_ACCURACY_CSV, DEMO_PRETRAIN_CSV
 from dwscan.io.storage import OutputLayout, read_table
 from dwscan.testing.hub_server import Fault, Repo, shared_hub
-from tests.helpers import shared_ray, shared_ray_env
+from tests.helpers import shared_ray_env
+from tests.ray_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 # no network, no Ray Train: k-means templates keep each run to seconds
@@ -199,12 +200,17 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> No
 
 def test_rescan_submitted_as_a_ray_job_to_a_local_head(tmp_path):
     """`ray job submit -- python -m dwscan.jobs.rescan` to a head started with `ray start
-    --head` (the tests' shared one, tests.helpers.shared_ray), with Ray's token authentication
-    on, against the hub stand-in."""
+    --head`, with its dashboard (the job API) and Ray's token authentication on, against the
+    hub stand-in. A head of its own: the shared ones run without a dashboard, which costs an
+    idle Ray a third more CPU."""
     hub = shared_hub()
     for i in range(3):
         hub.add_repo(f"jobs-org/net{i}", Repo({"model.safetensors": save(small_state(20 + i))}))
-    head = shared_ray()
+    with LocalCluster(head_cpus=os.cpu_count() or 2, dashboard=True) as head:
+        _submit_and_check_rescan(head, tmp_path)
+
+
+def _submit_and_check_rescan(head: LocalCluster, tmp_path: Path) -> None:
     env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
     address = head.dashboard
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
