@@ -77,7 +77,7 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--sign-invariant", action="store_true",
                          help="count a kernel and its negative as one pattern (default, as the "
                               "paper: on- and off-centre are different patterns)")
-    command.add_argument("--seeds", type=int, default=defaults.seeds,
+    command.add_argument("--seeds", type=_at_least_one, default=defaults.seeds,
                          help=f"autoencoders (or k-means runs) per kernel size, each of its own "
                               f"seed, trained together; the templates are their consensus and "
                               f"every headline figure gets its range over the seeds' own sets "
@@ -89,6 +89,14 @@ def add_family_yardstick(command: argparse.ArgumentParser) -> None:
                          help="also find each kernel's closest member of the fitted families "
                               "(clusterability.family_fraction: a share no seed moves; tens of "
                               "seconds per model on 2 cores, so off by default)")
+
+
+def _at_least_one(text: str) -> int:
+    """A count of at least 1 (argparse: a usage error, exit code 2, before any work)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def run_options(args: argparse.Namespace):
@@ -103,8 +111,6 @@ def run_options(args: argparse.Namespace):
     if hasattr(args, "threshold"):
         options.threshold, options.train_workers, options.use_gpu = (
             args.threshold, args.train_workers, args.gpu)
-        if args.seeds < 1:
-            raise SystemExit(f"dwscan: --seeds must be at least 1, not {args.seeds}")
         options.autoencoder = AutoencoderConfig(epochs=args.epochs, seed=args.seed,
                                                 seeds=args.seeds)
         options.templates = TemplateConfig(sign_invariant=args.sign_invariant,

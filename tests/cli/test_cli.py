@@ -68,6 +68,17 @@ def test_a_model_id_without_its_checkpoint_is_a_usage_error(argv, capsys):
     assert "--model-id must follow" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["run", "train"])
+@pytest.mark.parametrize("seeds", ["0", "-2"])
+def test_fewer_than_one_seed_is_a_usage_error(command, seeds, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main([command, "--out", str(out), "--seeds", seeds])
+    assert info.value.code == 2
+    assert f"argument --seeds: must be at least 1, not {seeds}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_repeated_model_ids_are_refused():
     args = build_parser().parse_args(["run", "--checkpoint", "x/m.pth", "--checkpoint", "y/m.pth"])
     with pytest.raises(SystemExit, match="must be unique"):
