@@ -97,7 +97,7 @@ class SafetensorsCheckpoint:
 
         self._handles = []
         self._files: dict[str, Path] = {}
-        self._offsets: dict[Path, dict[str, tuple[int, int]]] = {}
+        self._spans: dict[Path, dict[str, tuple[int, int]]] = {}  # file -> name -> (start, stop)
         self._where: dict[str, object] = {}
         self._infos: dict[str, TensorInfo] = {}
         header_bytes = 0
@@ -140,17 +140,20 @@ class SafetensorsCheckpoint:
         """A tensor's bytes as stored, at the offsets its file's header gives (safetensors has
         checked that header, within the header cap, when it opened the file)."""
         file = self._files[name]
-        if file not in self._offsets:  # parsed again once per file, at its first BF16 read
+        if file not in self._spans:  # parsed again once per file, at its first BF16 read
+            length = _local_header_length(file)
             with open(file, "rb") as handle:
-                length = struct.unpack("<Q", handle.read(8))[0]
+                handle.seek(8)
                 header = json.loads(handle.read(length))
-            self._offsets[file] = {key: (8 + length + entry["data_offsets"][0],
-                                         entry["data_offsets"][1] - entry["data_offsets"][0])
-                                   for key, entry in header.items() if key != "__metadata__"}
-        start, size = self._offsets[file][name]
+            self._spans[file] = {}
+            for key, meta in header.items():
+                if key != "__metadata__":
+                    _, begin, end = _header_entry(str(file), key, meta)
+                    self._spans[file][key] = (8 + length + begin, 8 + length + end)
+        start, stop = self._spans[file][name]
         with open(file, "rb") as handle:
             handle.seek(start)
-            return handle.read(size)
+            return handle.read(stop - start)
 
 
 def _local_header_length(file: Path) -> int:
