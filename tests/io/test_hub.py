@@ -148,17 +148,22 @@ def test_a_model_without_depthwise_convs_is_skipped_without_weights(hub, tmp_pat
     assert not OutputLayout(tmp_path).kernels_path("timm/resnet18.a1_in1k").exists()
 
 
-def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path):
+def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path, monkeypatch):
     _, local = zoo
     effnet = extract_depthwise_kernels(local / "efficientnet_b0", "m")
     sharded, _ = _hub_kernels("timm/efficientnet_b0.sharded")
     assert sharded.kernels.equals(effnet.kernels)
 
     mobilenet = extract_depthwise_kernels(local / "mobilenetv3_small_050", "m")
-    before = set(Path(tempfile.gettempdir()).glob("dwscan-hub-*"))
-    bin_only, opened = _hub_kernels("timm/mobilenetv3_small_050.binonly")
+    # this read's scratch folder in a temp dir of its own: in the shared /tmp, another test's
+    # hub read (the other pytest-xdist worker, a Ray worker) has its own there at any moment
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "tempdir", str(scratch_root))
+        bin_only, opened = _hub_kernels("timm/mobilenetv3_small_050.binonly")
     assert bin_only.kernels.equals(mobilenet.kernels)
-    assert set(Path(tempfile.gettempdir()).glob("dwscan-hub-*")) == before  # .bin deleted
+    assert list(scratch_root.iterdir()) == []  # the downloaded .bin and its folder deleted
 
     half, _ = _hub_kernels("timm/convnext_atto.half")
     full = extract_depthwise_kernels(local / "convnext_atto", "m")
