@@ -145,6 +145,23 @@ def test_at_3x3_odd_and_even_patterns_are_told_apart_but_even_families_overlap()
         assert fit.family == CENTRE_SURROUND and fit.fit_cosine >= 0.995
 
 
+def test_a_short_armed_cross_keeps_one_name_as_seeds_move_it():
+    """A short-armed 5x5 cross is a round blob with a four-fold ripple: its centre-surround fit
+    is within 0.01 of its cross fit, and a consensus template there moves by about cosine 0.993
+    from one base seed to another (METHOD.md 4a). Moved that far in 30 directions it keeps one
+    name, the centre-surround; a long-armed cross moved as far stays a cross."""
+    k = 5
+    rng = np.random.default_rng(0)
+    for long, aspect, want in ((1.0, 2.0, CENTRE_SURROUND), (0.9, 2.3, CENTRE_SURROUND),
+                               (k / 4, 3.0, CROSS), (k / 3, 3.0, CROSS)):
+        cross = member(CROSS, {"sigma": long, "aspect": aspect, "angle_deg": 0.0}, k)
+        away, _ = centre_and_normalise(rng.normal(size=(30, k * k)))
+        away -= (away @ cross)[:, None] * cross  # orthogonal to the cross, then unit norm
+        away /= np.linalg.norm(away, axis=1, keepdims=True)
+        moved = 0.993 * cross + np.sqrt(1 - 0.993**2) * away
+        assert {fit.family for fit in fit_families(moved, k)} == {want}, (long, aspect)
+
+
 def test_synthetic_patterns_fit_as_planted():
     for k in (3, 5, 7):
         planted = planted_patterns(k)
