@@ -22,12 +22,15 @@ taken as it goes by. A model read like that records `range_support` 'no'.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -236,7 +239,7 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
     asked = revision or "main"
     pinned = {"revision": asked}
     opened = HubCheckpoint(repo_id=repo_id, revision=revision, reader=None)
-    scratch = Path(tempfile.mkdtemp(prefix="dwscan-hub-"))
+    scratch = scratch_folder()
     fetch = RangeReader(lambda file: hf_hub_url(repo_id, file, revision=pinned["revision"]),
                         options, opened, f" of {repo_id}")
     with ExitStack() as stack:
@@ -283,6 +286,52 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
             opened.reader = TorchCheckpoint(
                 _download(repo_id, name, sha, scratch, options, opened), limits)
         yield opened
+
+
+SCRATCH_PREFIX = "dwscan-hub-"
+_swept = False
+
+
+def scratch_folder() -> Path:
+    """A new folder for one model's downloads, named by this machine and process. The first
+    call in a process first removes the folders of this machine's processes gone: a SIGKILLed
+    Ray worker never ran its cleanup, and its folder can hold a half-downloaded torch file of up
+    to --max-torch-mb."""
+    global _swept
+    if not _swept:
+        _swept = True
+        remove_orphaned_scratch(Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=f"{_scratch_owner(os.getpid())}-"))
+
+
+def _scratch_owner(pid: int) -> str:
+    """Prefix of a scratch folder: the process id and a tag of the host name (a /tmp shared by
+    containers holds other hosts' pids, which this machine cannot check)."""
+    host = zlib.crc32(socket.gethostname().encode()) & 0xFFFF
+    return f"{SCRATCH_PREFIX}{pid}-{host:04x}"
+
+
+def remove_orphaned_scratch(root: Path) -> list[Path]:
+    """Remove the scratch folders in `root` of this machine's processes that no longer run;
+    those of live processes, of other hosts and of other users stay."""
+    removed = []
+    for path in root.glob(f"{SCRATCH_PREFIX}*-*-*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if (pid.isdigit() and path.name.startswith(_scratch_owner(int(pid)) + "-")
+                and not _process_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _of_commit(commit: str | None, asked: str, sha: str | None) -> bool:

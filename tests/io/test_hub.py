@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save, save_file
 
 from dwscan import schemas
+from dwscan.io import hub as hub_io
 from dwscan.io.accuracy import DEMO_PRETRAIN_CSV
 from dwscan.io.checkpoints import COALESCE_GAP
 from dwscan.io.storage import OutputLayout, read_table
@@ -146,6 +147,29 @@ def test_a_model_without_depthwise_convs_is_skipped_without_weights(hub, tmp_pat
     weights = len(hub.repos["timm/resnet18.a1_in1k"].files["model.safetensors"])
     assert hub.bytes_sent["timm/resnet18.a1_in1k"] < 0.01 * weights
     assert not OutputLayout(tmp_path).kernels_path("timm/resnet18.a1_in1k").exists()
+
+
+def test_scratch_folders_of_processes_gone_are_removed_first(tmp_path, monkeypatch):
+    """A SIGKILLed worker's scratch folder (here: a half-written .bin) goes at the next process's
+    first hub read on that machine; a live process's, another host's and unrelated ones stay."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"{hub_io._scratch_owner(gone.pid)}-a1b2c3d4"
+    dead.mkdir()
+    (dead / "pytorch_model.bin").write_bytes(b"\0" * 1000)
+    live = tmp_path / f"{hub_io._scratch_owner(os.getpid())}-e5f6g7h8"
+    other_host = tmp_path / f"{hub_io.SCRATCH_PREFIX}{gone.pid}-zzzz-i9j0k1l2"
+    before_pids = tmp_path / f"{hub_io.SCRATCH_PREFIX}m3n4o5p6"  # named before this change
+    for path in (live, other_host, before_pids):
+        path.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(hub_io, "_swept", False)
+    mine = hub_io.scratch_folder()
+    assert mine.name.startswith(hub_io._scratch_owner(os.getpid()) + "-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (live, other_host, before_pids, mine))
+    (tmp_path / "again").mkdir()
+    assert hub_io.remove_orphaned_scratch(tmp_path) == []  # nothing more to remove
 
 
 def test_sharded_bin_only_and_half_precision_repos(hub, zoo, tmp_path, monkeypatch):
