@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.0.0"
+SCHEMA_VERSION = "2.1.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -77,8 +77,8 @@ _COUNTS = [
     _col("n_filters", pa.int64(), "depthwise filters (kernels)", nullable=False),
     _col("n_invalid", pa.int64(), "zero, constant or non-finite kernels (never clustered)",
          nullable=False),
-    _col("n_clustered", pa.int64(), "valid kernels at cosine >= threshold to a template",
-         nullable=False),
+    _col("n_clustered", pa.int64(), "valid kernels at cosine >= threshold to a template (of the "
+         "consensus, as in the assignments)", nullable=False),
     _col("clustered_fraction", pa.float64(),
          "n_clustered / (n_filters - n_invalid), 0 to 1; null when no valid kernel"),
 ]
@@ -239,7 +239,11 @@ ASSIGNMENTS = _schema("assignments", "assignments/<model>.parquet", "nearest tem
 
 CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
                          "per (model, kernel size) and per model (kernel_size null)", [
-    _model_id(), _kernel_size(all_sizes_row=True), *_COUNTS,
+    _model_id(), _kernel_size(all_sizes_row=True), *_COUNTS[:3],
+    _col("clustered_fraction", pa.float64(),
+         "the headline, 0 to 1, of the valid kernels: with 3 or more seeds the median of "
+         "clustered_fraction_by_seed (METHOD.md 4b; since schema 2.1), else "
+         "clustered_fraction_consensus; null when no valid kernel"),
     _col("chance_fraction", pa.float64(),
          "clustered fraction of random Gaussian kernels against the same templates (baseline)"),
     _col("threshold", pa.float64(), "cosine threshold used", nullable=False),
@@ -264,6 +268,10 @@ CLUSTERABILITY = _schema("clusterability", "reports/clusterability.parquet",
     _col("clustered_fraction_seed_max", pa.float64(), "highest, as above"),
     _col("clustered_fraction_by_seed", pa.list_(pa.float64()), "the clustered fraction under "
          "each seed's own template set, by seed_index (seed_templates); null with one seed"),
+    _col("clustered_fraction_consensus", pa.float64(), "n_clustered / (n_filters - n_invalid): "
+         "the share of valid kernels within `threshold` of a consensus template, as the "
+         "assignments' template_id has them (the headline before schema 2.1); null when no "
+         "valid kernel or written before 2.1"),
 ])
 
 PATTERN_SHARES = _schema("pattern_shares", "reports/pattern_shares.parquet",

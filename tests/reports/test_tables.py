@@ -128,6 +128,27 @@ def _named(rows: list[tuple], seeds: bool) -> pa.Table:
     return pa.table({name: [r[i] for r in rows] for i, name in enumerate(names)})
 
 
+def test_with_three_seeds_the_headline_is_the_median_of_the_seeds_own_fractions():
+    """Model a: four valid 3x3 kernels, the consensus clusters one; seeds 0, 1, 2 cluster 4, 3
+    and 2 of them with their own sets: the headline is 3/4, the consensus's 1/4 is kept beside
+    it. Two valid 5x5 kernels, clustered by 2, 0 and 1 seeds: on the all-sizes row each seed's
+    own total counts (6, 3, 3 of 6: median 3/6), not the sum of the sizes' medians (4)."""
+    seed_ids = [[0, 0, 0], [0, 0, 0], [0, 0, None], [0, None, None],
+                [0, None, 0], [0, None, None]]
+    rows = [("a", 3, 0, None)] + [("a", 3, None, None)] * 3 + [("a", 5, None, None)] * 2
+    got = {r["kernel_size"]: r for r in clusterability_table(
+        _assignments(rows, seed_ids=seed_ids), 0.8).to_pylist()}
+    assert got[3]["clustered_fraction"] == pytest.approx(3 / 4)
+    assert got[3]["clustered_fraction_consensus"] == pytest.approx(1 / 4)
+    assert got[3]["n_clustered"] == 1  # as the assignments have it
+    assert got[3]["clustered_fraction_by_seed"] == pytest.approx([1.0, 0.75, 0.5])
+    assert got[5]["clustered_fraction"] == pytest.approx(1 / 2)
+    assert got[None]["clustered_fraction"] == pytest.approx(3 / 6)
+    assert got[None]["clustered_fraction_consensus"] == pytest.approx(1 / 6)
+    assert "50.0%  50.0-100.0%" in format_clusterability(clusterability_table(
+        _assignments(rows, seed_ids=seed_ids), 0.8))
+
+
 def test_seed_ranges_and_pattern_shares_count_by_hand():
     """Model a, 3x3: four valid kernels and one invalid. The consensus clusters three (two on
     template 0, on-centre; one on template 1, off-centre). Seed 0's own set clusters all four,
@@ -138,7 +159,7 @@ def test_seed_ranges_and_pattern_shares_count_by_hand():
                           ("a", 3, None, None), ("a", 3, None, "zero")], seed_ids=seed_ids)
     row = {(r["model_id"], r["kernel_size"]): r
            for r in clusterability_table(table, 0.8).to_pylist()}[("a", 3)]
-    assert row["clustered_fraction"] == pytest.approx(3 / 4)
+    assert row["clustered_fraction"] == row["clustered_fraction_consensus"] == pytest.approx(3 / 4)
     assert (row["clustered_fraction_seed_min"], row["clustered_fraction_seed_max"]) == (0.5, 1.0)
     assert "75.0%  50.0-100.0%" in format_clusterability(clusterability_table(table, 0.8))
     templates = _named([(3, 0, "centre-surround", "on"), (3, 1, "centre-surround", "off")], False)
