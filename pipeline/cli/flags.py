@@ -117,7 +117,7 @@ def run_options(args: argparse.Namespace):
                                            method=args.templates, n_clusters=args.n_clusters)
     options.family_yardstick = getattr(args, "family_yardstick", False)
     if hasattr(args, "accuracy_csv"):
-        options.accuracy_csv, options.pretrain_csv = args.accuracy_csv, args.pretrain_csv
+        options.accuracy_csv, options.pretrain_csv = accuracy_sources(args)
     return options
 
 
@@ -127,14 +127,29 @@ def read_limits(args: argparse.Namespace):
     return ReadLimits(max_kernels=args.max_kernels, max_torch_bytes=args.max_torch_mb << 20)
 
 
-def add_accuracy_sources(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--accuracy-csv", default=TIMM_RESULTS_URL, metavar="PATH|URL",
+def add_accuracy_sources(command: argparse.ArgumentParser, remembered: bool = False) -> None:
+    """--accuracy-csv and --pretrain-csv; `remembered`: for a command over an existing OUT,
+    whose default is what OUT's last report read (None here, resolved by accuracy_sources)."""
+    last = "what OUT's last report read, else " if remembered else ""
+    command.add_argument("--accuracy-csv", default=None if remembered else TIMM_RESULTS_URL,
+                         metavar="PATH|URL",
                          help="timm's results-imagenet.csv (top-1, top-5, params per model and "
-                              "image size); a URL is cached after its first read (default: the "
-                              "file in timm's repository; offline, the demo zoo's rows)")
-    command.add_argument("--pretrain-csv", default=TIMM_PRETRAIN_URL, metavar="PATH|URL",
+                              f"image size); a URL is cached after its first read (default: {last}"
+                              "the file in timm's repository; offline, the demo zoo's rows)")
+    command.add_argument("--pretrain-csv", default=None if remembered else TIMM_PRETRAIN_URL,
+                         metavar="PATH|URL",
                          help="timm's model_metadata-in1k.csv (pre-training data per model; "
-                              "default: the file in timm's repository)")
+                              f"default: {last}the file in timm's repository)")
+
+
+def accuracy_sources(args: argparse.Namespace) -> tuple[str, str]:
+    """The two tables a command joins: its flags, or (where they default to None) what the last
+    report of its OUT read."""
+    from dwscan.io.accuracy import remembered_sources
+    from dwscan.io.storage import OutputLayout
+
+    return remembered_sources(OutputLayout(args.out).accuracy_sources_path,
+                              args.accuracy_csv, args.pretrain_csv)
 
 
 def add_model_selection(command: argparse.ArgumentParser, hub_only: bool = False) -> None:

@@ -54,7 +54,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                              "(default: 3)")
     add_method_options(rescan)
     add_family_yardstick(rescan)
-    add_accuracy_sources(rescan)
+    add_accuracy_sources(rescan, remembered=True)
     synth = commands.add_parser(
         "synth", help="write a synthetic checkpoint whose clusters are known",
         description="Write OUT/synthetic.safetensors (ConvNeXt-style names) whose depthwise "

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from dwscan.cli.flags import (
+    accuracy_sources,
     add_accuracy_sources,
     add_family_yardstick,
     add_method_options,
@@ -43,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                     "assignments): per-model, per-layer and per-label tables joined to timm's "
                     "accuracy and pre-training tables, correlations, plots and index.html.")
     add_out(report)
-    add_accuracy_sources(report)
+    add_accuracy_sources(report, remembered=True)
     report.add_argument("--model", action="append", dest="show_models", default=[],
                         metavar="MODEL_ID",
                         help="also draw this model's template shares per layer and give it its own "
@@ -132,8 +133,9 @@ def command_report(args: argparse.Namespace) -> int:
 
     layout = finished_layout(args.out)
     with output_lock(layout.root, "report"):
-        reports = write_reports(layout, accuracy_csv=args.accuracy_csv,
-                                pretrain_csv=args.pretrain_csv, show_models=args.show_models)
+        accuracy_csv, pretrain_csv = accuracy_sources(args)
+        reports = write_reports(layout, accuracy_csv=accuracy_csv, pretrain_csv=pretrain_csv,
+                                show_models=args.show_models)
     for model_id in reports.unknown_models:
         print(f"dwscan report: --model {model_id}: no model of that id was scanned ok in "
               f"{args.out} (see models.parquet); not drawn", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from dwscan import schemas
+from dwscan.io.storage import Location, as_location, write_bytes_atomic
 
 _TIMM_RESULTS = "https://raw.githubusercontent.com/huggingface/pytorch-image-models/main/results"
 TIMM_RESULTS_URL = f"{_TIMM_RESULTS}/results-imagenet.csv"
@@ -72,6 +74,40 @@ def read_source_text(source: str | os.PathLike, option: str = "--accuracy-csv",
     tmp.write_text(text)
     os.replace(tmp, cached)
     return text
+
+
+def remember_sources(path: Location, sources: tuple[str, str]) -> None:
+    """Record the two tables a report read (a local one by its absolute path; the packaged
+    excerpt as the URL it stood in for), so that the next `dwscan report` or re-scan of the
+    folder joins them again without the flags."""
+    fallback_of = {str(packaged): url for url, packaged in _PACKAGED.items()}
+    kept = [fallback_of.get(s) or (s if is_url(s) else str(Path(s).resolve())) for s in sources]
+    write_bytes_atomic(path, json.dumps({"accuracy_csv": kept[0], "pretrain_csv": kept[1]},
+                                        indent=2).encode())
+
+
+def remembered_sources(path: Location, accuracy_csv: str | None = None,
+                       pretrain_csv: str | None = None) -> tuple[str, str]:
+    """The accuracy and pre-training tables for a folder's next report: a flag given wins, then
+    what its last report read (a URL, or a local file still there), then timm's URLs."""
+    try:
+        recorded = json.loads(as_location(path).read_text())
+    except (FileNotFoundError, ValueError):
+        recorded = {}
+
+    def pick(given: str | None, key: str, default: str, option: str) -> str:
+        if given is not None:
+            return str(given)
+        source = recorded.get(key)
+        if source and (is_url(source) or Path(source).exists()):
+            return source
+        if source:
+            logger.warning("WARNING: %s, which the last report of this folder read (%s), is "
+                           "gone; using %s", source, option, default)
+        return default
+
+    return (pick(accuracy_csv, "accuracy_csv", TIMM_RESULTS_URL, "--accuracy-csv"),
+            pick(pretrain_csv, "pretrain_csv", TIMM_PRETRAIN_URL, "--pretrain-csv"))
 
 
 def _read_with_fallback(source: str | os.PathLike, option: str) -> tuple[str, str]:

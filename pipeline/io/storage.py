@@ -253,6 +253,10 @@ class OutputLayout:
         return self.root / "runs.parquet"
 
     @property
+    def accuracy_sources_path(self) -> Path:
+        return self.reports_dir / "accuracy_sources.json"
+
+    @property
     def clusterability_path(self) -> Path:
         return self.reports_dir / "clusterability.parquet"
 

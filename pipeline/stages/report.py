@@ -19,6 +19,7 @@ from dwscan.io.accuracy import (
     accuracy_rows_table,
     model_metadata_table,
     read_accuracy_tables,
+    remember_sources,
 )
 from dwscan.io.catalogue import ok_model_ids
 from dwscan.io.storage import OutputLayout, read_table_as, read_tables, write_table
@@ -105,6 +106,7 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
     tables[schemas.CORRELATION] = correlation_table(tables[schemas.CLUSTERABILITY], seed=seed)
     for schema, table in tables.items():
         write_table(table, layout.table_path(schema), schema)
+    remember_sources(layout.accuracy_sources_path, accuracy.sources)
     shown = [m for m in dict.fromkeys(show_models) if m in set(ok)]
     plots = {m: plot_layer_shares(_read_assignments(layout, [m]), templates, m,
                                   layout.layer_shares_plot_path(m))

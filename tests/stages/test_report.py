@@ -3,6 +3,7 @@ per-model/layer/label tables, statistics, plots, index.html in a real browser, a
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -11,6 +12,7 @@ import pytest
 
 from dwscan import schemas
 from dwscan.cli import main
+from dwscan.io.accuracy import TIMM_RESULTS_URL, remembered_sources
 from dwscan.io.query import QueryError, query_table
 from dwscan.io.storage import OutputLayout, read_table, schema_version_of
 from dwscan.stages.report import write_reports
@@ -188,6 +190,29 @@ def test_report_command_rebuilds_from_disk(reported, tmp_path):
             f"{copy} (see models.parquet); not drawn") in result.stderr.splitlines()
     assert read_table(copy / "reports" / "clusterability.parquet").equals(
         read_table(root / "reports" / "clusterability.parquet"))
+
+
+def test_a_later_report_joins_the_tables_the_last_one_read(reported, tmp_path, caplog):
+    """`dwscan report` without --accuracy-csv on a folder whose report was given one joins the
+    same tables again (it fell back to timm's URL, offline to the demo excerpt, and dropped
+    every top-1); a flag still wins, and a recorded file that is gone gives way with a warning."""
+    root, _ = reported
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    recorded = json.loads((copy / "reports" / "accuracy_sources.json").read_text())
+    assert recorded == {"accuracy_csv": str((root / "results-imagenet.csv").resolve()),
+                        "pretrain_csv": str((root / "model_metadata-in1k.csv").resolve())}
+    (copy / "reports" / "clusterability.parquet").unlink()
+    assert main(["report", "--out", str(copy)]) == 0
+    again = read_table(copy / "reports" / "clusterability.parquet")
+    assert again.equals(read_table(root / "reports" / "clusterability.parquet"))
+    assert None not in again.column("top1").to_pylist()
+
+    sources = copy / "reports" / "accuracy_sources.json"
+    assert remembered_sources(sources, accuracy_csv="mine.csv")[0] == "mine.csv"
+    sources.write_text(json.dumps({**recorded, "accuracy_csv": str(tmp_path / "gone.csv")}))
+    assert remembered_sources(sources) == (TIMM_RESULTS_URL, recorded["pretrain_csv"])
+    assert "gone.csv, which the last report of this folder read" in caplog.text
 
 
 def test_report_command_without_a_run_says_what_to_do(tmp_path):
