@@ -346,7 +346,8 @@ def _scan_hub_models(specs: list[ModelSpec], shared: tuple, max_in_flight: int |
     done = ray_executor.run_tasks(
         extract_hub_models_to_parquet,
         [(batch, *shared, size, model_timeout) for batch in batches],
-        desc=f"extract ({len(specs)} hub models, {size} a batch)", max_in_flight=workers,
+        desc=f"extract ({len(specs)} hub models, {size} a batch)", unit="batch",
+        max_in_flight=workers,
         summarise=lambda results: _scan_progress(_flat(results)), timeout=backstop)
     return _flat(done, [len(batch) for batch in batches])
 

@@ -52,7 +52,8 @@ class StageProgress:
     def _write_line(self, now: float) -> None:
         percent = 100 * self.done / self.total if self.total else 100.0
         note = f"; {self.note}" if self.note else ""
-        self.stream.write(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({percent:.0f}%) "
+        units = self.unit + ("es" if self.unit.endswith(("s", "sh", "ch", "x")) else "s")
+        self.stream.write(f"{self.desc}: {self.done}/{self.total} {units} ({percent:.0f}%) "
                           f"in {now - self._start:.1f}s{note}\n")
         self.stream.flush()
         self._last_time, self._last_done = now, self.done

@@ -264,9 +264,10 @@ class TaskTimeout(Exception):
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
               max_in_flight: int | None = None,
               summarise: Callable[[list[Any]], str] | None = None,
-              timeout: float | None = None, num_gpus: float = 0) -> list[Any]:
+              timeout: float | None = None, num_gpus: float = 0, unit: str = "model"
+              ) -> list[Any]:
     """Run fn(*args) as one Ray task per call, with progress (`summarise(results so far)` is
-    shown beside the count).
+    shown beside the count of calls done, each call a `unit`: a model, or a batch of them).
 
     Tasks are submitted ahead of the free CPUs, each asking for one CPU: a pending task is
     demand that an autoscaler sees and answers with nodes. The window (at least _MIN_WINDOW,
@@ -298,7 +299,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, desc: str,
     pending: dict[Any, int] = {}
     queue = deque(enumerate(calls))
     clock = _TaskClock(timeout)
-    with StageProgress(len(calls), desc) as progress:
+    with StageProgress(len(calls), desc, unit) as progress:
         while queue or pending:
             while queue and len(pending) < window:
                 i, args = queue.popleft()

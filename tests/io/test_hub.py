@@ -4,6 +4,7 @@ range reads, every weight layout, retries under injected faults, and the byte fl
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -300,6 +301,11 @@ def test_scan_the_hub_through_ray(hub, tmp_path):
     floor = atto["n_filters"] * 49 * 4
     assert floor < atto["bytes_fetched"] < 1.1 * floor
     assert "FAILED timm/convnext_atto.gated" in result.stderr
+    # the progress counts batch tasks, and says so: N/M batches, M the batches of that size
+    lines = re.findall(r"extract \((\d+) hub models, (\d+) a batch\): (\d+)/(\d+) batches \(",
+                       result.stderr)
+    n, size, done, total = map(int, lines[-1])
+    assert n == len(models) and done == total == -(-n // size) < n, lines
 
 
 @pytest.mark.slow
