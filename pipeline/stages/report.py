@@ -194,8 +194,11 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
          family_kind_shares_html(family_shares)),
         ("Models",
          f"Every scanned model, all kernel sizes together; clustered = kernels within cosine "
-         f"{record.threshold:g} of a template, chance = random Gaussian kernels against the same "
-         "templates; families and master keys = the training-free yardstick (kernels within "
+         f"{record.threshold:g} of a template: with three seeds or more the median over the "
+         "seeds of their own template sets' share, their lowest and highest beside it (the "
+         "consensus templates' own share: clustered_fraction_consensus in clusterability.parquet); "
+         "chance = random Gaussian kernels against the consensus templates; families and master "
+         "keys = the training-free yardstick (kernels within "
          "that cosine of some member of the parametric families, and at 7x7 of the best fit "
          "a*F + b to one of the eight master-key filters), which no seed moves. Click a heading "
          "to sort (again to reverse); filter by family, pre-training data, kernel size or a "
