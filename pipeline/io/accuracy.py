@@ -89,7 +89,11 @@ def remember_sources(path: Location, sources: tuple[str, str]) -> None:
 def remembered_sources(path: Location, accuracy_csv: str | None = None,
                        pretrain_csv: str | None = None) -> tuple[str, str]:
     """The accuracy and pre-training tables for a folder's next report: a flag given wins, then
-    what its last report read (a URL, or a local file still there), then timm's URLs."""
+    what its last report read (a URL, or a local file still there), then timm's URLs. The
+    record is read only when a flag was left out (`dwscan run` gives both: on an s3:// OUT the
+    read would be a request at every start)."""
+    if accuracy_csv is not None and pretrain_csv is not None:
+        return str(accuracy_csv), str(pretrain_csv)
     try:
         recorded = json.loads(as_location(path).read_text())
     except (FileNotFoundError, ValueError):
