@@ -98,11 +98,14 @@ def remembered_sources(path: Location, accuracy_csv: str | None = None,
         recorded = json.loads(as_location(path).read_text())
     except (FileNotFoundError, ValueError):
         recorded = {}
+    if not isinstance(recorded, dict):  # a file broken or written by hand: nothing remembered
+        recorded = {}
 
     def pick(given: str | None, key: str, default: str, option: str) -> str:
         if given is not None:
             return str(given)
         source = recorded.get(key)
+        source = source if isinstance(source, str) else None
         if source and (is_url(source) or Path(source).exists()):
             return source
         if source:

@@ -12,7 +12,7 @@ import pytest
 
 from dwscan import schemas
 from dwscan.cli import main
-from dwscan.io.accuracy import TIMM_RESULTS_URL, remembered_sources
+from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL, remembered_sources
 from dwscan.io.query import QueryError, query_table
 from dwscan.io.storage import OutputLayout, read_table, schema_version_of
 from dwscan.stages.report import write_reports
@@ -213,6 +213,9 @@ def test_a_later_report_joins_the_tables_the_last_one_read(reported, tmp_path, c
     sources.write_text(json.dumps({**recorded, "accuracy_csv": str(tmp_path / "gone.csv")}))
     assert remembered_sources(sources) == (TIMM_RESULTS_URL, recorded["pretrain_csv"])
     assert "gone.csv, which the last report of this folder read" in caplog.text
+    for broken in ("not json", "[1, 2]", json.dumps({"accuracy_csv": 5, "pretrain_csv": None})):
+        sources.write_text(broken)  # a broken or hand-edited record remembers nothing
+        assert remembered_sources(sources) == (TIMM_RESULTS_URL, TIMM_PRETRAIN_URL)
 
 
 def test_report_command_without_a_run_says_what_to_do(tmp_path):
