@@ -331,6 +331,8 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, another user's
         return True
+    except OverflowError:  # no process has such a number: not a folder this code named
+        return True
     return True
 
 

@@ -161,14 +161,15 @@ def test_scratch_folders_of_processes_gone_are_removed_first(tmp_path, monkeypat
     live = tmp_path / f"{hub_io._scratch_owner(os.getpid())}-e5f6g7h8"
     other_host = tmp_path / f"{hub_io.SCRATCH_PREFIX}{gone.pid}-zzzz-i9j0k1l2"
     before_pids = tmp_path / f"{hub_io.SCRATCH_PREFIX}m3n4o5p6"  # named before this change
-    for path in (live, other_host, before_pids):
+    no_such_pid = tmp_path / f"{hub_io._scratch_owner(10**30)}-q7r8s9t0"  # os.kill overflows
+    for path in (live, other_host, before_pids, no_such_pid):
         path.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(hub_io, "_swept", False)
     mine = hub_io.scratch_folder()
     assert mine.name.startswith(hub_io._scratch_owner(os.getpid()) + "-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (live, other_host, before_pids, mine))
+        p.name for p in (live, other_host, before_pids, no_such_pid, mine))
     (tmp_path / "again").mkdir()
     assert hub_io.remove_orphaned_scratch(tmp_path) == []  # nothing more to remove
 
