@@ -5,8 +5,10 @@ Per seed, as the paper: sweep the code over [0, 1], decode, keep one candidate p
 of all kernels, move each to the mean of its close members and merge duplicates once more; then
 keep only templates that real patterns need: the one nearest to the fewest clustered kernels
 (cosine >= threshold) is dropped and the counts recomputed, until every template holds at least
-`min_share` of the clustered kernels. The templates of the run are the consensus of its seeds
-(`consensus_templates`), each with its support. Every template is named by its fitted family
+`min_share` of the clustered kernels; then add back, by the cover's rule, places the sweep passes
+through that cover kernels no kept template reaches, and refine and keep once more. The
+templates of the run are the consensus of its seeds (`consensus_templates`), each with its
+support. Every template is named by its fitted family
 (`dwscan.method.families`) and, at 7x7, by the nearest master-key filter.
 `find_missed_patterns` then says which recurring patterns no template reaches. METHOD.md
 explains each choice.
@@ -55,6 +57,9 @@ class TemplateConfig:
     candidate_min_share: float = 0.01  # before refinement: nearest for this share of all kernels
     refine_steps: int = 3  # mean-of-members updates after selection (0 = decoded templates only)
     refine_min_cosine: float = 0.8  # only members at least this close move a template
+    # add back what the candidates reach and the kept templates miss (_reach_beyond; False: the
+    # selection before 2026-12, which left single seeds bimodal on real kernels, METHOD.md 4b)
+    reach_back: bool = True
     sign_invariant: bool = False  # a kernel and its negative are one pattern (paper: False)
     method: str = "autoencoder"  # 'autoencoder' (the paper's 1-D code) or 'kmeans' (fallback)
     n_clusters: int = 16  # k-means clusters before merging, with method='kmeans'
@@ -181,27 +186,69 @@ def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0,
 
 def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndarray,
                      config: TemplateConfig, threshold: float = DEFAULT_THRESHOLD) -> TemplateSet:
-    """Merge, keep those that clustered kernels need, refine, merge and keep again (see the
-    module docstring)."""
+    """Merge, keep those that clustered kernels need, refine, merge and keep again; then add the
+    places the candidates reach that cover kernels no kept template does, and refine and keep
+    once more (see the module docstring)."""
     invariant = config.sign_invariant
     merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
-    codes, candidates = codes[merged], candidates[merged]
+    kept_codes, kept = codes[merged], candidates[merged]
     # loose first: a candidate off a cluster's centre has few members at the threshold until
     # refinement moves it onto the centre, so here every nearest kernel counts
-    kept = keep_attracting(candidates, kernels, config.candidate_min_share, -np.inf, invariant)
-    codes, candidates = codes[kept], candidates[kept]
-    if config.refine_steps and len(candidates):
-        candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
-                                            config.refine_min_cosine, invariant)
-        merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
-        codes, candidates = codes[merged], candidates[merged]
+    loose = keep_attracting(kept, kernels, config.candidate_min_share, -np.inf, invariant)
+    kept_codes, kept = _refined_and_merged(kept_codes[loose], kept[loose], kernels, config)
     # the rule on clustered kernels holds for the final set
-    kept = keep_attracting(candidates, kernels, config.min_share, threshold, invariant)
-    codes, candidates = codes[kept], candidates[kept]
-    clustered, nearest = _nearest_counts(candidates, kernels, threshold, invariant)
-    return TemplateSet(weights=candidates, codes=codes, n_kernels=nearest, n_clustered=clustered,
+    final = keep_attracting(kept, kernels, config.min_share, threshold, invariant)
+    kept_codes, kept = kept_codes[final], kept[final]
+    # the merge rule keeps the first of near candidates along the sweep and refinement can move
+    # it off a region the rest of the sweep passes through: a seed then lacks a template its own
+    # curve reaches, and single seeds fall into two modes (METHOD.md 4b). What the candidates
+    # reach beyond the kept templates comes back by the cover's rule, 2% of the covered kernels
+    reach = (_reach_beyond(kept, candidates, kernels, config, threshold) if config.reach_back
+             else [])
+    if len(reach):
+        kept_codes, kept = _refined_and_merged(np.concatenate([kept_codes, codes[reach]]),
+                                               np.concatenate([kept, candidates[reach]]),
+                                               kernels, config)
+        final = keep_attracting(kept, kernels, config.min_share, threshold, invariant)
+        kept_codes, kept = kept_codes[final], kept[final]
+    clustered, nearest = _nearest_counts(kept, kernels, threshold, invariant)
+    return TemplateSet(weights=kept, codes=kept_codes, n_kernels=nearest, n_clustered=clustered,
                        share=clustered / max(clustered.sum(), 1),
                        share_of_valid=clustered / max(len(kernels), 1))
+
+
+def _refined_and_merged(codes: np.ndarray, templates: np.ndarray, kernels: np.ndarray,
+                        config: TemplateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Templates moved to their members' means and merged again (as they are with
+    refine_steps=0), with their codes."""
+    if not config.refine_steps or not len(templates):
+        return codes, templates
+    templates = refine_to_member_means(templates, kernels, config.refine_steps,
+                                       config.refine_min_cosine, config.sign_invariant)
+    merged = merge_near_duplicates(templates, config.merge_cosine, config.sign_invariant)
+    return codes[merged], templates[merged]
+
+
+def _reach_beyond(templates: np.ndarray, candidates: np.ndarray, kernels: np.ndarray,
+                  config: TemplateConfig, threshold: float) -> np.ndarray:
+    """Indices of candidates (thinned at sweep_thinning) that the greedy cover adds to
+    `templates`: each brings at least min_share of the kernels covered so far."""
+    invariant = config.sign_invariant
+    pool = merge_near_duplicates(candidates, config.sweep_thinning, invariant)
+    sample = cover_sample(kernels, config)
+    covered = _covers(sample, templates, threshold, invariant).any(axis=1)
+    added = _greedy_cover(_covers(sample, candidates[pool], threshold, invariant),
+                          config.min_share, covered)
+    return pool[np.asarray(added, np.int64)]
+
+
+def cover_sample(kernels: np.ndarray, config: TemplateConfig) -> np.ndarray:
+    """At most config.cover_sample of the kernels, the same rows whatever the run's seed: the
+    cover's counts (a 2% share is known to within 0.13 points from 50,000)."""
+    if len(kernels) <= config.cover_sample:
+        return kernels
+    rows = np.random.default_rng(0).choice(len(kernels), config.cover_sample, False)
+    return kernels[np.sort(rows)]
 
 
 def find_missed_patterns(templates: np.ndarray, kernels: np.ndarray, threshold: float,
@@ -478,11 +525,7 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
     need = -(-len(members) // 2)
     pool = np.concatenate([m.candidates for m in members])
     pool = pool[member_support(pool, member_sets, config.merge_cosine, invariant) >= need]
-    sample = kernels
-    if len(kernels) > config.cover_sample:  # the same sample whatever the run's seed
-        rows = np.random.default_rng(0).choice(len(kernels), config.cover_sample, False)
-        sample = kernels[np.sort(rows)]
-    covers = _covers(sample, pool, threshold, invariant)
+    covers = _covers(cover_sample(kernels, config), pool, threshold, invariant)
     candidates = pool[_improve_by_swaps(covers, _greedy_cover(covers, config.min_share))]
     if config.refine_steps and len(candidates):
         candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
@@ -513,10 +556,11 @@ def _covers(kernels: np.ndarray, candidates: np.ndarray, threshold: float,
     return covers
 
 
-def _greedy_cover(covers: np.ndarray, min_share: float) -> list[int]:
-    """Candidates in the order they most raise the cover, while each brings at least
-    `min_share` of the kernels covered so far (and at least one)."""
-    covered = np.zeros(len(covers), bool)
+def _greedy_cover(covers: np.ndarray, min_share: float,
+                  covered: np.ndarray | None = None) -> list[int]:
+    """Candidates in the order they most raise the cover (of the kernels not already `covered`),
+    while each brings at least `min_share` of the kernels covered so far (and at least one)."""
+    covered = np.zeros(len(covers), bool) if covered is None else covered.copy()
     chosen: list[int] = []
     while covers.shape[1]:
         gains = covers[~covered].sum(axis=0)

@@ -24,6 +24,7 @@ from dwscan.stages.templates import (
     member_templates,
     merge_near_duplicates,
     refine_to_member_means,
+    select_templates,
     template_table,
 )
 from dwscan.testing.synthetic import PlantedPattern, noisy_copies, planted_patterns
@@ -330,7 +331,38 @@ def test_template_config_defaults_are_documented_values():
     config = TemplateConfig()
     assert config.min_share == 0.02 and config.merge_cosine == 0.9
     assert (config.sweep_thinning, config.cover_sample) == (0.98, 50_000)
-    assert AutoencoderConfig().seeds == 5
+    assert (AutoencoderConfig().seeds, AutoencoderConfig().batch_size) == (10, 256)
+
+
+def test_a_pattern_the_candidates_reach_comes_back_after_refinement_moved_its_template_away():
+    """Known answer: the only candidate near pattern C is merged into one between C and a
+    larger pattern B (cosine 0.6 apart), which refinement then moves onto B: the plain rules
+    lose C although the sweep passes through it (how real seeds fell into two modes). With
+    reach_back C is a template again, and B stays as it was."""
+    rng = np.random.default_rng(0)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        v = v - v.mean()
+        return v / np.linalg.norm(v)
+
+    def noisy(pattern: np.ndarray, n: int, sigma: float) -> np.ndarray:
+        return centre_and_normalise(pattern + sigma * rng.normal(size=(n, pattern.size)))[0]
+
+    b = unit(rng.normal(size=25))
+    r = unit(rng.normal(size=25))
+    c = unit(0.6 * b + 0.8 * unit(r - (r @ b) * b))
+    kernels = np.concatenate([noisy(b, 3000, 0.04), noisy(c, 500, 0.04),
+                              noisy(unit(rng.normal(size=25)), 1500, 1.0)])
+    for w in (0.3, 0.4, 0.45):  # the merged-into candidate: cosine 0.97 to 0.92 to C
+        between = unit(w * b + (1 - w) * c)
+        candidates = np.stack([between, c])  # in sweep order: C is merged into `between`
+        plain = select_templates(candidates, np.arange(2.0), kernels,
+                                 TemplateConfig(reach_back=False, master_key_filters=None))
+        found = select_templates(candidates, np.arange(2.0), kernels,
+                                 TemplateConfig(master_key_filters=None))
+        assert (plain.weights @ c).max() < 0.8 and (plain.weights @ b).max() > 0.99
+        near = found.weights @ np.stack([b, c]).T
+        assert len(found.weights) == 2 and (near.max(axis=0) > 0.99).all(), near
 
 
 def test_template_table_has_fits_support_and_master_keys():
