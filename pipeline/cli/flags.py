@@ -12,7 +12,11 @@ from dwscan.io.accuracy import TIMM_PRETRAIN_URL, TIMM_RESULTS_URL
 from dwscan.io.storage import check_model_ids
 from dwscan.io.template_index import DEFAULT_THRESHOLD
 from dwscan.io.zoo import ModelSpec, demo_zoo, hub_spec, local_checkpoint_spec
-from dwscan.method.autoencoder_config import LONE_SEED_STEP_CAP, AutoencoderConfig
+from dwscan.method.autoencoder_config import (
+    CONSENSUS_EPOCHS,
+    LONE_SEED_STEP_CAP,
+    AutoencoderConfig,
+)
 
 
 class _CheckpointAction(argparse.Action):
@@ -54,7 +58,8 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
                               f"kernels (default: until the templates stop moving and the loss "
                               f"plateaus, checked every {defaults.check_every} steps, from "
                               f"{defaults.min_steps:,} steps to at most {defaults.step_cap():,} "
-                              f"steps or 5 passes, whichever is more, for each of several seeds; "
+                              f"steps or {CONSENSUS_EPOCHS:g} passes, whichever is more, for each of several "
+                              f"seeds; "
                               f"a lone seed, --seeds 1, up to {LONE_SEED_STEP_CAP:,} steps)")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")

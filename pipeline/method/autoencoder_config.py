@@ -10,13 +10,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# A seed of several trains until converged, at most 1,500 steps or 5 passes over the kernels,
-# whichever is more (METHOD.md 3): on a small zoo (the demo: 83 passes in 1,500 steps) the
-# consensus places the templates; on a large one (500,000 kernels a size: 1,500 steps are 1.5
+# A seed of several trains until converged, at most 1,500 steps or 2.5 passes over the kernels,
+# whichever is more (METHOD.md 3): on a small zoo (the demo: 41 passes in 1,500 steps) the
+# consensus places the templates; on a large one (500,000 kernels a size: 1,500 steps are 0.8
 # passes) the seeds must first leave the early plateau where the code has not spread out
-# (1,000 planted models: every fraction wrong by up to 0.9 at 1,500 steps)
+# (1,000 planted models: every fraction wrong by up to 0.9 at 1,500 steps). 2.5 passes at a
+# batch of 256 are the 4,880 steps that 5 passes at 512 were, when seeds were five
 CONSENSUS_STEP_CAP = 1500
-CONSENSUS_EPOCHS = 5
+CONSENSUS_EPOCHS = 2.5
 LONE_SEED_STEP_CAP = 20_000  # a lone seed (--seeds 1) trains to convergence
 
 
@@ -29,7 +30,7 @@ class AutoencoderConfig:
     epochs: int | None = None  # None: train until converged; N: exactly N passes over the data
     min_steps: int = 1500  # no convergence stop before this many optimiser steps
     # the step cap of a convergence-stopped run; None: step_cap() (several seeds: 1,500 steps
-    # or 5 passes, whichever is more; a lone seed: 20,000; METHOD.md 3)
+    # or 2.5 passes, whichever is more; a lone seed: 20,000; METHOD.md 3)
     max_steps: int | None = None
     check_every: int = 250  # optimiser steps between two convergence checks
     check_sample: int = 4096  # kernels whose codes weight the template sweep at each check
@@ -41,7 +42,9 @@ class AutoencoderConfig:
     # and more steps find nothing; 12 checks = 3,000 steps at the defaults
     plateau_patience: int = 12
     cooldown: float = 0.25  # after converging, this share of the steps so far more, lr -> lr/20
-    batch_size: int = 512  # per worker, on the CPU
+    # per worker and seed, on the CPU: ten seeds of 256 cost a step what five of 512 did, and
+    # the median of ten seeds moves half as much as of five (METHOD.md 4b)
+    batch_size: int = 256
     # per worker on CUDA, where small batches leave the GPU idle between kernel launches; not yet
     # measured (no GPU lent so far): `python -m benchmarks.gpu` sweeps it (BENCHMARKS.md, "gpu")
     gpu_batch_size: int = 8192
@@ -49,7 +52,7 @@ class AutoencoderConfig:
     seed: int = 0  # model init and data order; same input + seed = same templates
     # autoencoders trained together per kernel size, each of its own seed (member_seeds); the
     # templates are their consensus (dwscan.stages.templates, METHOD.md 4)
-    seeds: int = 5
+    seeds: int = 10
 
     def step_cap(self, steps_per_epoch: int = 0) -> int:
         """The cap: `max_steps`; by default for several seeds 1,500 steps or CONSENSUS_EPOCHS
@@ -59,7 +62,7 @@ class AutoencoderConfig:
         if self.seeds == 1:
             return LONE_SEED_STEP_CAP
         return min(LONE_SEED_STEP_CAP,
-                   max(CONSENSUS_STEP_CAP, CONSENSUS_EPOCHS * steps_per_epoch))
+                   max(CONSENSUS_STEP_CAP, int(CONSENSUS_EPOCHS * steps_per_epoch)))
 
     @classmethod
     def from_dict(cls, values: dict) -> AutoencoderConfig:

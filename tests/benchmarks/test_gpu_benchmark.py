@@ -20,7 +20,7 @@ def test_the_smoke_run_writes_its_table(tmp_path):
     assert table.strip() in out.stdout
     rows = [line for line in table.splitlines() if line.startswith("| train") or
             line.startswith("| assign")]
-    assert len(rows) == 2 and "20 steps, batch 512" in rows[0] and "200,000 x 16" in rows[1]
+    assert len(rows) == 2 and "20 steps, batch 256" in rows[0] and "200,000 x 16" in rows[1]
     assert "planted on the curve: worst cosine" in rows[0]
 
 

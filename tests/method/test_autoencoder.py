@@ -74,20 +74,21 @@ def test_an_ensemble_trains_each_seed_as_if_alone():
     assert not torch.allclose(models[0].decoder[-1].weight, models[1].decoder[-1].weight)
 
 
-def test_the_step_cap_is_1500_steps_or_5_passes_for_seeds_of_a_consensus():
-    """Several seeds: 1,500 steps on a small zoo (the demo's 9,332 3x3 kernels: 18 steps a
-    pass), 5 passes on a large one (500,000 kernels: 976 steps a pass); a lone seed 20,000."""
+def test_the_step_cap_is_1500_steps_or_2_5_passes_for_seeds_of_a_consensus():
+    """Several seeds: 1,500 steps on a small zoo (the demo's 9,332 3x3 kernels: 36 steps a
+    pass), 2.5 passes on a large one (500,000 kernels: 1,953 steps a pass, so the 4,880 steps of
+    5 passes at the batch of 512 before); a lone seed 20,000."""
     assert step_budget(9332, AutoencoderConfig()) == 1500
-    assert step_budget(500_000, AutoencoderConfig()) == 5 * (500_000 // 512) == 4880
+    assert step_budget(500_000, AutoencoderConfig()) == int(2.5 * (500_000 // 256)) == 4882
     assert step_budget(500_000, AutoencoderConfig(seeds=1)) == 20_000
     assert step_budget(500_000, AutoencoderConfig(max_steps=300)) == 300
 
 
 def test_the_batch_size_follows_the_device():
     config = AutoencoderConfig()
-    assert (config.batch_size, config.gpu_batch_size) == (512, 8192)
-    assert batch_size_for(config, "cpu") == 512
-    assert batch_size_for(config, torch.device("cpu")) == 512
+    assert (config.batch_size, config.gpu_batch_size) == (256, 8192)
+    assert batch_size_for(config, "cpu") == 256
+    assert batch_size_for(config, torch.device("cpu")) == 256
     # device names are only parsed, so the CUDA choice is checked without a GPU
     assert batch_size_for(config, "cuda") == 8192
     assert batch_size_for(AutoencoderConfig(gpu_batch_size=2048), "cuda:1") == 2048
@@ -213,7 +214,7 @@ def test_convergence_stopped_training_finds_the_templates_of_a_long_run():
     stopped_model, log = train_autoencoder(kernels, config)
     assert log.stop_reason == STOP_CONVERGED and log.converged_step is not None
     assert log.steps <= config.max_steps // 4, log
-    long_epochs = 2 * log.steps // (len(kernels) // 512)  # twice the steps, fixed
+    long_epochs = 2 * log.steps // (len(kernels) // config.batch_size)  # twice the steps, fixed
     long_model, long_log = train_autoencoder(kernels, AutoencoderConfig(seed=1, epochs=long_epochs))
     assert long_log.steps >= 2 * log.steps - 20
     stopped = discover_templates(stopped_model, kernels).weights
