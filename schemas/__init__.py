@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.1.0"
+SCHEMA_VERSION = "2.2.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -286,11 +286,14 @@ PATTERN_SHARES = _schema("pattern_shares", "reports/pattern_shares.parquet",
     _col("n_valid", pa.int64(), "valid kernels of the model (or zoo) and size", nullable=False),
     _col("n_kernels", pa.int64(), "of those, clustered on a template of this family x polarity",
          nullable=False),
-    _col("share", pa.float64(), "n_kernels / n_valid, with the consensus templates",
+    _col("share", pa.float64(), "the headline, of the valid kernels: with 3 or more seeds the "
+         "median of the seeds' own shares (METHOD.md 4b; since schema 2.2), else share_consensus",
          nullable=False),
     _col("share_seed_min", pa.float64(), "lowest share over the seeds' own template sets "
          "(each seed's templates named by their own family fit); null with one seed"),
     _col("share_seed_max", pa.float64(), "highest, as above"),
+    _col("share_consensus", pa.float64(), "n_kernels / n_valid, with the consensus templates "
+         "(the headline before schema 2.2); null when written before 2.2"),
 ])
 
 LAYERS = _schema("layers", "reports/layers.parquet", "clusterability per model and depthwise layer", [

@@ -76,7 +76,8 @@ def format_kinds(pattern_shares: pa.Table, templates: pa.Table) -> str:
         cells.setdefault(kind, {})[row["kernel_size"]] = (
             f"{pct_text(row['share'])} ({range_text(row['share_seed_min'], row['share_seed_max'])})"
             if row["share_seed_min"] is not None else pct_text(row["share"]))
-    lines = ["Kinds of pattern over the zoo (consensus templates' share of valid kernels; seed range):"]
+    lines = ["Kinds of pattern over the zoo (share of valid kernels, the median of the seeds'; "
+             "seed range):"]
     if cells:
         lines.append(format_text_table(
             [["kind", *(f"{k}x{k}" for k in sizes)]]

@@ -455,13 +455,20 @@ def pattern_shares_table(counts: PatternCounts) -> pa.Table:
 
 
 def _pattern_rows(model_id: str | None, k: int, n_valid: int, found: dict) -> list[dict]:
+    """With MEDIAN_MIN_SEEDS seeds or more the headline share is the median of the seeds' own,
+    as the clustered fraction's (_with_seed_range): a template near a family boundary (at 3x3
+    an off-centre DoG or a second derivative to within the fits' tie) is named one way or the
+    other as the consensus lands, and takes its share with it (METHOD.md 4b)."""
     out = []
     for (family, polarity), (n, per_seed) in sorted(found.items(),
                                                     key=lambda item: (item[0][0], item[0][1] or "")):
         seeds = per_seed is not None and n_valid
+        consensus = n / n_valid if n_valid else 0.0
+        share = (float(np.median(per_seed)) / n_valid
+                 if seeds and len(per_seed) >= MEDIAN_MIN_SEEDS else consensus)
         out.append({"model_id": model_id, "kernel_size": k, "family": family,
-                    "polarity": polarity, "n_valid": n_valid, "n_kernels": n,
-                    "share": n / n_valid if n_valid else 0.0,
+                    "polarity": polarity, "n_valid": n_valid, "n_kernels": n, "share": share,
                     "share_seed_min": float(per_seed.min()) / n_valid if seeds else None,
-                    "share_seed_max": float(per_seed.max()) / n_valid if seeds else None})
+                    "share_seed_max": float(per_seed.max()) / n_valid if seeds else None,
+                    "share_consensus": consensus})
     return out

@@ -177,8 +177,10 @@ def _page_sections(layout: OutputLayout, tables: dict[pa.Schema, pa.Table], temp
         ("Kinds of pattern over the zoo",
          "The first grouping of this page: a template's kind is its family x polarity (its "
          "fitted parametric family, METHOD.md section 4). Share of the valid kernels of each "
-         "size on a template of each kind (the consensus templates), and its lowest and highest "
-         "over the seeds' own template sets: how far one autoencoder's answer could have been. "
+         "size on a template of each kind: with three seeds or more the median over the seeds "
+         "of their own named template sets' share, and its lowest and highest beside it: how "
+         "far one autoencoder's answer could have been (kernels: on a consensus template of "
+         "the kind; share_consensus in pattern_shares.parquet is their share). "
          "The single templates are beneath: per model family below, in each model's details, "
          "and in the template galleries.", [],
          html_table(zoo_patterns, [

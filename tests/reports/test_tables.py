@@ -179,3 +179,23 @@ def test_seed_ranges_and_pattern_shares_count_by_hand():
     assert (zoo["on"]["n_valid"], zoo["on"]["n_kernels"]) == (5, 3)
     assert (zoo["on"]["share_seed_min"], zoo["on"]["share_seed_max"]) == (0.0, 3 / 5)
     assert (zoo["off"]["share_seed_min"], zoo["off"]["share_seed_max"]) == (0.0, 5 / 5)
+
+
+def test_with_three_seeds_a_kinds_share_is_the_median_of_the_seeds_own():
+    """Model a, 3x3, four valid kernels; the consensus puts one on an on-centre template. Seed
+    0 names its template 5 on-centre (three kernels), seed 1 its 0 on-centre (two) and 1
+    off-centre (one), seed 2 its 7 off-centre (two). On: 3, 2, 0 -> median 2 of 4; off: 0, 1,
+    2 -> 1 of 4. The consensus's own share is kept beside it."""
+    seed_ids = [[5, 0, 7], [5, 0, 7], [5, 1, None], [None, None, None]]
+    table = _assignments([("a", 3, 0, None)] + [("a", 3, None, None)] * 3, seed_ids=seed_ids)
+    templates = _named([(3, 0, "centre-surround", "on")], False)
+    seeds = _named([(3, 0, 5, "centre-surround", "on"), (3, 1, 0, "centre-surround", "on"),
+                    (3, 1, 1, "centre-surround", "off"), (3, 2, 7, "centre-surround", "off")],
+                   True)
+    rows = pattern_shares_table(pattern_counts(table, templates, seeds)).to_pylist()
+    for model_id in ("a", None):  # one model: the zoo's rows are the same
+        got = {r["polarity"]: r for r in rows if r["model_id"] == model_id}
+        assert (got["on"]["share"], got["on"]["share_consensus"]) == (2 / 4, 1 / 4)
+        assert (got["on"]["share_seed_min"], got["on"]["share_seed_max"]) == (0.0, 3 / 4)
+        assert (got["off"]["share"], got["off"]["share_consensus"]) == (1 / 4, 0.0)
+        assert got["off"]["n_kernels"] == 0
