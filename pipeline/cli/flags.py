@@ -58,9 +58,9 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
                               f"kernels (default: until the templates stop moving and the loss "
                               f"plateaus, checked every {defaults.check_every} steps, from "
                               f"{defaults.min_steps:,} steps to at most {defaults.step_cap():,} "
-                              f"steps or {CONSENSUS_EPOCHS:g} passes, whichever is more, for each of several "
-                              f"seeds; "
-                              f"a lone seed, --seeds 1, up to {LONE_SEED_STEP_CAP:,} steps)")
+                              f"steps or {CONSENSUS_EPOCHS:g} passes, whichever is more, for "
+                              f"each of several seeds; a lone seed, --seeds 1, up to "
+                              f"{LONE_SEED_STEP_CAP:,} steps)")
     command.add_argument("--seed", type=int, default=defaults.seed,
                          help="training seed (default: 0)")
     command.add_argument("--train-workers", type=int, default=1,

@@ -456,9 +456,9 @@ def pattern_shares_table(counts: PatternCounts) -> pa.Table:
 
 def _pattern_rows(model_id: str | None, k: int, n_valid: int, found: dict) -> list[dict]:
     """With MEDIAN_MIN_SEEDS seeds or more the headline share is the median of the seeds' own,
-    as the clustered fraction's (_with_seed_range): a template near a family boundary (at 3x3
-    an off-centre DoG or a second derivative to within the fits' tie) is named one way or the
-    other as the consensus lands, and takes its share with it (METHOD.md 4b)."""
+    as the clustered fraction's (_with_seed_range): the consensus's names move with its
+    template count, and a template near a family boundary is named one way or the other as it
+    lands, taking its share with it (METHOD.md 4b)."""
     out = []
     for (family, polarity), (n, per_seed) in sorted(found.items(),
                                                     key=lambda item: (item[0][0], item[0][1] or "")):

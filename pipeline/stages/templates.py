@@ -8,8 +8,8 @@ keep only templates that real patterns need: the one nearest to the fewest clust
 `min_share` of the clustered kernels; then add back, by the cover's rule, places the sweep passes
 through that cover kernels no kept template reaches, and refine and keep once more. The
 templates of the run are the consensus of its seeds (`consensus_templates`), each with its
-support. Every template is named by its fitted family
-(`dwscan.method.families`) and, at 7x7, by the nearest master-key filter.
+support. Every template is named by its fitted family (`dwscan.method.families`) and, at 7x7,
+by the nearest master-key filter.
 `find_missed_patterns` then says which recurring patterns no template reaches. METHOD.md
 explains each choice.
 """
