@@ -187,54 +187,59 @@ def kmeans_templates(kernels: np.ndarray, config: TemplateConfig, seed: int = 0,
 def select_templates(candidates: np.ndarray, codes: np.ndarray, kernels: np.ndarray,
                      config: TemplateConfig, threshold: float = DEFAULT_THRESHOLD) -> TemplateSet:
     """Merge, keep those that clustered kernels need, refine, merge and keep again; then add the
-    places the candidates reach that cover kernels no kept template does, and refine and keep
-    once more (see the module docstring)."""
+    places the candidates reach that cover kernels no kept template does, and refine, merge and
+    keep once more (see the module docstring)."""
     invariant = config.sign_invariant
-    merged = merge_near_duplicates(candidates, config.merge_cosine, invariant)
-    kept_codes, kept = codes[merged], candidates[merged]
+    # each kept template is tracked by the candidate it started from (its code)
+    origin = merge_near_duplicates(candidates, config.merge_cosine, invariant)
+    kept = candidates[origin]
     # loose first: a candidate off a cluster's centre has few members at the threshold until
     # refinement moves it onto the centre, so here every nearest kernel counts
     loose = keep_attracting(kept, kernels, config.candidate_min_share, -np.inf, invariant)
-    kept_codes, kept = _refined_and_merged(kept_codes[loose], kept[loose], kernels, config)
+    origin, kept = _refined_and_merged(origin[loose], kept[loose], kernels, config)
     # the rule on clustered kernels holds for the final set
     final = keep_attracting(kept, kernels, config.min_share, threshold, invariant)
-    kept_codes, kept = kept_codes[final], kept[final]
+    origin, kept = origin[final], kept[final]
     # the merge rule keeps the first of near candidates along the sweep and refinement can move
     # it off a region the rest of the sweep passes through: a seed then lacks a template its own
     # curve reaches, and single seeds fall into two modes (METHOD.md 4b). What the candidates
     # reach beyond the kept templates comes back by the cover's rule, 2% of the covered kernels
-    reach = (_reach_beyond(kept, candidates, kernels, config, threshold) if config.reach_back
-             else [])
-    if len(reach):
-        kept_codes, kept = _refined_and_merged(np.concatenate([kept_codes, codes[reach]]),
+    if config.reach_back:
+        reach = _reach_beyond(kept, origin, candidates, kernels, config, threshold)
+        if len(reach):
+            origin, kept = _refined_and_merged(np.concatenate([origin, reach]),
                                                np.concatenate([kept, candidates[reach]]),
                                                kernels, config)
-        final = keep_attracting(kept, kernels, config.min_share, threshold, invariant)
-        kept_codes, kept = kept_codes[final], kept[final]
+            final = keep_attracting(kept, kernels, config.min_share, threshold, invariant)
+            origin, kept = origin[final], kept[final]
     clustered, nearest = _nearest_counts(kept, kernels, threshold, invariant)
-    return TemplateSet(weights=kept, codes=kept_codes, n_kernels=nearest, n_clustered=clustered,
-                       share=clustered / max(clustered.sum(), 1),
+    return TemplateSet(weights=kept, codes=codes[origin], n_kernels=nearest,
+                       n_clustered=clustered, share=clustered / max(clustered.sum(), 1),
                        share_of_valid=clustered / max(len(kernels), 1))
 
 
-def _refined_and_merged(codes: np.ndarray, templates: np.ndarray, kernels: np.ndarray,
+def _refined_and_merged(origin: np.ndarray, templates: np.ndarray, kernels: np.ndarray,
                         config: TemplateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Templates moved to their members' means and merged again (as they are with
-    refine_steps=0), with their codes."""
-    if not config.refine_steps or not len(templates):
-        return codes, templates
-    templates = refine_to_member_means(templates, kernels, config.refine_steps,
-                                       config.refine_min_cosine, config.sign_invariant)
+    """Templates moved to their members' means (unless refine_steps=0) and merged again, with
+    the candidates they started from."""
+    if config.refine_steps and len(templates):
+        templates = refine_to_member_means(templates, kernels, config.refine_steps,
+                                           config.refine_min_cosine, config.sign_invariant)
     merged = merge_near_duplicates(templates, config.merge_cosine, config.sign_invariant)
-    return codes[merged], templates[merged]
+    return origin[merged], templates[merged]
 
 
-def _reach_beyond(templates: np.ndarray, candidates: np.ndarray, kernels: np.ndarray,
-                  config: TemplateConfig, threshold: float) -> np.ndarray:
-    """Indices of candidates (thinned at sweep_thinning) that the greedy cover adds to
-    `templates`: each brings at least min_share of the kernels covered so far."""
+def _reach_beyond(templates: np.ndarray, origin: np.ndarray, candidates: np.ndarray,
+                  kernels: np.ndarray, config: TemplateConfig, threshold: float) -> np.ndarray:
+    """Indices of candidates (thinned at sweep_thinning; a decoded sweep's points, or k-means
+    centres) that the greedy cover adds to `templates`: each brings at least min_share of the
+    kernels covered so far. The candidates the templates started from (`origin`) are not
+    offered again: a place a kept template has left is reached by its neighbours."""
     invariant = config.sign_invariant
     pool = merge_near_duplicates(candidates, config.sweep_thinning, invariant)
+    pool = pool[~np.isin(pool, origin)]
+    if not len(pool):
+        return pool
     sample = cover_sample(kernels, config)
     covered = _covers(sample, templates, threshold, invariant).any(axis=1)
     added = _greedy_cover(_covers(sample, candidates[pool], threshold, invariant),

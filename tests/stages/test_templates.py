@@ -58,7 +58,7 @@ def _synthetic(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # The consensus tests' training: three seeds per base seed, at most 1,000 steps (the planted
-# patterns settle well before; CI time; the default is five seeds)
+# patterns settle well before; CI time; the default is ten seeds)
 CONSENSUS = AutoencoderConfig(seeds=3, min_steps=500, check_every=100, max_steps=1000)
 
 
@@ -363,6 +363,17 @@ def test_a_pattern_the_candidates_reach_comes_back_after_refinement_moved_its_te
         assert (plain.weights @ c).max() < 0.8 and (plain.weights @ b).max() > 0.99
         near = found.weights @ np.stack([b, c]).T
         assert len(found.weights) == 2 and (near.max(axis=0) > 0.99).all(), near
+        # the template that left C keeps its code; C's comes from C's own candidate
+        assert sorted(found.codes.tolist()) == [0.0, 1.0]
+    # without refinement nothing moves, and what comes back still obeys the merge rule: a
+    # candidate at cosine 0.92 to a kept template, the only one near a cluster, stays merged
+    beyond = unit(0.92 * b + np.sqrt(1 - 0.92**2) * unit(r - (r @ b) * b))
+    further = unit(0.95 * beyond + np.sqrt(1 - 0.95**2) * unit(c - (c @ beyond) * beyond))
+    more = np.concatenate([noisy(b, 3000, 0.04), noisy(further, 400, 0.02)])
+    fixed = select_templates(np.stack([b, beyond]), np.arange(2.0), more,
+                             TemplateConfig(refine_steps=0, master_key_filters=None))
+    assert (more[3000:] @ beyond >= 0.8).mean() > 0.9 and (more[3000:] @ b < 0.8).all()
+    assert len(fixed.weights) == 1 and fixed.weights[0] @ b > 0.999
 
 
 def test_template_table_has_fits_support_and_master_keys():
