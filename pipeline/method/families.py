@@ -212,12 +212,9 @@ def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSI
     if not len(templates):
         return []
     fits = {name: _fit_one_family(FAMILIES[name], templates, k) for name in FAMILY_ORDER}
-    handicap = np.array([ELABORATE_TIE_COSINE - TIE_COSINE if name in ELABORATE else 0.0
-                         for name in FAMILY_ORDER])
     out = []
     for i in range(len(templates)):
-        scores = np.array([abs(fits[name][1][i]) for name in FAMILY_ORDER]) - handicap
-        winner = FAMILY_ORDER[int(np.flatnonzero(scores >= scores.max() - TIE_COSINE)[0])]
+        winner = _winning_family(np.array([abs(fits[name][1][i]) for name in FAMILY_ORDER]))
         params, signed = fits[winner][0][i], float(fits[winner][1][i])
         fit = describe(winner, dict(zip(FAMILIES[winner].parameters, map(float, params))),
                        signed, k)
@@ -225,6 +222,21 @@ def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSI
             fit = FamilyFit(OTHER, None, None, None, fit.fit_cosine, weights=fit.weights)
         out.append(fit)
     return out
+
+
+def _winning_family(scores: np.ndarray) -> str:
+    """The first family in FAMILY_ORDER (the simplest) that no other family beats by that
+    family's margin: TIE_COSINE, or ELABORATE_TIE_COSINE for an elaborate family (a cross, a
+    second derivative) over one before it in the order. So a cross must beat every other
+    family by 0.02, a second derivative the centre-surround and the first derivative by 0.02,
+    and ties of 0.005 go to the simpler family. The best-scoring family always qualifies."""
+    n = len(FAMILY_ORDER)
+
+    def margin(g: int, f: int) -> float:  # what g needs over f to take the name
+        return ELABORATE_TIE_COSINE if FAMILY_ORDER[g] in ELABORATE and f < g else TIE_COSINE
+
+    return next(FAMILY_ORDER[f] for f in range(n)
+                if all(scores[f] >= scores[g] - margin(g, f) for g in range(n) if g != f))
 
 
 def describe(family: str, parameters: dict[str, float], signed_cosine: float, k: int

@@ -11,6 +11,7 @@ from dwscan.method.families import (
     FIT_MIN_COSINE,
     OTHER,
     SECOND,
+    _winning_family,
     fit_families,
     member,
     nearest_master_keys,
@@ -179,6 +180,22 @@ def test_a_centre_surround_with_a_slight_axis_keeps_one_name_as_seeds_move_it():
         away /= np.linalg.norm(away, axis=1, keepdims=True)
         moved = 0.993 * pattern + np.sqrt(1 - 0.993**2) * away
         assert {fit.family for fit in fit_families(moved, k)} == {want}, (k, sigma, psi)
+
+
+def test_the_tie_rule_by_hand():
+    """|cosine| per family in FAMILY_ORDER (centre-surround, first, second derivative, cross):
+    ties of 0.005 go to the simpler family; a second derivative needs 0.02 over the
+    centre-surround, and a cross 0.02 over every other family, the second derivative too."""
+    cases = [((0.950, 0.80, 0.80, 0.80), CENTRE_SURROUND),
+             ((0.950, 0.954, 0.80, 0.80), CENTRE_SURROUND),  # first derivative within the tie
+             ((0.950, 0.960, 0.80, 0.80), FIRST),
+             ((0.950, 0.80, 0.965, 0.80), CENTRE_SURROUND),  # second derivative by 0.015
+             ((0.950, 0.80, 0.975, 0.80), SECOND),
+             ((0.900, 0.80, 0.950, 0.965), SECOND),  # cross over second derivative by 0.015
+             ((0.900, 0.80, 0.950, 0.975), CROSS),
+             ((0.960, 0.80, 0.80, 0.975), CENTRE_SURROUND)]
+    for scores, want in cases:
+        assert _winning_family(np.array(scores)) == want, scores
 
 
 def test_synthetic_patterns_fit_as_planted():
