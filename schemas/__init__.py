@@ -284,7 +284,8 @@ PATTERN_SHARES = _schema("pattern_shares", "reports/pattern_shares.parquet",
     _col("polarity", pa.string(), "template polarity (templates.polarity); null where the "
          "family has none"),
     _col("n_valid", pa.int64(), "valid kernels of the model (or zoo) and size", nullable=False),
-    _col("n_kernels", pa.int64(), "of those, clustered on a template of this family x polarity",
+    _col("n_kernels", pa.int64(), "of those, clustered on a consensus template of this family x "
+         "polarity (as the assignments' template_id has them)",
          nullable=False),
     _col("share", pa.float64(), "the headline, of the valid kernels: with 3 or more seeds the "
          "median of the seeds' own shares (METHOD.md 4b; since schema 2.2), else share_consensus",

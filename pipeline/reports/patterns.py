@@ -8,7 +8,13 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dwscan.reports.tables import UNCLUSTERED, format_text_table, pct_text, range_text
+from dwscan.reports.tables import (
+    MEDIAN_MIN_SEEDS,
+    UNCLUSTERED,
+    format_text_table,
+    pct_text,
+    range_text,
+)
 
 OTHER = "other"  # the family of a template no parametric family fits (method.families)
 
@@ -76,8 +82,10 @@ def format_kinds(pattern_shares: pa.Table, templates: pa.Table) -> str:
         cells.setdefault(kind, {})[row["kernel_size"]] = (
             f"{pct_text(row['share'])} ({range_text(row['share_seed_min'], row['share_seed_max'])})"
             if row["share_seed_min"] is not None else pct_text(row["share"]))
-    lines = ["Kinds of pattern over the zoo (share of valid kernels, the median of the seeds'; "
-             "seed range):"]
+    n_seeds = max(templates.column("n_seeds").to_pylist() or [1])
+    whose = ("the median of the seeds'" if n_seeds >= MEDIAN_MIN_SEEDS
+             else "the consensus templates'")
+    lines = [f"Kinds of pattern over the zoo (share of valid kernels, {whose}; seed range):"]
     if cells:
         lines.append(format_text_table(
             [["kind", *(f"{k}x{k}" for k in sizes)]]
