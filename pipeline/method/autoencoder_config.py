@@ -15,7 +15,7 @@ from pathlib import Path
 # consensus places the templates; on a large one (500,000 kernels a size: 1,500 steps are 0.8
 # passes) the seeds must first leave the early plateau where the code has not spread out
 # (1,000 planted models: every fraction wrong by up to 0.9 at 1,500 steps). 2.5 passes at a
-# batch of 256 are the 4,880 steps that 5 passes at 512 were, when seeds were five
+# batch of 256 are 4,882 steps there, the 4,880 that 5 passes at 512 were, when seeds were five
 CONSENSUS_STEP_CAP = 1500
 CONSENSUS_EPOCHS = 2.5
 LONE_SEED_STEP_CAP = 20_000  # a lone seed (--seeds 1) trains to convergence
