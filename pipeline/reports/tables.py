@@ -90,8 +90,17 @@ def seed_clustered_counts(assignments: pa.Table) -> dict[tuple[str, int], np.nda
             np.array([g[f"s{i}_sum"] for i in range(ids.shape[1])]) for g in grouped.to_pylist()}
 
 
-# From this many seeds on, the headline clustered fraction is the median of the seeds' own.
+# From this many seeds on, a headline (the clustered fraction, a kind's share) is the median
+# of the seeds' own.
 MEDIAN_MIN_SEEDS = 3
+
+
+def seed_headline(per_seed: np.ndarray | list | None, consensus: float, n_valid: int) -> float:
+    """The headline share of `n_valid` kernels: with MEDIAN_MIN_SEEDS seeds or more the median
+    of the seeds' own counts, else the consensus's share (a median of one or two is a mean)."""
+    if per_seed is not None and n_valid and len(per_seed) >= MEDIAN_MIN_SEEDS:
+        return float(np.median(per_seed)) / n_valid
+    return consensus
 
 
 def _with_seed_range(row: dict) -> dict:
@@ -105,8 +114,7 @@ def _with_seed_range(row: dict) -> dict:
     n_valid = row["n_filters"] - row["n_invalid"]
     found = counts is not None and n_valid
     row["clustered_fraction_consensus"] = row["clustered_fraction"]
-    if found and len(counts) >= MEDIAN_MIN_SEEDS:
-        row["clustered_fraction"] = float(np.median(counts)) / n_valid
+    row["clustered_fraction"] = seed_headline(counts, row["clustered_fraction"], n_valid)
     row["clustered_fraction_seed_min"] = float(np.min(counts)) / n_valid if found else None
     row["clustered_fraction_seed_max"] = float(np.max(counts)) / n_valid if found else None
     row["clustered_fraction_by_seed"] = (np.asarray(counts, float) / n_valid).tolist() if found \
@@ -464,10 +472,9 @@ def _pattern_rows(model_id: str | None, k: int, n_valid: int, found: dict) -> li
                                                     key=lambda item: (item[0][0], item[0][1] or "")):
         seeds = per_seed is not None and n_valid
         consensus = n / n_valid if n_valid else 0.0
-        share = (float(np.median(per_seed)) / n_valid
-                 if seeds and len(per_seed) >= MEDIAN_MIN_SEEDS else consensus)
         out.append({"model_id": model_id, "kernel_size": k, "family": family,
-                    "polarity": polarity, "n_valid": n_valid, "n_kernels": n, "share": share,
+                    "polarity": polarity, "n_valid": n_valid, "n_kernels": n,
+                    "share": seed_headline(per_seed, consensus, n_valid),
                     "share_seed_min": float(per_seed.min()) / n_valid if seeds else None,
                     "share_seed_max": float(per_seed.max()) / n_valid if seeds else None,
                     "share_consensus": consensus})

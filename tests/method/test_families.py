@@ -146,6 +146,16 @@ def test_at_3x3_odd_and_even_patterns_are_told_apart_but_even_families_overlap()
         assert fit.family == CENTRE_SURROUND and fit.fit_cosine >= 0.995
 
 
+def _moved(pattern: np.ndarray, rng: np.random.Generator, n: int = 30,
+           cosine: float = 0.993) -> np.ndarray:
+    """`n` copies of the unit `pattern` moved to `cosine` of it in random centred directions:
+    how far a consensus template moves from one base seed to another (METHOD.md 4a)."""
+    away, _ = centre_and_normalise(rng.normal(size=(n, pattern.size)))
+    away -= (away @ pattern)[:, None] * pattern  # orthogonal to the pattern, then unit norm
+    away /= np.linalg.norm(away, axis=1, keepdims=True)
+    return cosine * pattern + np.sqrt(1 - cosine**2) * away
+
+
 def test_a_short_armed_cross_keeps_one_name_as_seeds_move_it():
     """A short-armed 5x5 cross is a round blob with a four-fold ripple: its centre-surround fit
     is within 0.01 of its cross fit, and a consensus template there moves by about cosine 0.993
@@ -156,11 +166,8 @@ def test_a_short_armed_cross_keeps_one_name_as_seeds_move_it():
     for long, aspect, want in ((1.0, 2.0, CENTRE_SURROUND), (0.9, 2.3, CENTRE_SURROUND),
                                (k / 4, 3.0, CROSS), (k / 3, 3.0, CROSS)):
         cross = member(CROSS, {"sigma": long, "aspect": aspect, "angle_deg": 0.0}, k)
-        away, _ = centre_and_normalise(rng.normal(size=(30, k * k)))
-        away -= (away @ cross)[:, None] * cross  # orthogonal to the cross, then unit norm
-        away /= np.linalg.norm(away, axis=1, keepdims=True)
-        moved = 0.993 * cross + np.sqrt(1 - 0.993**2) * away
-        assert {fit.family for fit in fit_families(moved, k)} == {want}, (long, aspect)
+        assert {fit.family for fit in fit_families(_moved(cross, rng), k)} == {want}, (
+            long, aspect)
 
 
 def test_a_centre_surround_with_a_slight_axis_keeps_one_name_as_seeds_move_it():
@@ -174,12 +181,9 @@ def test_a_centre_surround_with_a_slight_axis_keeps_one_name_as_seeds_move_it():
     for k, sigma, psi, want in ((5, 0.5, 20.0, CENTRE_SURROUND), (3, 0.8, 0.0, SECOND),
                                 (5, 1.0, 0.0, SECOND)):
         pattern = member(SECOND, {"sigma": sigma, "angle_deg": 0.0, "psi_deg": psi}, k)
-        pattern, _ = centre_and_normalise(pattern[None])
-        away, _ = centre_and_normalise(rng.normal(size=(30, k * k)))
-        away -= (away @ pattern[0])[:, None] * pattern
-        away /= np.linalg.norm(away, axis=1, keepdims=True)
-        moved = 0.993 * pattern + np.sqrt(1 - 0.993**2) * away
-        assert {fit.family for fit in fit_families(moved, k)} == {want}, (k, sigma, psi)
+        pattern = centre_and_normalise(pattern[None])[0][0]
+        assert {fit.family for fit in fit_families(_moved(pattern, rng), k)} == {want}, (
+            k, sigma, psi)
 
 
 def test_the_tie_rule_by_hand():
