@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 from dwscan.cli.flags import (
     add_accuracy_sources,
@@ -193,4 +194,16 @@ def format_training_record(kernel_size: int, record: dict) -> str:
     return (f"train {kernel_size}x{kernel_size}: {seeds} seed{'s' if seeds > 1 else ''}, "
             f"{record['steps']:,} steps ({record['epochs']:.2f} epochs of "
             f"{record['n_kernels']:,} kernels) in {record['train_seconds']:.1f} s, stopped: "
-            f"{record['stop_reason']}, final loss {record['final_loss']:.4f} (mean of seeds)")
+            f"{record['stop_reason']}, final loss {record['final_loss']:.4f} (mean of seeds)"
+            + _left_out_text(record))
+
+
+def _left_out_text(record: dict) -> str:
+    """'; left out ...' for the seeds that did not train (untrained_members), else ''."""
+    left_out = record.get("left_out") or []
+    if not left_out:
+        return ""
+    losses = record["member_losses"]
+    which = ", ".join(f"seed {record['seeds'][i]} (loss {losses[i]:.3f})" for i in left_out)
+    return (f"; left out, did not train: {which}, against the seeds' median "
+            f"{median(losses):.3f}")

@@ -132,16 +132,17 @@ def template_indexes(templates: pa.Table, sign_invariant: bool = False) -> dict[
 def seed_template_indexes(seed_templates: pa.Table | None, sign_invariant: bool = False
                           ) -> dict[int, list[TemplateIndex | None]]:
     """Per kernel size, one index per seed, in seed_index order (None: that seed has no template
-    of the size); empty without a SEED_TEMPLATES table or with a single seed (its range would be
-    no range)."""
+    of the size); none for a size of a single seed (its range would be no range). Sizes may
+    have different numbers of seeds: a seed that did not train is left out of its size only
+    (untrained_members)."""
     if seed_templates is None or not seed_templates.num_rows:
-        return {}
-    n_seeds = int(pc.max(seed_templates.column("n_seeds")).as_py())
-    if n_seeds < 2:
         return {}
     indexes: dict[int, list[TemplateIndex | None]] = {}
     for k in sorted(set(seed_templates.column("kernel_size").to_pylist())):
         of_size = seed_templates.filter(pc.equal(seed_templates.column("kernel_size"), k))
+        n_seeds = int(pc.max(of_size.column("n_seeds")).as_py())
+        if n_seeds < 2:
+            continue
         indexes[k] = []
         for i in range(n_seeds):
             mine = of_size.filter(pc.equal(of_size.column("seed_index"), i))

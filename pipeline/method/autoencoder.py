@@ -182,6 +182,21 @@ def step_budget(n_rows: int, config: AutoencoderConfig, world_size: int = 1) -> 
 
 STOP_CONVERGED, STOP_CAP, STOP_EPOCHS = "converged", "step cap", "fixed epochs"
 STOP_PLATEAU = "loss plateaued, templates still moving"
+# A seed whose final loss is this many times its siblings' median did not train: on the
+# 300-model planted zoo (METHOD.md 3) one 7x7 seed of ten stayed at 0.65 (median 0.39) with one
+# template, one 5x5 seed at 0.61 (median 0.46) found 6 of 8 patterns; on the real kernels of
+# METHOD.md 4b (24 runs of ten seeds) no seed was above 1.08 times the median.
+UNTRAINED_LOSS_RATIO = 1.2
+
+
+def untrained_members(losses: list[float], ratio: float = UNTRAINED_LOSS_RATIO) -> list[int]:
+    """Indices of the seeds whose loss is above `ratio` times the median seed's: left out of the
+    templates, the consensus and the seed ranges. The median needs three seeds; it is at most
+    one seed in two, so most seeds always stay."""
+    if len(losses) < 3:
+        return []
+    median = float(np.median(losses))
+    return [i for i, loss in enumerate(losses) if loss > ratio * median]
 
 
 class ConvergenceRule:
@@ -218,7 +233,8 @@ class ConvergenceRule:
 class TrainingLog:
     """How a run went: steps taken, why it stopped, and each check (step, loss, cosine). For an
     ensemble, a check's loss is the members' mean and its cosine the least settled member's;
-    `member_stops` says why each member stopped, `member_losses` each one's last loss."""
+    `member_stops` says why each member stopped, `member_losses` each one's last loss, and
+    `left_out` which members did not train (untrained_members)."""
 
     steps: int
     epochs: float  # passes over the data (steps / steps per epoch)
@@ -230,6 +246,7 @@ class TrainingLog:
     seeds: list[int] = field(default_factory=list)  # the members' seeds
     member_stops: list[str] = field(default_factory=list)
     member_losses: list[float] = field(default_factory=list)
+    left_out: list[int] = field(default_factory=list)  # untrained_members: seeds that did not train
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -406,6 +423,7 @@ def train_ensemble(
                 cooldown_from = optimiser.param_groups[0]["lr"]
     log.steps, log.epochs = step, step / per_epoch
     log.member_stops = [s or log.stop_reason for s in stops]
+    log.left_out = untrained_members(log.member_losses)
     return [model.member(r) for r in range(n_members)], log
 
 

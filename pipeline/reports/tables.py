@@ -55,39 +55,44 @@ def clusterability_table(assignments: pa.Table, threshold: float,
     return with_model_metadata(rows, metadata, schemas.CLUSTERABILITY)
 
 
-def seed_template_id_matrix(assignments: pa.Table) -> np.ndarray | None:
-    """(rows, seeds) of the assignments' seed_template_ids: each seed's template, -1 where
-    unclustered under it or where a row has no list (invalid kernels); None where no row has
-    one, or the files are of runs with different --seeds."""
+def seed_template_id_matrix(assignments: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, seeds) of the assignments' seed_template_ids, each seed's template: -1 where
+    unclustered under it or where a row has no list (invalid kernels), -2 past the seeds of the
+    row's size (sizes can have different numbers of seeds: untrained_members); and each row's
+    number of seeds. None where no row has a list."""
     if "seed_template_ids" not in assignments.column_names:
         return None
     lists = assignments.column("seed_template_ids").combine_chunks()
     present = np.asarray(lists.is_valid())
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
-    if not present.any() or len(set(lengths[present])) != 1:
+    if not present.any():
         return None
-    n_seeds = int(lengths[present][0])
-    ids = np.full((len(lengths), n_seeds), -1, np.int64)
-    ids[present] = pc.fill_null(lists.flatten(), -1).to_numpy().reshape(-1, n_seeds)
-    return ids
+    ids = np.full((len(lengths), int(lengths.max())), -2, np.int64)
+    ids[np.arange(ids.shape[1]) < lengths[:, None]] = pc.fill_null(lists.flatten(), -1).to_numpy()
+    ids[~present] = -1
+    return ids, lengths
 
 
 def seed_clustered_counts(assignments: pa.Table) -> dict[tuple[str, int], np.ndarray]:
-    """Per (model, size): valid kernels clustered under each seed's own template set, from
-    the assignments' seed_template_ids; none where the sets were not recorded."""
-    ids = seed_template_id_matrix(assignments)
-    if ids is None:
+    """Per (model, size): valid kernels clustered under each seed's own template set (each seed
+    of that size), from the assignments' seed_template_ids; none where the sets were not
+    recorded."""
+    found = seed_template_id_matrix(assignments)
+    if found is None:
         return {}
+    ids, lengths = found
     present = pc.is_valid(assignments.column("seed_template_ids"))
     rows = assignments.filter(present)
     clustered = ids[np.asarray(present)] >= 0
     table = pa.table({"model_id": rows.column("model_id"),
                       "kernel_size": rows.column("kernel_size"),
+                      "n_seeds": lengths[np.asarray(present)],
                       **{f"s{i}": clustered[:, i] for i in range(ids.shape[1])}})
     grouped = table.group_by(["model_id", "kernel_size"], use_threads=False).aggregate(
-        [(f"s{i}", "sum") for i in range(ids.shape[1])])
+        [("n_seeds", "max"), *[(f"s{i}", "sum") for i in range(ids.shape[1])]])
     return {(g["model_id"], g["kernel_size"]):
-            np.array([g[f"s{i}_sum"] for i in range(ids.shape[1])]) for g in grouped.to_pylist()}
+            np.array([g[f"s{i}_sum"] for i in range(g["n_seeds_max"])])
+            for g in grouped.to_pylist()}
 
 
 # From this many seeds on, a headline (the clustered fraction, a kind's share) is the median
@@ -390,7 +395,11 @@ def pattern_counts(assignments: pa.Table, templates: pa.Table,
     valid = np.asarray(pc.is_null(assignments.column("invalid_reason")))
     n_valid = np.bincount(group[valid], minlength=n_groups)
     template = pc.fill_null(assignments.column("template_id"), -1).to_numpy()
-    seed_ids = seed_template_id_matrix(assignments) if seed_names else None
+    found = seed_template_id_matrix(assignments) if seed_names else None
+    seed_ids = found[0] if found is not None else None
+    if found is not None:  # each (model, size)'s number of seeds
+        group_seeds = np.zeros(n_groups, np.int64)
+        np.maximum.at(group_seeds, group, found[1])
 
     def counted(ids: np.ndarray, seed: int | None) -> np.ndarray:
         """(groups, patterns) counts of the valid kernels whose template `ids` names."""
@@ -412,7 +421,9 @@ def pattern_counts(assignments: pa.Table, templates: pa.Table,
         if per_seed is not None:
             seen |= per_seed[g].any(axis=1)
         counts[(str(model_id), int(k))] = (int(n_valid[g]), {
-            patterns[p]: (int(consensus[g, p]), None if per_seed is None else per_seed[g, p])
+            patterns[p]: (int(consensus[g, p]),
+                          None if per_seed is None or not group_seeds[g]
+                          else per_seed[g, p, :group_seeds[g]])
             for p in np.flatnonzero(seen)})
     return counts
 

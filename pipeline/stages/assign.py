@@ -42,7 +42,7 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
     seed_indexes = seed_indexes or {}
     n_seeds = max((len(v) for v in seed_indexes.values()), default=0)
     seed_ids = np.full((n, n_seeds), -1, dtype=np.int32)  # -1: unclustered under that seed
-    has_seeds = np.zeros(n, dtype=bool)
+    seed_slots = np.zeros(n, dtype=np.int32)  # seeds of the row's size (0: none recorded)
     yardstick = _Yardstick(n)
     nearest = np.full(n, -1, dtype=np.int64)
     cosine = np.zeros(n, dtype=np.float32)
@@ -61,7 +61,7 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         yardstick.measure(rows[valid], normalised[valid], int(k), threshold, master_keys,
                           families)
         for i, index in enumerate(seed_indexes.get(int(k), [])):
-            has_seeds[rows[valid]] = True
+            seed_slots[rows[valid]] = len(seed_indexes[int(k)])
             if index is None:  # this seed has no template of this size: all unclustered
                 continue
             ids, cos = index.nearest(normalised[valid])
@@ -93,18 +93,20 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         "template_set": pa.array([template_set], pa.string()).take(
             pa.array(np.zeros(len(codes), np.int32))),
         **yardstick.columns(),
-        "seed_template_ids": _seed_template_ids(seed_ids, has_seeds),
+        "seed_template_ids": _seed_template_ids(seed_ids, seed_slots),
     }, schema=schemas.ASSIGNMENTS)
 
 
-def _seed_template_ids(seed_ids: np.ndarray, has_seeds: np.ndarray) -> pa.Array:
-    """list<int32> per row: each seed's template id, null where unclustered under it; a null
-    list where the row has no seed sets (invalid kernel, or one seed)."""
-    rows = seed_ids[has_seeds]
+def _seed_template_ids(seed_ids: np.ndarray, seed_slots: np.ndarray) -> pa.Array:
+    """list<int32> per row: each seed of its size's template id (the first `seed_slots` of the
+    row's), null where unclustered under it; a null list where the row has no seed sets
+    (invalid kernel, or one seed)."""
+    values = seed_ids[np.arange(seed_ids.shape[1]) < seed_slots[:, None]]  # row by row
     offsets = np.zeros(len(seed_ids) + 1, np.int32)
-    offsets[1:] = np.cumsum(has_seeds * seed_ids.shape[1])
-    values = pa.array(rows.ravel(), pa.int32(), mask=rows.ravel() < 0)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~has_seeds))
+    offsets[1:] = np.cumsum(seed_slots)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32(),
+                                                                mask=values < 0),
+                                    mask=pa.array(seed_slots == 0))
 
 
 class _Yardstick:

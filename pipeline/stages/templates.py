@@ -450,11 +450,16 @@ def join_template_tables(sizes: list[tuple[pa.Table, pa.Table, pa.Table] | None]
 
 def _autoencoder_members(autoencoders_dir: Path, k: int, kernels: np.ndarray,
                          config: TemplateConfig, threshold: float) -> list[MemberTemplates]:
-    """Each trained seed's templates (the train stage's k{k}.seed{i} files)."""
+    """Each trained seed's templates (the train stage's k{k}.seed{i} files), but for the seeds
+    that did not train (the record's `left_out`, untrained_members)."""
     from dwscan.method.autoencoder import load_autoencoder
 
+    record = read_training_records(autoencoders_dir, [k])[k]
+    left_out = set(record.get("left_out") or [])
     members = []
-    for index, member_seed in enumerate(read_training_records(autoencoders_dir, [k])[k]["seeds"]):
+    for index, member_seed in enumerate(record["seeds"]):
+        if index in left_out:
+            continue
         model, _ = load_autoencoder(autoencoder_path(autoencoders_dir, k, index))
         members.append(member_templates(model, kernels, config, threshold, member_seed))
     return members

@@ -116,3 +116,15 @@ def test_the_model_timeout_flag_defaults_to_the_run_options_timeout():
 
     args = build_parser().parse_args(["scan"])
     assert args.model_timeout == DEFAULT_MODEL_TIMEOUT == RunOptions().model_timeout
+
+
+def test_the_training_line_names_the_seeds_left_out_with_their_losses():
+    from dwscan.cli.scan import format_training_record
+
+    record = {"seeds": [7000, 7001, 7002, 7003], "steps": 1500, "epochs": 2.0,
+              "n_kernels": 1000, "train_seconds": 3.0, "stop_reason": "converged",
+              "final_loss": 0.35, "member_losses": [0.3, 0.31, 0.29, 0.5], "left_out": [3]}
+    line = format_training_record(5, record)
+    assert line.endswith("; left out, did not train: seed 7003 (loss 0.500), against the "
+                         "seeds' median 0.305")
+    assert "left out" not in format_training_record(5, {**record, "left_out": []})

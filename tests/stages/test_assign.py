@@ -211,3 +211,25 @@ def test_each_seeds_own_template_of_every_kernel_a_seed_without_templates_includ
     out = assign_kernels(kernels_table(weights, 3), {3: TemplateIndex(np.concatenate([t0, t1]))},
                          threshold=0.8, seed_indexes=indexes).column("seed_template_ids")
     assert out.to_pylist() == [[0, None, None], [1, None, 0], None]
+
+
+def test_each_size_lists_its_own_seeds_when_sizes_have_different_numbers():
+    """3x3 with two seeds (a third left out: untrained_members), 5x5 with three: each kernel's
+    list has its size's seeds, in their places."""
+    from dwscan.io.template_index import seed_template_indexes
+
+    t3, _ = centre_and_normalise(np.eye(9, dtype=np.float32)[:1] - np.eye(9)[1:2])
+    t5, _ = centre_and_normalise(np.eye(25, dtype=np.float32)[:1] - np.eye(25)[1:2])
+    seeds = pa.table({
+        "kernel_size": pa.array([3, 3, 5, 5, 5], pa.int32()),
+        "seed_index": pa.array([0, 1, 0, 1, 2], pa.int32()),
+        "n_seeds": pa.array([2, 2, 3, 3, 3], pa.int32()),
+        "template_id": pa.array([0, 0, 0, 0, 0], pa.int32()),
+        "weights": matrices_to_list_array([np.repeat(t3, 2, 0).reshape(2, 9),
+                                           np.repeat(t5, 3, 0).reshape(3, 25)])})
+    indexes = seed_template_indexes(seeds)
+    assert [len(indexes[3]), len(indexes[5])] == [2, 3]
+    kernels = pa.concat_tables([kernels_table(t3, 3), kernels_table(t5, 5)])
+    out = assign_kernels(kernels, {3: TemplateIndex(t3), 5: TemplateIndex(t5)}, threshold=0.8,
+                         seed_indexes=indexes).column("seed_template_ids")
+    assert out.to_pylist() == [[0, 0], [0, 0, 0]]

@@ -1,14 +1,25 @@
 """The templates stage with known answers: planted patterns plus noise kernels must give one
 template per pattern, each named by its family, and the same consensus under other seeds."""
 
+import json
 from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
+import torch
 
 from dwscan.io.template_index import TemplateIndex
-from dwscan.method.autoencoder import AutoencoderConfig, train_autoencoder, train_ensemble
+from dwscan.method.autoencoder import (
+    AutoencoderConfig,
+    KernelAutoencoder,
+    cosine_loss,
+    save_autoencoder,
+    train_autoencoder,
+    train_ensemble,
+    untrained_members,
+)
+from dwscan.method.autoencoder_config import autoencoder_path, training_record_path
 from dwscan.method.families import CENTRE_SURROUND, CROSS, FIRST, SECOND
 from dwscan.method.preprocess import centre_and_normalise
 from dwscan.stages.templates import (
@@ -26,6 +37,7 @@ from dwscan.stages.templates import (
     refine_to_member_means,
     select_templates,
     template_table,
+    templates_of_size,
 )
 from dwscan.testing.synthetic import PlantedPattern, noisy_copies, planted_patterns
 
@@ -191,6 +203,41 @@ def test_two_base_seeds_give_the_same_consensus_with_every_pattern_named(k):
             assert row["n_seeds"] == 3
     across = found[0].weights @ found[1].weights.T
     assert across.max(axis=1).min() >= 0.98 and across.max(axis=0).min() >= 0.98
+
+
+@pytest.mark.slow
+def test_a_seed_that_did_not_train_is_left_out_of_the_consensus_and_the_seed_tables(tmp_path):
+    """Base seed 0's three trained 5x5 seeds and a fourth that never trained (its initial
+    weights), saved as the train stage saves them. Its loss is measured, not set: far above the
+    others', so the record leaves it out (untrained_members), and the templates stage builds
+    the consensus and the seed tables of the three; every planted pattern is there. With the
+    same record but nothing left out, the fourth seed is counted."""
+    truth, kernels, _ = _synthetic(5)
+    models, log = _ensemble(5, 0)
+    assert log.left_out == []  # three seeds that trained: none goes
+    torch.manual_seed(99)
+    untrained = KernelAutoencoder(25).eval()
+    rows = torch.from_numpy(kernels)
+    with torch.no_grad():
+        losses = [*log.member_losses, float(cosine_loss(rows, untrained(rows)).mean())]
+    seeds = [*log.seeds, 99]
+    for index, (model, seed) in enumerate(zip([*models, untrained], seeds)):
+        save_autoencoder(model, autoencoder_path(tmp_path, 5, index),
+                         extra={"kernel_size": 5, "seed": seed})
+    record = {"kernel_size": 5, "seeds": seeds, "member_losses": losses,
+              "left_out": untrained_members(losses)}
+    assert record["left_out"] == [3]
+    training_record_path(tmp_path, 5).write_text(json.dumps(record))
+    config = replace(TemplateConfig(), master_key_filters=None)
+    templates, seed_templates, _ = templates_of_size(5, kernels, tmp_path, config)
+    assert set(seed_templates.column("seed").to_pylist()) == set(log.seeds)
+    assert set(seed_templates.column("n_seeds").to_pylist()) == {3}
+    assert set(templates.column("n_seeds").to_pylist()) == {3}
+    weights = np.array(templates.column("weights").to_pylist()).reshape(-1, 25)
+    assert _match(weights, truth).max(axis=0).min() >= 0.95  # every planted pattern
+    training_record_path(tmp_path, 5).write_text(json.dumps({**record, "left_out": []}))
+    _, seed_templates, _ = templates_of_size(5, kernels, tmp_path, config)
+    assert set(seed_templates.column("n_seeds").to_pylist()) == {4}
 
 
 def _member(seed: int, templates: np.ndarray, kernels: np.ndarray) -> MemberTemplates:
