@@ -40,15 +40,19 @@ def clusterability_table(assignments: pa.Table, threshold: float,
                                 **{c: sum(r[c] for r in size_rows) for c in _COUNT_COLUMNS},
                                 **_summed_yardstick(size_rows)})
         counted = [r["seed_counts"] for r in size_rows if r["seed_counts"] is not None]
-        total["seed_counts"] = (np.sum(counted, axis=0) if len(counted) == len(size_rows)
-                                and len({len(c) for c in counted}) == 1 else None)
+        every_size = len(counted) == len(size_rows)
+        paired = every_size and len({len(c) for c in counted}) == 1
+        total["seed_counts"] = np.sum(counted, axis=0) if paired else None
         weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
         if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
             total["chance_fraction"] = float(np.average(
                 [r["chance_fraction"] for r in size_rows], weights=weights))
-        for row in (total, *size_rows):
+        for row in (*size_rows, total):
             _with_yardstick_fractions(row)
             _with_seed_range(row)
+        if every_size and not paired:
+            _with_sizes_seed_range(total, size_rows)
+        for row in (total, *size_rows):
             row.update(threshold=threshold, sign_invariant=sign_invariant,
                        template_set=template_set)
             rows.append(row)
@@ -125,6 +129,22 @@ def _with_seed_range(row: dict) -> dict:
     row["clustered_fraction_by_seed"] = (np.asarray(counts, float) / n_valid).tolist() if found \
         else None
     return row
+
+
+def _with_sizes_seed_range(total: dict, size_rows: list[dict]) -> dict:
+    """The all-sizes row of a model whose sizes have different numbers of seeds (a seed that
+    did not train is left out of its size only: untrained_members). The seeds of two sizes are
+    different autoencoders and cannot be paired into one seed's total, so the headline is the
+    sizes' headlines summed and the range their lows and highs summed (an envelope)."""
+    sizes = [(r, r["n_filters"] - r["n_invalid"]) for r in size_rows]
+    sizes = [(r, n) for r, n in sizes if n]
+    n_valid = sum(n for _, n in sizes)
+    if not n_valid:
+        return total
+    for column in ("clustered_fraction", "clustered_fraction_seed_min",
+                   "clustered_fraction_seed_max"):
+        total[column] = sum(r[column] * n for r, n in sizes) / n_valid
+    return total
 
 
 # Per (model, size): valid kernels the family yardstick scored and of those at the threshold;

@@ -149,11 +149,11 @@ def test_with_three_seeds_the_headline_is_the_median_of_the_seeds_own_fractions(
         _assignments(rows, seed_ids=seed_ids), 0.8))
 
 
-def test_a_size_with_a_seed_left_out_has_its_own_seeds_and_the_all_sizes_row_the_consensus():
+def test_a_size_with_a_seed_left_out_has_its_own_seeds_and_the_all_sizes_row_sums_the_sizes():
     """3x3 with three seeds (one left out of four: untrained_members), 5x5 with four. Each
     size's median and range are over its own seeds; the seeds of two sizes cannot be paired,
-    so the all-sizes row has no range and its headline is the consensus's own. The 3x3 kinds'
-    shares are over its three seeds too."""
+    so the all-sizes row sums the sizes' headlines (1 + 1.5 of 5 kernels) and their lows and
+    highs (0 + 0, 2 + 2). The 3x3 kinds' shares are over its three seeds too."""
     seed_ids = [[0, 0, None], [0, None, None], [None, None, None],  # 3x3: 2, 1, 0 of 3
                 [0, 0, 0, None], [0, 0, None, None]]  # 5x5: 2, 2, 1, 0 of 2
     rows = [("a", 3, 0, None), ("a", 3, None, None), ("a", 3, None, None),
@@ -164,8 +164,11 @@ def test_a_size_with_a_seed_left_out_has_its_own_seeds_and_the_all_sizes_row_the
     assert got[3]["clustered_fraction"] == pytest.approx(1 / 3)
     assert got[5]["clustered_fraction_by_seed"] == pytest.approx([1.0, 1.0, 0.5, 0.0])
     assert got[5]["clustered_fraction"] == pytest.approx(3 / 4)  # median of 2, 2, 1, 0 of 2
-    assert got[None]["clustered_fraction_seed_min"] is None
-    assert got[None]["clustered_fraction"] == got[None]["clustered_fraction_consensus"] == 3 / 5
+    assert got[None]["clustered_fraction"] == pytest.approx(2.5 / 5)
+    assert got[None]["clustered_fraction_consensus"] == pytest.approx(3 / 5)
+    assert got[None]["clustered_fraction_seed_min"] == pytest.approx(0.0)
+    assert got[None]["clustered_fraction_seed_max"] == pytest.approx(4 / 5)
+    assert got[None]["clustered_fraction_by_seed"] is None
     templates = _named([(3, 0, "centre-surround", "on"), (5, 0, "centre-surround", "on")],
                        False)
     seeds = _named([(3, i, 0, "centre-surround", "on") for i in range(3)]
