@@ -276,8 +276,12 @@ def test_model_ids_that_share_or_cannot_name_a_file_are_refused_before_any_work(
     assert "'org/name' and 'org--name' map to the same file org--name.parquet" in clash.stderr
     assert not (out / "models.parquet").exists()
 
+    cut_short = out / "kernels" / ".org--name.parquet.1a2b3c4d.tmp"  # a killed write's temp
+    cut_short.parent.mkdir(parents=True)
+    cut_short.write_bytes(b"PAR1")
     first = dwscan("scan", "--out", str(out), "--checkpoint", str(good), "--model-id", "org/name")
     assert first.returncode == 0, first.stderr[-3000:]
+    assert not cut_short.exists()  # `dwscan scan` drops it, as `dwscan run` does
     kept = (out / "kernels" / "org--name.parquet").read_bytes()
     long_id = "x" * 300
     later = dwscan("scan", "--out", str(out), "--checkpoint", str(good), "--model-id", "fine",

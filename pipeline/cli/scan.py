@@ -150,11 +150,12 @@ def command_scan(args: argparse.Namespace) -> int:
     from dwscan.io.catalogue import scan_failures
     from dwscan.io.lock import output_lock
     from dwscan.io.storage import OutputLayout
-    from dwscan.run import check_scan_ids, scan_models
+    from dwscan.run import check_scan_ids, remove_partial_writes, scan_models
 
     specs = specs_from_args(args)
     layout = OutputLayout(args.out)
     with output_lock(layout.root, "scan"), ray_session():
+        remove_partial_writes(layout)  # as `dwscan run` does: what a killed command left
         check_scan_ids(layout, specs)
         ray_executor.init_ray(args.address, out=layout.root)
         run_models, _ = scan_models(specs, layout, args.concurrency, read_limits(args),
