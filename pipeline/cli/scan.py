@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from math import isfinite
 from pathlib import Path
 from statistics import median
 
@@ -206,5 +207,6 @@ def _left_out_text(record: dict) -> str:
         return ""
     losses = record["member_losses"]
     which = ", ".join(f"seed {record['seeds'][i]} (loss {losses[i]:.3f})" for i in left_out)
+    finite = [loss for loss in losses if isfinite(loss)]
     return (f"; left out, did not train: {which}, against the seeds' median "
-            f"{median(losses):.3f}")
+            f"{median(finite):.3f}")

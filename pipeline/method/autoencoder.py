@@ -190,13 +190,15 @@ UNTRAINED_LOSS_RATIO = 1.2
 
 
 def untrained_members(losses: list[float], ratio: float = UNTRAINED_LOSS_RATIO) -> list[int]:
-    """Indices of the seeds whose loss is above `ratio` times the median seed's: left out of the
-    templates, the consensus and the seed ranges. The median needs three seeds; it is at most
-    one seed in two, so most seeds always stay."""
-    if len(losses) < 3:
+    """Indices of the seeds whose loss is above `ratio` times the median seed's, or not a number:
+    left out of the templates, the consensus and the seed ranges. The median needs three seeds
+    and is of the finite losses; fewer than half of the seeds can be above it, and where half
+    or more are not finite the rule says nothing, so most seeds always stay."""
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    if len(losses) < 3 or 2 * len(finite) <= len(losses):
         return []
-    median = float(np.median(losses))
-    return [i for i, loss in enumerate(losses) if loss > ratio * median]
+    median = float(np.median(finite))
+    return [i for i, loss in enumerate(losses) if not np.isfinite(loss) or loss > ratio * median]
 
 
 class ConvergenceRule:

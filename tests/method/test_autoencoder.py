@@ -64,6 +64,8 @@ def test_a_seed_far_above_its_siblings_loss_did_not_train():
     assert untrained_members([0.3, 0.9, 0.9, 0.9]) == []  # most seeds stuck: the rule cannot say
     assert untrained_members([0.3, 0.3, 0.3, 0.37]) == [3]  # just above 1.2 times 0.3
     assert untrained_members([0.3, 0.3, 0.3, 0.35]) == []
+    assert untrained_members([0.3, float("nan"), 0.31, 0.32]) == [1]  # a loss that is no number
+    assert untrained_members([0.3, float("nan"), float("nan"), 0.32]) == []  # half: no verdict
 
 
 def test_an_ensemble_trains_each_seed_as_if_alone():
