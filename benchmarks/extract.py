@@ -1,7 +1,7 @@
 """Extraction: kernels per second and checkpoint MB per second of `extract_depthwise_kernels`
 (a local checkpoint to an in-memory KERNELS table), against reading the same checkpoint without
 extracting anything: `torch.load(weights_only=True)` for torch files, a raw read of every byte
-(`Path.read_bytes`) for safetensors, which extraction memory-maps and reads tensor by tensor.
+(`Path.read_bytes`) for safetensors, which extraction reads by byte ranges, tensor by tensor.
 The demo zoo's EfficientNet-Lite torch files, EfficientNet-Lite2 converted to safetensors,
 timm's convnext_tiny (random weights, 114 MB, depthwise kernels 1% of it) and a synthetic
 checkpoint of depthwise 7x7 layers only. The page cache is warm for both sides (one untimed run

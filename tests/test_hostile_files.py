@@ -23,7 +23,7 @@ from dwscan import schemas
 from dwscan.cli import main
 from dwscan.executor import ray_executor
 from dwscan.io.catalogue import model_row
-from dwscan.io.checkpoints import CheckpointError, ReadLimits, RemoteSafetensorsCheckpoint
+from dwscan.io.checkpoints import CheckpointError, ReadLimits, SafetensorsReader
 from dwscan.io.storage import ModelIdError, OutputLayout, check_model_ids, read_table, write_table
 from dwscan.io.zoo import ModelSpec, local_checkpoint_spec, read_config
 from dwscan.run import scan_models
@@ -81,8 +81,8 @@ def test_safetensors_headers_and_tensor_counts_are_capped_before_parsing(tmp_pat
     for limits, cap in [(ReadLimits(max_header_bytes=header_bytes - 1), "max_header_bytes"),
                         (ReadLimits(max_tensors=999), "max_tensors")]:
         with pytest.raises(CheckpointError, match=f"ReadLimits.{cap}"):
-            RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"], limits)
-    assert len(RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"]).tensor_infos()) == 1000
+            SafetensorsReader(fetch, ["m.safetensors"], limits)
+    assert len(SafetensorsReader(fetch, ["m.safetensors"]).tensor_infos()) == 1000
 
 
 def _torch_zip_with_pickle(path: Path, pickle_bytes: bytes) -> None:

@@ -1,8 +1,10 @@
 """Reading checkpoints safely: the only module that opens weight files.
 
-Safetensors are memory-mapped and read tensor by tensor. Torch files are read only with
-`torch.load(weights_only=True)`, which refuses any pickle that asks to build arbitrary objects, so
-nothing in a hostile file runs. Every failure becomes a `CheckpointError` with a one-line reason.
+Safetensors, local or on the Hub, are read by byte ranges: the header (capped) first, then only
+the tensors wanted, by one parser and one decoder (SafetensorsReader). Torch files are read only
+with `torch.load(weights_only=True)`, which refuses any pickle that asks to build arbitrary
+objects, so nothing in a hostile file runs. Every failure becomes a `CheckpointError` with a
+one-line reason.
 
 A hostile file may also claim more than it holds, so before anything is allocated: every file a
 checkpoint folder names must resolve inside the folder, a torch zip may inflate to at most
@@ -85,80 +87,10 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
 
-class SafetensorsCheckpoint:
-    """One or more safetensors files (a sharded checkpoint), read lazily through mmap.
-
-    Opened for numpy, not torch: importing torch costs a Ray worker about 3 s of CPU, more than
-    reading a small model. numpy has no bfloat16, so a BF16 tensor is read raw and widened
-    (decode_tensor)."""
-
-    def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
-        from safetensors import safe_open
-
-        self._handles = []
-        self._files: dict[str, Path] = {}
-        self._spans: dict[Path, dict[str, tuple[int, int]]] = {}  # file -> name -> (start, stop)
-        self._where: dict[str, object] = {}
-        self._infos: dict[str, TensorInfo] = {}
-        header_bytes = 0
-        for file in files:
-            header_bytes = _within_cap(header_bytes + _local_header_length(file),
-                                       limits.max_header_bytes, "bytes of safetensors header",
-                                       "ReadLimits.max_header_bytes")
-            try:
-                handle = safe_open(str(file), framework="numpy")
-            except FileNotFoundError as exc:
-                raise CheckpointError(f"file not found: {file}") from exc
-            except Exception as exc:  # safetensors raises its own error type for bad headers
-                raise CheckpointError(f"corrupt safetensors file {file.name}: {one_line(exc)}") \
-                    from exc
-            self._handles.append(handle)
-            names = handle.keys()
-            _within_cap(len(self._infos) + len(names), limits.max_tensors, "tensors",
-                        "ReadLimits.max_tensors")
-            for name in names:
-                sl = handle.get_slice(name)
-                self._where[name] = handle
-                self._files[name] = file
-                self._infos[name] = TensorInfo(name, tuple(sl.get_shape()), str(sl.get_dtype()))
-
-    def tensor_infos(self) -> list[TensorInfo]:
-        return [self._infos[n] for n in sorted(self._infos, key=natural_key)]
-
-    def read(self, name: str) -> np.ndarray:
-        info = self._infos[name]
-        try:
-            if info.dtype == "BF16":
-                return decode_tensor(self._raw_bytes(name), "BF16", info.shape)
-            return self._where[name].get_tensor(name).astype(np.float32)
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"cannot read tensor {name}: {one_line(exc)}") from exc
-
-    def _raw_bytes(self, name: str) -> bytes:
-        """A tensor's bytes as stored, at the offsets its file's header gives (safetensors has
-        checked that header, within the header cap, when it opened the file)."""
-        file = self._files[name]
-        if file not in self._spans:  # parsed again once per file, at its first BF16 read
-            length = _local_header_length(file)
-            with open(file, "rb") as handle:
-                handle.seek(8)
-                header = json.loads(handle.read(length))
-            self._spans[file] = {}
-            for key, meta in header.items():
-                if key != "__metadata__":
-                    _, begin, end = _header_entry(str(file), key, meta)
-                    self._spans[file][key] = (8 + length + begin, 8 + length + end)
-        start, stop = self._spans[file][name]
-        with open(file, "rb") as handle:
-            handle.seek(start)
-            return handle.read(stop - start)
-
-
 def _local_header_length(file: Path) -> int:
     """The header length a local safetensors file declares in its first 8 bytes (0 when it has
-    fewer: safetensors then says why the file is corrupt); one past the file's end is corrupt."""
+    fewer: SafetensorsReader then says why the file is corrupt); one past the file's end is
+    corrupt."""
     try:
         with open(file, "rb") as handle:
             head = handle.read(8)
@@ -202,9 +134,11 @@ def _no_budget(n: int) -> AbstractContextManager:
     return nullcontext()
 
 
-class RemoteSafetensorsCheckpoint:
-    """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`: the
-    header first, then only the tensors asked for, neighbours coalesced into one request.
+class SafetensorsReader:
+    """Safetensors files read by byte ranges through `fetch(file, start, stop) -> bytes`, on the
+    Hub (dwscan.io.hub) or local (SafetensorsCheckpoint): the header first, then only the
+    tensors asked for, neighbours coalesced into one request. One parser and one decoder for
+    every safetensors file dwscan reads: numpy only, no torch and no safetensors library.
 
     `heads` holds the first bytes of a file where they were read already (with other requests
     of the model, in the same round trip): its header comes from them as far as they reach,
@@ -225,6 +159,9 @@ class RemoteSafetensorsCheckpoint:
             head = (heads or {}).get(file, b"")
             if len(head) < 8:
                 head = self._fetch(file, 0, 8)
+            if len(head) < 8:
+                raise CheckpointError(f"corrupt safetensors file {file}: {len(head)} bytes, "
+                                      f"shorter than its header's 8-byte length")
             length = struct.unpack("<Q", head[:8])[0]
             if length == 0:
                 raise CheckpointError(f"corrupt safetensors file {file}: header length 0")
@@ -320,6 +257,50 @@ class RemoteSafetensorsCheckpoint:
         return decode_tensor(self._cache.pop(name), info.dtype, info.shape)
 
 
+class SafetensorsCheckpoint(SafetensorsReader):
+    """Local safetensors files (one, or the shards of a sharded checkpoint), read as the Hub's
+    are (SafetensorsReader) from byte ranges of the files, tensor by tensor: `prefetch` reads
+    nothing ahead, since a local read costs no round trip and holding every tensor at once
+    would cost memory. A header past the end of its file, and a tensor past it, are refused
+    when the files are opened."""
+
+    def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
+        paths = {file.name: file for file in files}
+        for file in files:
+            _local_header_length(file)  # not found, or a header longer than the file
+        super().__init__(_LocalRanges(paths), list(paths), limits)
+        sizes = {name: path.stat().st_size for name, path in paths.items()}
+        for name, (file, _, stop) in self._where.items():
+            if stop > sizes[file]:
+                raise CheckpointError(f"corrupt safetensors file {file}: tensor "
+                                      f"{one_line(name, 100)} "
+                                      f"ends at byte {stop}, past the end of the file "
+                                      f"({sizes[file]} bytes)")
+
+    def prefetch(self, names: list[str]) -> None:
+        """Nothing: each tensor is read when asked for."""
+
+    def read(self, name: str) -> np.ndarray:
+        file, start, stop = self._where[name]
+        info = self._infos[name]
+        return decode_tensor(self._fetch(file, start, stop), info.dtype, info.shape)
+
+
+class _LocalRanges:
+    """`fetch(file, start, stop)` over local files named by their file names."""
+
+    def __init__(self, paths: dict[str, Path]):
+        self._paths = paths
+
+    def __call__(self, file: str, start: int, stop: int) -> bytes:
+        try:
+            with open(self._paths[file], "rb") as handle:
+                handle.seek(start)
+                return handle.read(stop - start)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {file}: {one_line(exc, 200)}") from exc
+
+
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                 "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -348,14 +329,21 @@ def _product(values) -> int:
     return result
 
 
+# Integer and boolean tensors (a batch norm's num_batches_tracked) read as float32 too, as a
+# state dict to load into a network (dwscan.io.networks) holds every tensor.
+_OTHER_DTYPES = {"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+                 "U16": "<u2", "U32": "<u4", "U64": "<u8"}
+
+
 def decode_tensor(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Raw little-endian safetensors bytes as a float32 array."""
-    if dtype not in FLOAT_DTYPES:
-        raise CheckpointError(f"unsupported dtype {dtype}")
     if dtype == "BF16":
         values = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    elif dtype in FLOAT_DTYPES or dtype in _OTHER_DTYPES:
+        layout = FLOAT_DTYPES.get(dtype) or _OTHER_DTYPES[dtype]
+        values = np.frombuffer(data, dtype=layout).astype(np.float32)
     else:
-        values = np.frombuffer(data, dtype=FLOAT_DTYPES[dtype]).astype(np.float32)
+        raise CheckpointError(f"unsupported dtype {dtype}")
     if values.size != int(np.prod(shape)):
         raise CheckpointError(f"tensor of shape {shape} got {values.size} values")
     return values.reshape(shape)

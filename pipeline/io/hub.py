@@ -49,7 +49,7 @@ from dwscan.io.checkpoints import (
     FOLDER_WEIGHT_FILES,
     CheckpointError,
     ReadLimits,
-    RemoteSafetensorsCheckpoint,
+    SafetensorsReader,
     TorchCheckpoint,
     choose_weight_file,
     read_shard_index,
@@ -151,7 +151,7 @@ class ByteBudget:
 class HubCheckpoint:
     repo_id: str
     revision: str  # the commit sha every file was read at
-    reader: Any  # RemoteSafetensorsCheckpoint or TorchCheckpoint
+    reader: Any  # SafetensorsReader or TorchCheckpoint
     config: dict = field(default_factory=dict)  # config.json, {} when absent or unusable
     config_warnings: list[str] = field(default_factory=list)  # why config.json was unusable
     bytes_fetched: int = 0  # payload bytes received from the hub for this model
@@ -276,10 +276,10 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
             pinned["revision"] = sha
         if name.endswith(".safetensors.index.json"):
             index = read_shard_index(_download(repo_id, name, sha, None, options, opened), limits)
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, shard_names(index, name), limits,
+            opened.reader = SafetensorsReader(fetch, shard_names(index, name), limits,
                                                         heads, budget.hold)
         elif name.endswith(".safetensors"):
-            opened.reader = RemoteSafetensorsCheckpoint(fetch, [name], limits, heads,
+            opened.reader = SafetensorsReader(fetch, [name], limits, heads,
                                                         budget.hold)
         else:  # held while the model is: what the file takes loaded is capped by max_torch_bytes
             stack.enter_context(budget.hold(limits.max_torch_bytes, options.deadline))
@@ -478,13 +478,13 @@ def _retry_after(response) -> float | None:
 
 
 class RangeReader:
-    """`fetch(file, start, stop) -> bytes` for RemoteSafetensorsCheckpoint, over HTTP Range.
+    """`fetch(file, start, stop) -> bytes` for SafetensorsReader, over HTTP Range.
 
     A range longer than `options.max_range_bytes` is read in several requests. A 206 is used
     only if it is exactly the range asked. A 200 (the server ignored Range) is kept open as the
     file's one pass: this range and every later one of that file at or after it are taken from
     it as they go by, bytes in between dropped, so such a file costs one read up to its last
-    wanted byte (RemoteSafetensorsCheckpoint asks in file order: header, then tensors by offset).
+    wanted byte (SafetensorsReader asks in file order: header, then tensors by offset).
     Bytes received count into `opened.bytes_fetched`; close() ends the open passes."""
 
     def __init__(self, url_of: Callable[[str], str], options: HubOptions, opened: HubCheckpoint,

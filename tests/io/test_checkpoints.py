@@ -6,7 +6,12 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from dwscan.io.checkpoints import CheckpointError, natural_key, open_checkpoint
+from dwscan.io.checkpoints import (
+    CheckpointError,
+    SafetensorsCheckpoint,
+    natural_key,
+    open_checkpoint,
+)
 from tests.helpers import write_torch
 
 
@@ -142,6 +147,42 @@ def test_a_truncated_file_gives_a_one_line_reason(tmp_path, tiny_state, fmt):
     with pytest.raises(CheckpointError) as info:
         _read_all(path)
     assert "corrupt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_local_safetensors_file_that_holds_less_than_it_declares_is_refused_on_opening(
+        tmp_path, tiny_state):
+    """Local safetensors are read by the hub's parser from byte ranges: a file shorter than the
+    header's length field, a header longer than the file, and a tensor that ends past the file
+    each give one line naming the file, before any tensor is read. The whole file reads."""
+    path = tmp_path / "m.safetensors"
+    save_file(tiny_state, str(path))
+    data = path.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    for cut, why in [(5, "5 bytes, shorter than its header's 8-byte length"),
+                     (header - 1, "past the end of the file"),
+                     (len(data) - 1, f"ends at byte {len(data)}, past the end of the file")]:
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="corrupt safetensors file m.safetensors") as e:
+            SafetensorsCheckpoint([path])
+        assert why in str(e.value) and "\n" not in str(e.value)
+    path.write_bytes(data)
+    reader = SafetensorsCheckpoint([path])
+    for info in reader.tensor_infos():
+        np.testing.assert_array_equal(reader.read(info.name), tiny_state[info.name])
+
+
+def test_integer_and_boolean_safetensors_read_as_float32(tmp_path):
+    """A state dict to load into a network holds every tensor: a batch norm's
+    num_batches_tracked (I64) and a mask (BOOL) read as float32, as torch's .float() gives."""
+    path = tmp_path / "m.safetensors"
+    state = {"bn.num_batches_tracked": np.array(5, np.int64),
+             "mask": np.array([True, False, True]), "small": np.array([-3, 7], np.int8)}
+    save_file(state, str(path))
+    reader = SafetensorsCheckpoint([path])
+    for name, value in state.items():
+        got = reader.read(name)
+        assert got.dtype == np.float32 and got.shape == value.shape
+        np.testing.assert_array_equal(got, value.astype(np.float32))
 
 
 def test_garbage_missing_and_unknown_files_are_clear_errors(tmp_path):

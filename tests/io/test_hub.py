@@ -243,7 +243,7 @@ def test_discovery_filters(hub):
 
 
 def test_coalescing_joins_only_near_neighbours():
-    from dwscan.io.checkpoints import RemoteSafetensorsCheckpoint
+    from dwscan.io.checkpoints import SafetensorsReader
 
     # laid out a, b, c: b is wider than the coalescing gap, so a and c are not neighbours
     state = {"a": torch.zeros(16), "b": torch.ones(2 * COALESCE_GAP // 4), "c": torch.full((4,), 2.0)}
@@ -254,7 +254,7 @@ def test_coalescing_joins_only_near_neighbours():
         calls.append((start, stop))
         return blob[start:stop]
 
-    reader = RemoteSafetensorsCheckpoint(fetch, ["m.safetensors"])
+    reader = SafetensorsReader(fetch, ["m.safetensors"])
     calls.clear()
     reader.prefetch(["a", "c"])
     assert len(calls) == 2 and sum(b - a for a, b in calls) == 16 * 4 + 4 * 4
