@@ -173,9 +173,9 @@ class SafetensorsReader:
                     raw += self._fetch(file, 8 + len(raw), 8 + length)
                 try:
                     header = json.loads(raw)
-                except ValueError as exc:
-                    raise CheckpointError(f"corrupt safetensors header in {file}: {exc}") \
-                        from exc
+                except (ValueError, RecursionError) as exc:
+                    raise CheckpointError(f"corrupt safetensors header in {file}: "
+                                          f"{one_line(exc, 200)}") from exc
                 del raw
                 self.header_bytes += 8 + length
                 if not isinstance(header, dict):
@@ -183,13 +183,16 @@ class SafetensorsReader:
                                           f"not a JSON object")
                 _within_cap(len(self._infos) + len(header) - ("__metadata__" in header),
                             limits.max_tensors, "tensors", "ReadLimits.max_tensors")
+                spans = []
                 for name, meta in header.items():
                     if name == "__metadata__":
                         continue
                     info, begin, end = _header_entry(file, name, meta)
                     self._infos[name] = info
                     self._where[name] = (file, 8 + length + begin, 8 + length + end)
+                    spans.append((begin, end, name))
                 del header
+                _check_disjoint(file, spans)
             if len(head) > 8 + length:
                 self._ahead[file] = (8 + length, bytes(head[8 + length:]))
 
@@ -265,13 +268,23 @@ class SafetensorsCheckpoint(SafetensorsReader):
     when the files are opened."""
 
     def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
-        paths = {file.name: file for file in files}
+        # each file by its name, or by its path below the files' common folder where shards in
+        # subfolders share a name
+        top = os.path.commonpath([f.parent for f in files]) if files else ""
+        paths = {(f.name if len({g.name for g in files}) == len(files)
+                  else os.path.relpath(f, top)): f for f in files}
         for file in files:
             _local_header_length(file)  # not found, or a header longer than the file
-        super().__init__(_LocalRanges(paths), list(paths), limits)
-        sizes = {name: path.stat().st_size for name, path in paths.items()}
+        ranges = _LocalRanges(paths)
+        try:
+            super().__init__(ranges, list(paths), limits)
+        except BaseException:
+            ranges.close()
+            raise
+        sizes = ranges.sizes
         for name, (file, _, stop) in self._where.items():
             if stop > sizes[file]:
+                ranges.close()
                 raise CheckpointError(f"corrupt safetensors file {file}: tensor "
                                       f"{one_line(name, 100)} "
                                       f"ends at byte {stop}, past the end of the file "
@@ -285,20 +298,38 @@ class SafetensorsCheckpoint(SafetensorsReader):
         info = self._infos[name]
         return decode_tensor(self._fetch(file, start, stop), info.dtype, info.shape)
 
+    def close(self) -> None:
+        self._fetch.close()
+
 
 class _LocalRanges:
-    """`fetch(file, start, stop)` over local files named by their file names."""
+    """`fetch(file, start, stop)` over local files, each opened once (a path swapped for another
+    file after it was checked is not followed again), read with pread."""
 
     def __init__(self, paths: dict[str, Path]):
-        self._paths = paths
+        self._fds: dict[str, int] = {}
+        self.sizes: dict[str, int] = {}
+        try:
+            for name, path in paths.items():
+                self._fds[name] = os.open(path, os.O_RDONLY)
+                self.sizes[name] = os.fstat(self._fds[name]).st_size
+        except OSError as exc:
+            self.close()
+            raise CheckpointError(f"cannot read {path.name}: {one_line(exc, 200)}") from exc
 
     def __call__(self, file: str, start: int, stop: int) -> bytes:
         try:
-            with open(self._paths[file], "rb") as handle:
-                handle.seek(start)
-                return handle.read(stop - start)
+            return os.pread(self._fds[file], stop - start, start)
         except OSError as exc:
             raise CheckpointError(f"cannot read {file}: {one_line(exc, 200)}") from exc
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:  # a reader dropped without close()
+        self.close()
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -313,13 +344,25 @@ def _header_entry(file: str, name: str, meta: object) -> tuple[TensorInfo, int, 
                 and all(type(v) is int and v >= 0 for v in [*shape, begin, end])):
             raise TypeError
     except (TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"corrupt safetensors header in {file}: bad entry for {name}") \
-            from exc
+        raise CheckpointError(f"corrupt safetensors header in {file}: bad entry for "
+                              f"{one_line(name, 100)}") from exc
     size = _DTYPE_BYTES.get(dtype)
     if size is not None and end - begin != size * _product(shape):
-        raise CheckpointError(f"corrupt safetensors header in {file}: {name} declares shape "
-                              f"{shape} ({dtype}) but spans {end - begin} bytes")
+        raise CheckpointError(f"corrupt safetensors header in {file}: {one_line(name, 100)} "
+                              f"declares shape {one_line(str(shape), 100)} "
+                              f"({one_line(dtype, 20)}) but spans {end - begin} bytes")
     return TensorInfo(name, tuple(shape), dtype), begin, end
+
+
+def _check_disjoint(file: str, spans: list[tuple[int, int, str]]) -> None:
+    """No two tensors of a file share bytes: a header whose entries all point at one span would
+    make a reader of every tensor (`read_state_dict`) hold that span once per entry."""
+    spans = sorted(s for s in spans if s[1] > s[0])
+    for (_, end, before), (begin, _, after) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"corrupt safetensors header in {file}: tensors "
+                                  f"{one_line(before, 100)} and {one_line(after, 100)} share "
+                                  f"bytes")
 
 
 def _product(values) -> int:
@@ -341,11 +384,15 @@ def decode_tensor(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray
         values = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     elif dtype in FLOAT_DTYPES or dtype in _OTHER_DTYPES:
         layout = FLOAT_DTYPES.get(dtype) or _OTHER_DTYPES[dtype]
-        values = np.frombuffer(data, dtype=layout).astype(np.float32)
+        try:
+            values = np.frombuffer(data, dtype=layout).astype(np.float32)
+        except ValueError as exc:  # a byte count that is no whole number of values
+            raise CheckpointError(f"tensor of {dtype} got {len(data)} bytes") from exc
     else:
-        raise CheckpointError(f"unsupported dtype {dtype}")
-    if values.size != int(np.prod(shape)):
-        raise CheckpointError(f"tensor of shape {shape} got {values.size} values")
+        raise CheckpointError(f"unsupported dtype {one_line(dtype, 20)}")
+    if values.size != _product(shape):
+        raise CheckpointError(f"tensor of shape {one_line(str(shape), 100)} got {values.size} "
+                              f"values")
     return values.reshape(shape)
 
 
@@ -568,6 +615,11 @@ def confined(folder: Path, file: Path) -> Path:
 def open_checkpoint(path: str | Path, limits: ReadLimits = DEFAULT_LIMITS
                     ) -> Iterator[SafetensorsCheckpoint | TorchCheckpoint]:
     kind, files = weight_files(Path(path), limits)
-    yield (SafetensorsCheckpoint(files, limits) if kind == "safetensors"
-           else TorchCheckpoint(files[0], limits))
+    reader = (SafetensorsCheckpoint(files, limits) if kind == "safetensors"
+              else TorchCheckpoint(files[0], limits))
+    try:
+        yield reader
+    finally:
+        if isinstance(reader, SafetensorsCheckpoint):
+            reader.close()
 

@@ -171,6 +171,42 @@ def test_a_local_safetensors_file_that_holds_less_than_it_declares_is_refused_on
         np.testing.assert_array_equal(reader.read(info.name), tiny_state[info.name])
 
 
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def test_shards_of_one_name_in_two_subfolders_are_both_read(tmp_path):
+    """A shard index may name shards in subfolders; two of the same file name are two files."""
+    for sub, name in (("a", "x.weight"), ("b", "y.weight")):
+        (tmp_path / sub).mkdir()
+        save_file({name: np.full((2, 1, 3, 3), ord(sub), np.float32)},
+                  str(tmp_path / sub / "model.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"x.weight": "a/model.safetensors", "y.weight": "b/model.safetensors"}}))
+    with open_checkpoint(tmp_path) as reader:
+        assert [i.name for i in reader.tensor_infos()] == ["x.weight", "y.weight"]
+        assert reader.read("x.weight")[0, 0, 0, 0] == ord("a")
+        assert reader.read("y.weight")[0, 0, 0, 0] == ord("b")
+
+
+def test_headers_that_share_bytes_nest_deep_or_hold_newlines_are_one_line_refusals(tmp_path):
+    """Entries pointing at the same bytes (a reader of every tensor would hold them once per
+    entry), a header nested past Python's recursion limit, and a tensor name with a newline in
+    a bad entry: each a CheckpointError of one line."""
+    path = tmp_path / "m.safetensors"
+    shared = {f"t{i}": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]} for i in range(3)}
+    cases = [(_safetensors_bytes(shared, bytes(16)), "tensors t0 and t1 share bytes"),
+             (len(b"[" * 200_000).to_bytes(8, "little") + b"[" * 200_000, "corrupt safetensors"),
+             (_safetensors_bytes({"a\nb": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
+                                 bytes(8)), "a b declares shape [4] (F32) but spans 8 bytes")]
+    for data, why in cases:
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as info:
+            SafetensorsCheckpoint([path])
+        assert why in str(info.value) and "\n" not in str(info.value), str(info.value)[:300]
+
+
 def test_integer_and_boolean_safetensors_read_as_float32(tmp_path):
     """A state dict to load into a network holds every tensor: a batch norm's
     num_batches_tracked (I64) and a mask (BOOL) read as float32, as torch's .float() gives."""
