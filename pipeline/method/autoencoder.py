@@ -190,15 +190,20 @@ UNTRAINED_LOSS_RATIO = 1.2
 
 
 def untrained_members(losses: list[float], ratio: float = UNTRAINED_LOSS_RATIO) -> list[int]:
-    """Indices of the seeds whose loss is above `ratio` times the median seed's, or not a number:
-    left out of the templates, the consensus and the seed ranges. The median needs three seeds
-    and is of the finite losses; fewer than half of the seeds can be above it, and where half
-    or more are not finite the rule says nothing, so most seeds always stay."""
-    finite = [loss for loss in losses if np.isfinite(loss)]
-    if len(losses) < 3 or 2 * len(finite) <= len(losses):
+    """Indices of the seeds that did not train: left out of the templates, the consensus and the
+    seed ranges. A loss that is not a number always; a loss above `ratio` times the median of
+    the finite ones, with three finite or more, unless that would leave out half the seeds or
+    more (then the seeds split in two, and the rule cannot say which half trained)."""
+    broken = [i for i, loss in enumerate(losses) if not np.isfinite(loss)]
+    if len(broken) == len(losses):
         return []
-    median = float(np.median(finite))
-    return [i for i, loss in enumerate(losses) if not np.isfinite(loss) or loss > ratio * median]
+    finite = [loss for loss in losses if np.isfinite(loss)]
+    high = ([i for i, loss in enumerate(losses)
+             if np.isfinite(loss) and loss > ratio * float(np.median(finite))]
+            if len(finite) >= 3 else [])
+    if 2 * (len(broken) + len(high)) >= len(losses):
+        high = []
+    return sorted(broken + high)
 
 
 class ConvergenceRule:

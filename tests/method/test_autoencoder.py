@@ -53,7 +53,7 @@ def test_a_seed_far_above_its_siblings_loss_did_not_train():
     """By hand: the members' final losses of real runs. The 300-model planted zoo's 7x7 seed 8
     (one template; METHOD.md 3) goes; its 5x5 seeds at 1.32 and 1.24 times the median go (one
     found 6 of 8 patterns); the demo's ten seeds (at most 1.06 times) all stay. A median needs
-    three seeds; the rule never takes half of them."""
+    three seeds; the rule never takes half of them by the ratio."""
     zoo_7x7 = [0.385, 0.451, 0.456, 0.407, 0.381, 0.387, 0.38, 0.41, 0.646, 0.386]
     zoo_5x5 = [0.606, 0.438, 0.519, 0.569, 0.423, 0.507, 0.353, 0.343, 0.479, 0.417]
     demo_5x5 = [0.322, 0.343, 0.345, 0.321, 0.324, 0.329, 0.324, 0.34, 0.334, 0.322]
@@ -64,8 +64,12 @@ def test_a_seed_far_above_its_siblings_loss_did_not_train():
     assert untrained_members([0.3, 0.9, 0.9, 0.9]) == []  # most seeds stuck: the rule cannot say
     assert untrained_members([0.3, 0.3, 0.3, 0.37]) == [3]  # just above 1.2 times 0.3
     assert untrained_members([0.3, 0.3, 0.3, 0.35]) == []
-    assert untrained_members([0.3, float("nan"), 0.31, 0.32]) == [1]  # a loss that is no number
-    assert untrained_members([0.3, float("nan"), float("nan"), 0.32]) == []  # half: no verdict
+    nan = float("nan")
+    assert untrained_members([0.3, nan, 0.31, 0.32]) == [1]  # a loss that is no number
+    assert untrained_members([0.3, 0.5, nan]) == [2]  # two finite: no median to judge 0.5 by
+    assert untrained_members([0.3, 0.3, 0.5, 0.5]) == []  # a split in halves: no verdict
+    assert untrained_members([0.3, 0.3, 0.5, nan, nan]) == [3, 4]  # 0.5 would make it 3 of 5
+    assert untrained_members([nan, nan, nan]) == []
 
 
 def test_an_ensemble_trains_each_seed_as_if_alone():
