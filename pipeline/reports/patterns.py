@@ -82,9 +82,12 @@ def format_kinds(pattern_shares: pa.Table, templates: pa.Table) -> str:
         cells.setdefault(kind, {})[row["kernel_size"]] = (
             f"{pct_text(row['share'])} ({range_text(row['share_seed_min'], row['share_seed_max'])})"
             if row["share_seed_min"] is not None else pct_text(row["share"]))
-    n_seeds = max(templates.column("n_seeds").to_pylist() or [1])
-    whose = ("the median of the seeds'" if n_seeds >= MEDIAN_MIN_SEEDS
-             else "the consensus templates'")
+    # per size: a size can keep fewer seeds than another (untrained_members)
+    medians = {n >= MEDIAN_MIN_SEEDS for n in templates.column("n_seeds").to_pylist() or [1]}
+    whose = ("the median of the seeds'" if medians == {True}
+             else "the consensus templates'" if medians == {False}
+             else f"the median of the seeds', the consensus templates' for a size of fewer "
+                  f"than {MEDIAN_MIN_SEEDS} seeds")
     lines = [f"Kinds of pattern over the zoo (share of valid kernels, {whose}; seed range):"]
     if cells:
         lines.append(format_text_table(

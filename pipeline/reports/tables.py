@@ -13,7 +13,8 @@ from dwscan import schemas
 def clusterability_table(assignments: pa.Table, threshold: float,
                          chance: dict[int, float] | None = None,
                          metadata: pa.Table | None = None,
-                         sign_invariant: bool = False, template_set: str | None = None
+                         sign_invariant: bool = False, template_set: str | None = None,
+                         seed_lists: dict[int, tuple[int | None, ...]] | None = None
                          ) -> pa.Table:
     """CLUSTERABILITY rows from ASSIGNMENTS rows: one per (model, size), one per model (size null).
 
@@ -22,7 +23,8 @@ def clusterability_table(assignments: pa.Table, threshold: float,
     model's valid counts as weights on the all-sizes row). `metadata` (MODEL_METADATA rows) adds
     accuracy, family and pre-training. The training-free yardstick (`family_fraction`,
     `master_key_*`) is counted from the assignments' per-kernel yardstick columns at the same
-    threshold.
+    threshold. `seed_lists` (seeds_by_size) pairs the seeds of a model's sizes by seed, not by
+    place, for its all-sizes row: sizes whose kept seeds differ are summed as an envelope.
     """
     chance = chance or {}
     grouped = _counts(assignments, ["model_id", "kernel_size"])
@@ -41,7 +43,8 @@ def clusterability_table(assignments: pa.Table, threshold: float,
                                 **_summed_yardstick(size_rows)})
         counted = [r["seed_counts"] for r in size_rows if r["seed_counts"] is not None]
         every_size = len(counted) == len(size_rows)
-        paired = every_size and len({len(c) for c in counted}) == 1
+        paired = (every_size and len({len(c) for c in counted}) == 1
+                  and _same_seeds([(seed_lists or {}).get(r["kernel_size"]) for r in size_rows]))
         total["seed_counts"] = np.sum(counted, axis=0) if paired else None
         weights = [r["n_filters"] - r["n_invalid"] for r in size_rows]
         if all(r["chance_fraction"] is not None for r in size_rows) and sum(weights):
@@ -131,11 +134,33 @@ def _with_seed_range(row: dict) -> dict:
     return row
 
 
+def seeds_by_size(seed_templates: pa.Table | None) -> dict[int, tuple[int | None, ...]]:
+    """Per kernel size, the seed at each seed_index (None where that seed has no template of
+    the size); empty without SEED_TEMPLATES."""
+    if seed_templates is None or not seed_templates.num_rows:
+        return {}
+    found: dict[int, dict[int, int]] = {}
+    n_seeds: dict[int, int] = {}
+    for k, index, seed, n in zip(*(seed_templates.column(c).to_pylist() for c in
+                                   ("kernel_size", "seed_index", "seed", "n_seeds"))):
+        found.setdefault(k, {})[index] = seed
+        n_seeds[k] = max(n_seeds.get(k, 0), n)
+    return {k: tuple(found[k].get(i) for i in range(n_seeds[k])) for k in found}
+
+
+def _same_seeds(lists: list[tuple[int | None, ...] | None]) -> bool:
+    """Whether seed lists of a model's sizes name the same seed at every place (a place with
+    None, or a size with no list, agrees with any)."""
+    known = [s for s in lists if s is not None]
+    return all(len({s[i] for s in known if s[i] is not None}) <= 1
+               for i in range(min((len(s) for s in known), default=0)))
+
+
 def _with_sizes_seed_range(total: dict, size_rows: list[dict]) -> dict:
-    """The all-sizes row of a model whose sizes have different numbers of seeds (a seed that
-    did not train is left out of its size only: untrained_members). The seeds of two sizes are
-    different autoencoders and cannot be paired into one seed's total, so the headline is the
-    sizes' headlines summed and the range their lows and highs summed (an envelope)."""
+    """The all-sizes row of a model whose sizes kept different seeds (a seed that did not train
+    is left out of its size only: untrained_members). No seed has a total over the sizes then,
+    so the headline is the sizes' headlines summed and the range their lows and highs summed
+    (an envelope)."""
     sizes = [(r, r["n_filters"] - r["n_invalid"]) for r in size_rows]
     sizes = [(r, n) for r, n in sizes if n]
     n_valid = sum(n for _, n in sizes)

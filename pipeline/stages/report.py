@@ -57,6 +57,7 @@ from dwscan.reports.tables import (
     layer_clusterability_table,
     pattern_counts,
     pattern_shares_table,
+    seeds_by_size,
     threshold_sweep_table,
 )
 
@@ -142,12 +143,13 @@ def per_model_tables(layout: OutputLayout, ok: list[str], templates: pa.Table,
                                               schemas.LABEL_SHARES: [], schemas.THRESHOLD_SWEEP: []}
     patterns: PatternCounts = {}
     seed_templates = read_seed_templates(layout, template_set_of(templates))
+    seed_lists = seeds_by_size(seed_templates)
     for batch in batches:
         assignments = _read_assignments(layout, batch)
         patterns.update(pattern_counts(assignments, templates, seed_templates))
         parts[schemas.CLUSTERABILITY].append(clusterability_table(
             assignments, record.threshold, chance, metadata, record.sign_invariant,
-            template_set_of(templates)))
+            template_set_of(templates), seed_lists))
         parts[schemas.LAYERS].append(layer_clusterability_table(assignments, metadata))
         parts[schemas.LABEL_SHARES].append(label_shares_table(assignments, templates, metadata))
         parts[schemas.THRESHOLD_SWEEP].append(threshold_sweep_table(assignments))

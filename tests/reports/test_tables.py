@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -7,6 +8,7 @@ from dwscan.reports.tables import (
     format_clusterability,
     pattern_counts,
     pattern_shares_table,
+    seeds_by_size,
     threshold_sweep_table,
 )
 
@@ -179,6 +181,29 @@ def test_a_size_with_a_seed_left_out_has_its_own_seeds_and_the_all_sizes_row_sum
     assert (shares[5]["share"], shares[5]["share_seed_min"]) == (3 / 4, 0.0)
 
 
+def test_sizes_that_kept_different_seeds_of_one_count_are_not_paired_by_place():
+    """Two seeds kept at 3x3 and at 5x5, but not the same two (5x5 lost seed 11, 3x3 seed 12):
+    place 1 is seed 12 at 5x5 and seed 11 at 3x3, so the all-sizes row is the envelope; with
+    the same seeds kept it is each seed's own total."""
+    seed_ids = [[0, None], [0, 0], [None, 0], [0, 0]]  # 3x3: 2, 1 of 2; 5x5: 1, 2 of 2
+    rows = [("a", 3, 0, None), ("a", 3, 0, None), ("a", 5, 0, None), ("a", 5, 0, None)]
+    table = _assignments(rows, seed_ids=seed_ids)
+    seeds = _named([(3, 0, 0, "centre-surround", "on"), (3, 1, 0, "centre-surround", "on"),
+                    (5, 0, 0, "centre-surround", "on"), (5, 1, 0, "centre-surround", "on")], True)
+    seeds = seeds.append_column("seed", pa.array([10, 11, 10, 12])).append_column(
+        "n_seeds", pa.array([2, 2, 2, 2]))
+    lists = seeds_by_size(seeds)
+    assert lists == {3: (10, 11), 5: (10, 12)}
+    got = {r["kernel_size"]: r for r in clusterability_table(table, 0.8,
+                                                             seed_lists=lists).to_pylist()}
+    assert got[None]["clustered_fraction_by_seed"] is None  # no seed has a total
+    assert got[None]["clustered_fraction_seed_min"] == pytest.approx((1 + 1) / 4)
+    assert got[None]["clustered_fraction_seed_max"] == pytest.approx((2 + 2) / 4)
+    same = clusterability_table(table, 0.8, seed_lists={3: (10, 11), 5: (10, 11)}).to_pylist()
+    assert [r for r in same if r["kernel_size"] is None][0]["clustered_fraction_by_seed"] == \
+        pytest.approx([3 / 4, 3 / 4])
+
+
 def test_seed_ranges_and_pattern_shares_count_by_hand():
     """Model a, 3x3: four valid kernels and one invalid. The consensus clusters three (two on
     template 0, on-centre; one on template 1, off-centre). Seed 0's own set clusters all four,
@@ -229,3 +254,24 @@ def test_with_three_seeds_a_kinds_share_is_the_median_of_the_seeds_own():
         assert (got["on"]["share_seed_min"], got["on"]["share_seed_max"]) == (0.0, 3 / 4)
         assert (got["off"]["share"], got["off"]["share_consensus"]) == (1 / 4, 0.0)
         assert got["off"]["n_kernels"] == 0
+
+
+def test_the_kinds_caption_says_whose_share_when_a_size_kept_fewer_than_three_seeds():
+    """Three seeds at 3x3, two at 5x5 (one left out): the 3x3 shares are medians, the 5x5 ones
+    the consensus's, and the caption says so; with three at both it says median alone."""
+    from dwscan.reports.patterns import format_kinds
+
+    counts = {("a", 3): (4, {("centre-surround", "on"): (2, np.array([2, 1, 3]))}),
+              ("a", 5): (4, {("centre-surround", "on"): (1, np.array([1, 2]))})}
+    shares = pattern_shares_table(counts)
+    templates = pa.Table.from_pylist([
+        {"kernel_size": k, "template_id": 0, "label": "on-centre DoG sigma 0.5", "share": 1.0,
+         "family": "centre-surround", "polarity": "on", "support": n, "n_seeds": n}
+        for k, n in ((3, 3), (5, 2))])
+    text = format_kinds(shares, templates)
+    assert ("(share of valid kernels, the median of the seeds', the consensus templates' for a "
+            "size of fewer than 3 seeds; seed range)") in text
+    even = templates.set_column(templates.schema.get_field_index("n_seeds"), "n_seeds",
+                                pa.array([3, 3]))
+    assert "(share of valid kernels, the median of the seeds'; seed range)" in \
+        format_kinds(shares, even)
