@@ -193,10 +193,15 @@ def command_synth(args: argparse.Namespace) -> int:
 def format_training_record(kernel_size: int, record: dict) -> str:
     """One line: seeds, steps taken, passes over the data and why training stopped."""
     seeds = len(record.get("seeds") or [None])
+    left_out = set(record.get("left_out") or [])
+    kept = [loss for i, loss in enumerate(record.get("member_losses") or [])
+            if i not in left_out]
+    loss, whose = ((sum(kept) / len(kept), "mean of the kept seeds") if left_out and kept
+                   else (record["final_loss"], "mean of seeds"))
     return (f"train {kernel_size}x{kernel_size}: {seeds} seed{'s' if seeds > 1 else ''}, "
             f"{record['steps']:,} steps ({record['epochs']:.2f} epochs of "
             f"{record['n_kernels']:,} kernels) in {record['train_seconds']:.1f} s, stopped: "
-            f"{record['stop_reason']}, final loss {record['final_loss']:.4f} (mean of seeds)"
+            f"{record['stop_reason']}, final loss {loss:.4f} ({whose})"
             + _left_out_text(record))
 
 

@@ -125,6 +125,8 @@ def test_the_training_line_names_the_seeds_left_out_with_their_losses():
               "n_kernels": 1000, "train_seconds": 3.0, "stop_reason": "converged",
               "final_loss": 0.35, "member_losses": [0.3, 0.31, 0.29, 0.5], "left_out": [3]}
     line = format_training_record(5, record)
+    assert "final loss 0.3000 (mean of the kept seeds)" in line
     assert line.endswith("; left out, did not train: seed 7003 (loss 0.500), against the "
                          "seeds' median 0.305")
-    assert "left out" not in format_training_record(5, {**record, "left_out": []})
+    plain = format_training_record(5, {**record, "left_out": []})
+    assert "left out" not in plain and "final loss 0.3500 (mean of seeds)" in plain
