@@ -87,27 +87,6 @@ def natural_key(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
 
-def _local_header_length(file: Path) -> int:
-    """The header length a local safetensors file declares in its first 8 bytes (0 when it has
-    fewer: SafetensorsReader then says why the file is corrupt); one past the file's end is
-    corrupt."""
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(8)
-            size = os.fstat(handle.fileno()).st_size
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"file not found: {file}") from exc
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {file.name}: {one_line(exc, 200)}") from exc
-    if len(head) < 8:
-        return 0
-    length = struct.unpack("<Q", head)[0]
-    if length > size - 8:
-        raise CheckpointError(f"corrupt safetensors file {file.name}: header length {length} "
-                              f"past the end of the file ({size} bytes)")
-    return length
-
-
 def _within_cap(amount: int, cap: int, what: str, cap_name: str) -> int:
     """`amount`, or a CheckpointError naming the cap when it is over it (checked before the
     thing counted is parsed or built)."""
@@ -147,7 +126,8 @@ class SafetensorsReader:
 
     def __init__(self, fetch, files: list[str], limits: ReadLimits = DEFAULT_LIMITS,
                  heads: dict[str, bytes] | None = None,
-                 hold: Callable[[int], AbstractContextManager] = _no_budget):
+                 hold: Callable[[int], AbstractContextManager] = _no_budget,
+                 sizes: dict[str, int] | None = None):
         self._fetch = fetch
         self._infos: dict[str, TensorInfo] = {}
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file, start, stop)
@@ -165,6 +145,9 @@ class SafetensorsReader:
             length = struct.unpack("<Q", head[:8])[0]
             if length == 0:
                 raise CheckpointError(f"corrupt safetensors file {file}: header length 0")
+            if sizes is not None and length > sizes[file] - 8:
+                raise CheckpointError(f"corrupt safetensors file {file}: header length {length} "
+                                      f"past the end of the file ({sizes[file]} bytes)")
             declared = _within_cap(declared + length, limits.max_header_bytes,
                                    "bytes of safetensors header", "ReadLimits.max_header_bytes")
             with hold(HEADER_PARSE_FACTOR * length):
@@ -192,7 +175,7 @@ class SafetensorsReader:
                     self._where[name] = (file, 8 + length + begin, 8 + length + end)
                     spans.append((begin, end, name))
                 del header
-                _check_disjoint(file, spans)
+                _check_spans(file, spans, 8 + length, None if sizes is None else sizes[file])
             if len(head) > 8 + length:
                 self._ahead[file] = (8 + length, bytes(head[8 + length:]))
 
@@ -264,31 +247,21 @@ class SafetensorsCheckpoint(SafetensorsReader):
     """Local safetensors files (one, or the shards of a sharded checkpoint), read as the Hub's
     are (SafetensorsReader) from byte ranges of the files, tensor by tensor: `prefetch` reads
     nothing ahead, since a local read costs no round trip and holding every tensor at once
-    would cost memory. A header past the end of its file, and a tensor past it, are refused
-    when the files are opened."""
+    would cost memory. The files' sizes are known, so a header past the end of its file, and a
+    tensor past it, are refused when the files are opened."""
 
     def __init__(self, files: list[Path], limits: ReadLimits = DEFAULT_LIMITS):
         # each file by its name, or by its path below the files' common folder where shards in
         # subfolders share a name
+        unique = len({f.name for f in files}) == len(files)
         top = os.path.commonpath([f.parent for f in files]) if files else ""
-        paths = {(f.name if len({g.name for g in files}) == len(files)
-                  else os.path.relpath(f, top)): f for f in files}
-        for file in files:
-            _local_header_length(file)  # not found, or a header longer than the file
-        ranges = _LocalRanges(paths)
+        ranges = _LocalRanges({(f.name if unique else os.path.relpath(f, top)): f
+                               for f in files})
         try:
-            super().__init__(ranges, list(paths), limits)
+            super().__init__(ranges, list(ranges.sizes), limits, sizes=ranges.sizes)
         except BaseException:
             ranges.close()
             raise
-        sizes = ranges.sizes
-        for name, (file, _, stop) in self._where.items():
-            if stop > sizes[file]:
-                ranges.close()
-                raise CheckpointError(f"corrupt safetensors file {file}: tensor "
-                                      f"{one_line(name, 100)} "
-                                      f"ends at byte {stop}, past the end of the file "
-                                      f"({sizes[file]} bytes)")
 
     def prefetch(self, names: list[str]) -> None:
         """Nothing: each tensor is read when asked for."""
@@ -313,6 +286,9 @@ class _LocalRanges:
             for name, path in paths.items():
                 self._fds[name] = os.open(path, os.O_RDONLY)
                 self.sizes[name] = os.fstat(self._fds[name]).st_size
+        except FileNotFoundError as exc:
+            self.close()
+            raise CheckpointError(f"file not found: {path}") from exc
         except OSError as exc:
             self.close()
             raise CheckpointError(f"cannot read {path.name}: {one_line(exc, 200)}") from exc
@@ -354,15 +330,22 @@ def _header_entry(file: str, name: str, meta: object) -> tuple[TensorInfo, int, 
     return TensorInfo(name, tuple(shape), dtype), begin, end
 
 
-def _check_disjoint(file: str, spans: list[tuple[int, int, str]]) -> None:
+def _check_spans(file: str, spans: list[tuple[int, int, str]], data_start: int,
+                 size: int | None) -> None:
     """No two tensors of a file share bytes: a header whose entries all point at one span would
-    make a reader of every tensor (`read_state_dict`) hold that span once per entry."""
+    make a reader of every tensor (`read_state_dict`) hold that span once per entry. Where the
+    file's size is known, no tensor ends past it."""
     spans = sorted(s for s in spans if s[1] > s[0])
     for (_, end, before), (begin, _, after) in zip(spans, spans[1:]):
         if begin < end:
             raise CheckpointError(f"corrupt safetensors header in {file}: tensors "
                                   f"{one_line(before, 100)} and {one_line(after, 100)} share "
                                   f"bytes")
+    if size is not None and spans and data_start + spans[-1][1] > size:  # disjoint: last ends last
+        _, end, name = spans[-1]
+        raise CheckpointError(f"corrupt safetensors file {file}: tensor {one_line(name, 100)} "
+                              f"ends at byte {data_start + end}, past the end of the file "
+                              f"({size} bytes)")
 
 
 def _product(values) -> int:

@@ -277,10 +277,9 @@ def open_hub_checkpoint(repo_id: str, revision: str | None = None,
         if name.endswith(".safetensors.index.json"):
             index = read_shard_index(_download(repo_id, name, sha, None, options, opened), limits)
             opened.reader = SafetensorsReader(fetch, shard_names(index, name), limits,
-                                                        heads, budget.hold)
+                                              heads, budget.hold)
         elif name.endswith(".safetensors"):
-            opened.reader = SafetensorsReader(fetch, [name], limits, heads,
-                                                        budget.hold)
+            opened.reader = SafetensorsReader(fetch, [name], limits, heads, budget.hold)
         else:  # held while the model is: what the file takes loaded is capped by max_torch_bytes
             stack.enter_context(budget.hold(limits.max_torch_bytes, options.deadline))
             opened.reader = TorchCheckpoint(
