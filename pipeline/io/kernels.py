@@ -17,8 +17,9 @@ from dwscan.method.preprocess import VALID, centre_and_normalise
 # Convergence-stopped training draws about 0.8 to 1.25M kernels per seed (3,000 to 5,000 steps
 # of 256: 1.5 to 2.5 passes over this sample), and a template's share of 2% (min_share) is
 # known to within 0.04 points (two standard errors) from 500k uniform draws, so more rows
-# change no template; they would only hold memory in the training worker and the driver, twice over while the
-# sample is put back in file order (500k 7x7 kernels are 98 MB). BENCHMARKS.md, "zoo".
+# change no template; they would only hold memory in the training worker and the driver,
+# twice over while the sample is put back in file order (500k 7x7 kernels are 98 MB).
+# BENCHMARKS.md, "zoo".
 MAX_KERNELS_PER_SIZE = 500_000
 
 

@@ -60,8 +60,8 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
         valid = why == VALID
         yardstick.measure(rows[valid], normalised[valid], int(k), threshold, master_keys,
                           families)
+        seed_slots[rows[valid]] = len(seed_indexes.get(int(k), []))
         for i, index in enumerate(seed_indexes.get(int(k), [])):
-            seed_slots[rows[valid]] = len(seed_indexes[int(k)])
             if index is None:  # this seed has no template of this size: all unclustered
                 continue
             ids, cos = index.nearest(normalised[valid])

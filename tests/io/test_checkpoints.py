@@ -12,7 +12,7 @@ from dwscan.io.checkpoints import (
     natural_key,
     open_checkpoint,
 )
-from tests.helpers import write_torch
+from tests.helpers import safetensors_bytes, write_torch
 
 
 def _read_all(path) -> dict[str, np.ndarray]:
@@ -171,11 +171,6 @@ def test_a_local_safetensors_file_that_holds_less_than_it_declares_is_refused_on
         np.testing.assert_array_equal(reader.read(info.name), tiny_state[info.name])
 
 
-def _safetensors_bytes(header: dict, data: bytes) -> bytes:
-    raw = json.dumps(header).encode()
-    return len(raw).to_bytes(8, "little") + raw + data
-
-
 def test_shards_of_one_name_in_two_subfolders_are_both_read(tmp_path):
     """A shard index may name shards in subfolders; two of the same file name are two files."""
     for sub, name in (("a", "x.weight"), ("b", "y.weight")):
@@ -196,9 +191,9 @@ def test_headers_that_share_bytes_nest_deep_or_hold_newlines_are_one_line_refusa
     a bad entry: each a CheckpointError of one line."""
     path = tmp_path / "m.safetensors"
     shared = {f"t{i}": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]} for i in range(3)}
-    cases = [(_safetensors_bytes(shared, bytes(16)), "tensors t0 and t1 share bytes"),
+    cases = [(safetensors_bytes(shared, bytes(16)), "tensors t0 and t1 share bytes"),
              (len(b"[" * 200_000).to_bytes(8, "little") + b"[" * 200_000, "corrupt safetensors"),
-             (_safetensors_bytes({"a\nb": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
+             (safetensors_bytes({"a\nb": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
                                  bytes(8)), "a b declares shape [4] (F32) but spans 8 bytes")]
     for data, why in cases:
         path.write_bytes(data)
