@@ -24,12 +24,14 @@ from benchmarks import (
     scale,
     train,
     train_memory,
+    yardstick,
     zoo,
 )
 
 BENCHMARKS = {"extract": extract.run, "assign": assign.run, "scale": scale.run, "train": train.run,
               "train_memory": train_memory.run, "hub": hub.run, "hub_latency": hub_latency.run,
-              "end_to_end": end_to_end.run, "report": report.run, "zoo": zoo.run}
+              "end_to_end": end_to_end.run, "report": report.run, "yardstick": yardstick.run,
+              "zoo": zoo.run}
 
 
 def machine() -> str:

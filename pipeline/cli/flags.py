@@ -92,8 +92,8 @@ def add_method_options(command: argparse.ArgumentParser) -> None:
 def add_family_yardstick(command: argparse.ArgumentParser) -> None:
     command.add_argument("--family-yardstick", action="store_true",
                          help="also find each kernel's closest member of the fitted families "
-                              "(clusterability.family_fraction: a share no seed moves; tens of "
-                              "seconds per model on 2 cores, so off by default)")
+                              "(clusterability.family_fraction: a share no seed moves; about 2 s "
+                              "per 10,000 kernels on a core, so off by default)")
 
 
 def _at_least_one(text: str) -> int:

@@ -1,4 +1,5 @@
-"""The template index: nearest template by cosine with FAISS, and spherical k-means.
+"""The template index: nearest template by cosine with FAISS, and spherical k-means; and the
+dictionary index, the yardstick's exact search over some 200,000 family members.
 
 The templates stage (choosing templates) and the assign stage (assigning every kernel) both
 search a set of templates; this module is the one door to FAISS for both. Which FAISS index
@@ -106,6 +107,122 @@ class TemplateIndex:
         ids, n = ids[:, 0], len(self.templates)
         signs = np.where(ids >= n, -1, 1).astype(np.int8)
         return ids % n, cosines[:, 0], signs
+
+
+class DictionaryIndex:
+    """Exact sign-invariant search over a large dictionary of members that lie on a few smooth
+    families (the yardstick's, about 200,000 members): the same nearest member as a flat search,
+    its cosine to float rounding, at a fraction of the work.
+
+    The members are grouped into cells (spherical k-means of a sample); each cell has a unit
+    centre c and a radius r, the largest angle of its members from c (members are flipped
+    to c's side: polarity is free). By the triangle inequality on angles no member of a cell is
+    closer to a query q than cos(max(0, angle(q, c) - r)). Each query first searches its most
+    promising cell, then only the cells whose bound beats the best found so far: a kernel near
+    some member rules out almost every cell. Numpy on the CPU; a GPU would take the flat
+    `TemplateIndex` instead."""
+
+    MEMBERS_PER_CELL = 64  # k-means with fewer than 39 points a centroid warns, and cells shrink
+    MAX_CELLS = 512  # more cells: tighter bounds but more centres to bound against per query
+    QUERY_BLOCK = 4096  # queries searched together: bounds the (queries x cell members) scores
+    # Angles from float32 dot products near 1 are uncertain by about sqrt(2 * 1e-7): every
+    # bound is loosened by this, so no cell is skipped on a rounding error
+    ANGLE_SLACK = 2e-3
+
+    def __init__(self, members: np.ndarray, seed: int = 0):
+        members = np.ascontiguousarray(members, dtype=np.float32)
+        if members.ndim != 2 or not len(members):
+            raise ValueError("members must be a non-empty matrix")
+        members = members / np.linalg.norm(members, axis=1, keepdims=True)
+        cell, flip = self._cells_of(members, seed)
+        order = np.argsort(cell, kind="stable")
+        counts = np.bincount(cell)
+        self._order = order  # member id of each row of the cell-sorted blocks
+        self._blocks = members[order] * flip[order, None]  # members on their centre's side
+        self._flip = flip[order].astype(np.int8)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        centres, radii = [], []
+        for j in np.flatnonzero(counts):
+            block = self._blocks[self._starts[j]:self._starts[j + 1]].astype(np.float64)
+            centre = block.mean(axis=0)
+            norm = np.linalg.norm(centre)
+            centre = centre / norm if norm > 1e-6 else block[0]
+            centres.append(centre)
+            radii.append(np.arccos(np.clip((block @ centre).min(), -1.0, 1.0)))
+        self._cells = np.flatnonzero(counts)  # non-empty cells, in the order of their centres
+        self._centres = np.array(centres)
+        self._radii = np.array(radii) + self.ANGLE_SLACK
+
+    @property
+    def members(self) -> np.ndarray:
+        """The members in their given order and polarity (a copy: the index holds them by cell,
+        each on its cell centre's side)."""
+        members = np.empty_like(self._blocks)
+        members[self._order] = self._blocks * self._flip[:, None]
+        return members
+
+    def _cells_of(self, members: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cell, flip) of each member: the nearest k-means centre by |cosine|, and the sign
+        that puts the member on that centre's side."""
+        n_cells = min(self.MAX_CELLS, len(members) // self.MEMBERS_PER_CELL)
+        if n_cells < 2:
+            return np.zeros(len(members), np.int64), np.ones(len(members), np.float32)
+        rng = np.random.default_rng(seed)
+        sample = rng.choice(len(members), min(len(members), n_cells * self.MEMBERS_PER_CELL),
+                            replace=False)
+        centres = spherical_kmeans(members[np.sort(sample)], n_cells, seed=seed, iterations=10)
+        cell = np.empty(len(members), np.int64)
+        flip = np.empty(len(members), np.float32)
+        for start in range(0, len(members), self.QUERY_BLOCK):
+            scores = members[start:start + self.QUERY_BLOCK] @ centres.T
+            best = np.abs(scores).argmax(axis=1)
+            cell[start:start + self.QUERY_BLOCK] = best
+            flip[start:start + self.QUERY_BLOCK] = np.where(
+                scores[np.arange(len(best)), best] < 0, -1.0, 1.0)
+        return cell, flip
+
+    def nearest_with_sign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(member id, |cosine|, sign) of each unit-norm row's nearest member by |cosine|: the
+        row is closest to sign * member."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.zeros(len(vectors), np.int64)
+        cosines = np.zeros(len(vectors), np.float32)
+        signs = np.ones(len(vectors), np.int8)
+        for start in range(0, len(vectors), self.QUERY_BLOCK):
+            part = slice(start, start + self.QUERY_BLOCK)
+            ids[part], cosines[part], signs[part] = self._search(vectors[part])
+        return ids, cosines, signs
+
+    def _search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        angle = np.arccos(np.clip(np.abs(queries.astype(np.float64) @ self._centres.T), 0, 1))
+        bound = np.cos(np.clip(angle - self._radii, 0.0, None))  # (queries, cells)
+        best = np.full(len(queries), -1.0, np.float32)
+        ids = np.zeros(len(queries), np.int64)
+        signs = np.ones(len(queries), np.int8)
+
+        def search_cell(c: int, rows: np.ndarray) -> None:
+            j = self._cells[c]
+            block = slice(self._starts[j], self._starts[j + 1])
+            scores = queries[rows] @ self._blocks[block].T
+            pick = np.abs(scores).argmax(axis=1)
+            value = scores[np.arange(len(rows)), pick]
+            better = np.abs(value) > best[rows]
+            rows, pick, value = rows[better], pick[better], value[better]
+            best[rows] = np.abs(value)
+            ids[rows] = self._order[block][pick]
+            signs[rows] = np.where(value < 0, -1, 1) * self._flip[block][pick]
+
+        first = bound.argmax(axis=1)
+        for c in np.unique(first):
+            search_cell(c, np.flatnonzero(first == c))
+        bound[np.arange(len(queries)), first] = -1.0  # searched
+        needed = bound > best[:, None]
+        for c in np.flatnonzero(needed.any(axis=0)):
+            # a cell searched earlier in this loop may have raised the best: skip rows it beat
+            rows = np.flatnonzero(needed[:, c] & (bound[:, c] > best))
+            if len(rows):
+                search_cell(c, rows)
+        return ids, best, signs
 
 
 def spherical_kmeans(vectors: np.ndarray, n_clusters: int, seed: int = 0,

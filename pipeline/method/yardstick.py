@@ -3,9 +3,10 @@ families (`dwscan.method.families`), and at 7x7 to the best fit a*F + b of a mas
 
 The autoencoder's clustered fraction depends on the templates a seed finds; these two numbers
 depend on nothing but the kernel, so they compare models and runs on a fixed scale. The best
-member is found by exact nearest-neighbour search (FAISS inner product, `TemplateIndex`) over a
-dictionary of members sampled over each family's parameters, built once per kernel size and
-process, then refined by the families' compass search for kernels just below the threshold.
+member is found by exact nearest-neighbour search (`DictionaryIndex`: cells of members, searched
+only where a cell can beat the best found) over a dictionary of members sampled over each
+family's parameters, built once per kernel size and process, then refined by the families'
+compass search for kernels just below the threshold.
 METHOD.md section 4e says how dense is dense enough, and what the numbers are.
 """
 
@@ -16,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dwscan.io.template_index import TemplateIndex
+from dwscan.io.template_index import DictionaryIndex
 from dwscan.method.families import (
     FAMILIES,
     FAMILY_ORDER,
@@ -63,14 +64,13 @@ class FamilyDictionary:
     family: str
     parameters: np.ndarray  # (n, p) of each member
     step: np.ndarray  # (p,) the dictionary's spacing of each parameter
-    index: TemplateIndex  # sign-invariant: the nearest member of either polarity
+    index: DictionaryIndex  # sign-invariant: the nearest member of either polarity
 
 
 def build_family_dictionary(family: str, k: int, density: int = DICTIONARY_DENSITY
                             ) -> FamilyDictionary:
     """One family's dictionary at kernel size k (the four hold about 13,000 members at
-    density 1, 210,000 at density 2: 42 MB at 7x7, twice that in the index with the
-    negatives)."""
+    density 1, 210,000 at density 2: 42 MB at 7x7, held once, by the index, sorted by cell)."""
     spec = FAMILIES[family]
     axes = dictionary_axes(spec, k, density)
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
@@ -79,7 +79,7 @@ def build_family_dictionary(family: str, k: int, density: int = DICTIONARY_DENSI
     _, first = np.unique(np.round(members, _DUPLICATE_DECIMALS), axis=0, return_index=True)
     first = np.sort(first)
     return FamilyDictionary(family, grid[first], grid_spacing(axes),
-                            TemplateIndex(members[first], sign_invariant=True))
+                            DictionaryIndex(members[first]))
 
 
 @lru_cache(maxsize=32)

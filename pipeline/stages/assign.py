@@ -36,7 +36,7 @@ def assign_kernels(kernels: pa.Table, indexes: dict[int, TemplateIndex],
     unclustered, with no nearest template. `master_keys` (the 7x7 filters, centred, unit norm)
     give the 7x7 kernels their best master-key fit; without them those columns are null.
     `families`: also each valid kernel's closest family member (`family_cosine`; the search
-    costs tens of seconds per model on 2 cores, so it is asked for with --family-yardstick).
+    costs about 2 s per 10,000 kernels on a core, so it is asked for with --family-yardstick).
     `seed_indexes`: per size, each seed's own template set, for `seed_template_ids`."""
     n = kernels.num_rows
     seed_indexes = seed_indexes or {}
