@@ -452,10 +452,11 @@ def run_ray_train(worker_fn: Callable[..., dict], worker_config: dict, num_worke
 
     Each rank calls `worker_fn(worker_config, rank=, world_size=, device=, wrap_model=)`, where
     `wrap_model` is Ray Train's DDP wrapper; returns what rank 0 returned."""
-    from ray.train import RunConfig
+    from ray.train import RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     storage = tempfile.mkdtemp(prefix="dwscan-train-")
+    result, error = None, None
     try:
         trainer = TorchTrainer(
             _ray_train_loop, train_loop_config={"fn": worker_fn, "config": worker_config,
@@ -464,11 +465,26 @@ def run_ray_train(worker_fn: Callable[..., dict], worker_config: dict, num_worke
             run_config=RunConfig(name=what.replace(" ", "-"), storage_path=storage),
         )
         result = trainer.fit()
+        error = result.error
+    except TrainingFailedError as raised:  # Ray Train 2 raises what the first one returned
+        error = raised
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    if result.error:
-        raise RuntimeError(f"{what} failed: {result.error}")
+    if error is not None:
+        blind = _out_not_seen_by_a_rank(error)
+        if blind is not None:
+            raise _late_node_error(blind) from None
+        raise RuntimeError(f"{what} failed: {error}") from error
     return (result.metrics or {}).get("returned", {})
+
+
+def _out_not_seen_by_a_rank(error: BaseException) -> OutNotSeen | None:
+    """The OutNotSeen a rank on a late node raised, if one did: Ray Train keeps each rank's
+    error in `worker_failures`."""
+    if isinstance(error, OutNotSeen):
+        return error
+    failures = getattr(error, "worker_failures", None) or {}
+    return next((f for f in failures.values() if isinstance(f, OutNotSeen)), None)
 
 
 def _ray_train_loop(loop_config: dict) -> None:

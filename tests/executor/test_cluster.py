@@ -277,6 +277,43 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
     assert [p for p in out.rglob("*") if not p.is_dir()] == []
 
 
+def test_a_node_that_joins_blind_while_ray_train_waits_for_it_stops_the_training(tmp_path):
+    """`dwscan train --train-workers 2` on a head of one CPU: Ray Train waits for a second CPU,
+    and the node that brings it does not see `--out` (its own mount namespace). The rank placed
+    there raises before it reads a kernel, and the run ends as a scan's late node ends it: one
+    line naming that node, exit 2, no autoencoder written (Ray Train's own logs may carry the
+    rank's traceback)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
+    with LocalCluster(head_cpus=1, dashboard=True) as cluster:  # Ray Train watches the state API
+        scanned = dwscan(["scan", "--address", cluster.address, "--out", str(out),
+                          "--checkpoint", str(_checkpoint(tmp_path))], cwd=tmp_path,
+                         env=cluster.env)
+        assert scanned.returncode == 0, scanned.stderr[-3000:]
+        log = tmp_path / "train.log"
+        with log.open("w") as handle:
+            process = subprocess.Popen(
+                ["dwscan", "train", "--address", cluster.address, "--out", str(out),
+                 "--train-workers", "2", "--seeds", "1", "--epochs", "1"], cwd=tmp_path,
+                env=cluster.env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 120
+        while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the start check
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "the run wrote no token in 120 s"
+            time.sleep(0.2)
+        isolated = cluster.add_node(cpus=1, wrapper=in_own_mounts, node_id="cd" * 28)
+        assert process.wait(timeout=300) == 2, log.read_text()[-3000:]
+    output = log.read_text()
+    error = [line for line in output.splitlines() if line.startswith("dwscan: error:")]
+    assert len(error) == 1, output[-3000:]
+    assert f"--out {out} is not one folder for every node: node " in error[0]
+    assert f"(node {isolated[:12]}) joined after the start" in error[0]
+    assert "training failed" not in output  # not the generic end of a training that raised
+    assert not list(out.glob("autoencoders/*"))
+
+
 def test_joining_without_the_token_or_where_nobody_answers_is_one_clear_line(tmp_path):
     checkpoint = _checkpoint(tmp_path)
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
