@@ -3,7 +3,9 @@ huggingface_hub (see pipeline/testing/scanned_zoo.py:shared_hub)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -18,8 +20,14 @@ shared_hub()
 # Training in this process uses one thread, as the train stage's tasks do (stages.train
 # TRAIN_THREADS): the same numbers, and no spinning threads fighting the other xdist worker's.
 torch.set_num_threads(1)
-# URLs read by the report stage (timm's tables) are cached here, not in the user's ~/.cache
-os.environ.setdefault("DWSCAN_CACHE", tempfile.mkdtemp(prefix="dwscan-test-cache-"))
+# URLs read by the report stage (timm's tables) are cached here, not in the user's ~/.cache,
+# and removed when this process ends
+if "DWSCAN_CACHE" not in os.environ:
+    os.environ["DWSCAN_CACHE"] = tempfile.mkdtemp(prefix="dwscan-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DWSCAN_CACHE"], ignore_errors=True)
+# A process the tests start (a dwscan command, Ray's nodes and workers) that dies of a fatal
+# signal prints its Python stack: a rare crash in CI says where it was
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 
 @pytest.fixture
