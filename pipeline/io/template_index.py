@@ -131,9 +131,10 @@ class DictionaryIndex:
 
     def __init__(self, members: np.ndarray, seed: int = 0):
         members = np.ascontiguousarray(members, dtype=np.float32)
-        if members.ndim != 2 or not len(members):
-            raise ValueError("members must be a non-empty matrix")
-        members = members / np.linalg.norm(members, axis=1, keepdims=True)
+        norms = np.linalg.norm(members, axis=1, keepdims=True) if members.ndim == 2 else None
+        if norms is None or not len(members) or (norms <= 0).any():
+            raise ValueError("members must be a non-empty matrix of non-zero rows")
+        members = members / norms
         cell, flip = self._cells_of(members, seed)
         order = np.argsort(cell, kind="stable")
         counts = np.bincount(cell)

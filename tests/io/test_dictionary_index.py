@@ -77,3 +77,6 @@ def test_a_dictionary_too_small_for_cells_is_one_cell_and_still_exact():
     queries, _ = centre_and_normalise(rng.standard_normal((200, 25)))
     _assert_as_flat_search(index, members.astype(np.float32), queries.astype(np.float32))
     assert index.nearest_with_sign(np.zeros((0, 25), np.float32))[0].shape == (0,)
+    for bad in (np.zeros((0, 25)), np.zeros((3, 25)), np.ones(25)):
+        with pytest.raises(ValueError, match="non-empty matrix of non-zero rows"):
+            DictionaryIndex(bad)
