@@ -217,6 +217,26 @@ def _checkpoint(tmp_path: Path) -> Path:
     return path
 
 
+def _run_then_join_a_blind_node(cluster: LocalCluster, command: list[str], out: Path, log: Path,
+                                node_id: str) -> tuple[subprocess.Popen, str]:
+    """Start `dwscan COMMAND --address ... --out OUT` (output to `log`), wait for its token in
+    `out` (its start check is done), then join a one-CPU node in its own mount namespace, where
+    a tmpfs hides `out`. Returns the run and the node's id."""
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            ["dwscan", command[0], "--address", cluster.address, "--out", str(out),
+             *command[1:]], cwd=out.parent, env=cluster.env, stdout=handle,
+            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the run began
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "the run wrote no token in 120 s"
+        time.sleep(0.2)
+    in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
+    return process, cluster.add_node(cpus=1, wrapper=in_own_mounts, node_id=node_id)
+
+
 def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_the_start(
         tmp_path):
     """A node in its own mount namespace (a tmpfs over the output folder) sees an empty folder
@@ -230,8 +250,6 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
     models = [f"late-org/net{i}" for i in range(17)]
     for i, repo in enumerate(models):
         hub.add_repo(repo, Repo({"model.safetensors": save(tiny_state(i))}))
-    in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
     # every download takes a minute: the head's one CPU is still on its first batch, the other
     # queued, when the node joins (the run ends as soon as that node's task is refused)
     stalled = Fault(path="/model.safetensors", kind="stall", times=20, seconds=60.0)
@@ -239,17 +257,9 @@ def test_a_node_that_sees_another_out_folder_stops_the_run_when_it_joins_or_at_t
     try:
         with LocalCluster(head_cpus=1) as cluster:
             log = tmp_path / "late.log"
-            with log.open("w") as handle:
-                process = subprocess.Popen(
-                    ["dwscan", "scan", "--address", cluster.address, "--out", str(out),
-                     *[arg for repo in models for arg in ("--model", repo)]], cwd=tmp_path,
-                    env=cluster.env, stdout=handle, stderr=subprocess.STDOUT, text=True)
-            deadline = time.time() + 120
-            while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the run began
-                assert process.poll() is None, log.read_text()[-3000:]
-                assert time.time() < deadline, "the run wrote no token in 120 s"
-                time.sleep(0.2)
-            isolated = cluster.add_node(cpus=1, wrapper=in_own_mounts, node_id="ab" * 28)
+            process, isolated = _run_then_join_a_blind_node(
+                cluster, ["scan", *[arg for repo in models for arg in ("--model", repo)]], out,
+                log, node_id="ab" * 28)
             assert process.wait(timeout=120) == 2, log.read_text()[-3000:]
             late = log.read_text()
             # what that node saw at the path of --out: nothing written by it
@@ -285,25 +295,15 @@ def test_a_node_that_joins_blind_while_ray_train_waits_for_it_stops_the_training
     rank's traceback)."""
     out = tmp_path / "out"
     out.mkdir()
-    in_own_mounts = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     f'mount -t tmpfs tmpfs "{out}" && exec "$@"', "sh"]
     with LocalCluster(head_cpus=1, dashboard=True) as cluster:  # Ray Train watches the state API
         scanned = dwscan(["scan", "--address", cluster.address, "--out", str(out),
                           "--checkpoint", str(_checkpoint(tmp_path))], cwd=tmp_path,
                          env=cluster.env)
         assert scanned.returncode == 0, scanned.stderr[-3000:]
         log = tmp_path / "train.log"
-        with log.open("w") as handle:
-            process = subprocess.Popen(
-                ["dwscan", "train", "--address", cluster.address, "--out", str(out),
-                 "--train-workers", "2", "--seeds", "1", "--epochs", "1"], cwd=tmp_path,
-                env=cluster.env, stdout=handle, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 120
-        while not list(out.glob(".dwscan-shared-*")):  # the driver's token: the start check
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "the run wrote no token in 120 s"
-            time.sleep(0.2)
-        isolated = cluster.add_node(cpus=1, wrapper=in_own_mounts, node_id="cd" * 28)
+        process, isolated = _run_then_join_a_blind_node(
+            cluster, ["train", "--train-workers", "2", "--seeds", "1", "--epochs", "1"], out, log,
+            node_id="cd" * 28)
         assert process.wait(timeout=300) == 2, log.read_text()[-3000:]
     output = log.read_text()
     error = [line for line in output.splitlines() if line.startswith("dwscan: error:")]
