@@ -119,8 +119,8 @@ class DictionaryIndex:
     to c's side: polarity is free). By the triangle inequality on angles no member of a cell is
     closer to a query q than cos(max(0, angle(q, c) - r)). Each query first searches its most
     promising cell, then only the cells whose bound beats the best found so far: a kernel near
-    some member rules out almost every cell. Numpy on the CPU; a GPU would take the flat
-    `TemplateIndex` instead."""
+    some member rules out almost every cell. Numpy, on the CPU whatever `index_device` says (on
+    a GPU the flat `TemplateIndex` might be faster: not measured)."""
 
     MEMBERS_PER_CELL = 64  # k-means with fewer than 39 points a centroid warns, and cells shrink
     MAX_CELLS = 512  # more cells: tighter bounds but more centres to bound against per query
