@@ -33,6 +33,9 @@ TIE_COSINE = 0.005
 # with an axis, and templates on those continua move across 0.005 from seed to seed, taking
 # their share with the name (METHOD.md 4a gives the measurements).
 ELABORATE_TIE_COSINE = 0.02
+# And only where every seed's template this close to it is won by that family too (the
+# consensus's merge cosine: what counts as one pattern); else the seeds dispute the name
+PEER_COSINE = 0.9
 # Rounds of the compass search that refines a grid fit (it stops earlier once steps are small).
 REFINE_ROUNDS = 80
 
@@ -205,22 +208,51 @@ def refine_fit(spec: Family, templates: np.ndarray, k: int, params: np.ndarray,
     return params, sign * value
 
 
-def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSINE
-                 ) -> list[FamilyFit]:
-    """The best-fitting family member of each template (rows centred, unit norm, k*k)."""
+def fit_families(templates: np.ndarray, k: int, min_cosine: float = FIT_MIN_COSINE,
+                 peers: np.ndarray | None = None) -> list[FamilyFit]:
+    """The best-fitting family member of each template (rows centred, unit norm, k*k).
+
+    `peers`: every seed's own templates of the same kernels (rows as templates; may be the
+    templates themselves). With them an elaborate family (a cross, a second derivative) names a
+    template only where every peer within PEER_COSINE of it is won by that family too; where
+    the seeds dispute it, the better of the simple families (centre-surround, first derivative)
+    names the template, as a tie goes to the simpler family (METHOD.md 4a)."""
     templates = np.asarray(templates, np.float64).reshape(len(templates), k * k)
     if not len(templates):
         return []
     fits = {name: _fit_one_family(FAMILIES[name], templates, k) for name in FAMILY_ORDER}
+    scores = np.abs(np.stack([fits[name][1] for name in FAMILY_ORDER], axis=1))
+    winners = [_winning_family(row) for row in scores]
+    if peers is not None and len(peers):
+        peers = np.asarray(peers, np.float64).reshape(len(peers), k * k)
+        same = peers.shape == templates.shape and np.array_equal(peers, templates)
+        peer_winners = winners if same else [f.family for f in fit_families(peers, k, 0.0)]
+        winners = _undisputed(winners, scores, templates, peers, peer_winners)
     out = []
-    for i in range(len(templates)):
-        winner = _winning_family(np.array([abs(fits[name][1][i]) for name in FAMILY_ORDER]))
+    for i, winner in enumerate(winners):
         params, signed = fits[winner][0][i], float(fits[winner][1][i])
         fit = describe(winner, dict(zip(FAMILIES[winner].parameters, map(float, params))),
                        signed, k)
         if fit.fit_cosine < min_cosine:
             fit = FamilyFit(OTHER, None, None, None, fit.fit_cosine, weights=fit.weights)
         out.append(fit)
+    return out
+
+
+def _undisputed(winners: list[str], scores: np.ndarray, templates: np.ndarray,
+                peers: np.ndarray, peer_winners: list[str]) -> list[str]:
+    """Each template's winning family, an elaborate one replaced by the better simple family
+    (by _winning_family over those) where a peer within PEER_COSINE is won by another family
+    (|cosine|: a pattern's negative fits the same families)."""
+    elaborate = [FAMILY_ORDER.index(f) for f in ELABORATE]
+    near = np.abs(templates @ peers.T) >= PEER_COSINE
+    peer_winners = np.array(peer_winners)
+    out = list(winners)
+    for i, winner in enumerate(winners):
+        if winner in ELABORATE and (peer_winners[near[i]] != winner).any():
+            simple_only = scores[i].copy()
+            simple_only[elaborate] = -np.inf
+            out[i] = _winning_family(simple_only)
     return out
 
 

@@ -297,14 +297,16 @@ def _nearest_counts(templates: np.ndarray, kernels: np.ndarray, threshold: float
 
 
 def template_table(kernel_size: int, templates: TemplateSet, n_seeds: int = 1,
-                   master_keys: np.ndarray | None = None) -> pa.Table:
-    """TEMPLATES rows of one kernel size, each named by its fitted family; `master_keys` are the
-    reference 7x7 filters (only used at 7x7). A plain TemplateSet (one seed's) has the support
-    of all `n_seeds`."""
+                   master_keys: np.ndarray | None = None,
+                   peers: np.ndarray | None = None) -> pa.Table:
+    """TEMPLATES rows of one kernel size, each named by its fitted family (where the seeds'
+    own templates, `peers`, do not dispute it: fit_families); `master_keys` are the reference
+    7x7 filters (only used at 7x7). A plain TemplateSet (one seed's) has the support of all
+    `n_seeds`."""
     n = len(templates.weights)
     support = (templates.support if isinstance(templates, ConsensusSet)
                else np.full(n, n_seeds))
-    fits = fit_families(templates.weights, kernel_size)
+    fits = fit_families(templates.weights, kernel_size, peers=peers)
     key, key_cosine = np.zeros(n, np.int32), np.zeros(n, np.float32)
     has_key = master_keys is not None and kernel_size == MASTER_KEY_SIZE and n > 0
     if has_key:
@@ -329,7 +331,8 @@ def template_table(kernel_size: int, templates: TemplateSet, n_seeds: int = 1,
 
 
 def seed_template_table(kernel_size: int, members: list[MemberTemplates]) -> pa.Table:
-    """SEED_TEMPLATES rows of one kernel size: every seed's own template set."""
+    """SEED_TEMPLATES rows of one kernel size: every seed's own template set, each named where
+    the other seeds' templates do not dispute the name (fit_families)."""
     columns: dict[str, list] = {"seed_index": [], "seed": [], "template_id": [],
                                 "share_of_valid": []}
     weights = []
@@ -341,7 +344,7 @@ def seed_template_table(kernel_size: int, members: list[MemberTemplates]) -> pa.
         columns["share_of_valid"] += member.templates.share_of_valid.tolist()
         weights.append(member.templates.weights.reshape(n, kernel_size**2))
     stacked = np.concatenate(weights) if weights else np.zeros((0, kernel_size**2), np.float32)
-    fits = fit_families(stacked, kernel_size)
+    fits = fit_families(stacked, kernel_size, peers=stacked)
     n = len(stacked)
     return pa.table({
         "template_set": pa.nulls(n, pa.string()),
@@ -426,7 +429,8 @@ def templates_of_size(k: int, kernels: np.ndarray, autoencoders_dir: Path,
         **{name: columns[name] for name in ("label", "family", "fit_cosine")},
         "weights": matrices_to_list_array([weights]),
     }, schema=schemas.MISSED_PATTERNS)
-    return (template_table(k, found, len(members), master_keys),
+    peers = np.concatenate([m.templates.weights.reshape(-1, k * k) for m in members])
+    return (template_table(k, found, len(members), master_keys, peers),
             seed_template_table(k, members), missed_table)
 
 

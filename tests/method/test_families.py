@@ -11,6 +11,7 @@ from dwscan.method.families import (
     FIT_MIN_COSINE,
     OTHER,
     SECOND,
+    FamilyFit,
     _winning_family,
     fit_families,
     member,
@@ -184,6 +185,35 @@ def test_a_centre_surround_with_a_slight_axis_keeps_one_name_as_seeds_move_it():
         pattern = centre_and_normalise(pattern[None])[0][0]
         assert {fit.family for fit in fit_families(_moved(pattern, rng), k)} == {want}, (
             k, sigma, psi)
+
+
+def test_an_elaborate_name_the_seeds_dispute_goes_to_the_simpler_family():
+    """A long-armed 5x5 cross (long sigma k/4, aspect 3) is a cross on its own fits. Among
+    seed templates of the same pattern that are crosses too, it keeps the name; beside one
+    within 0.9 (cosine 0.989) that its fits call a centre-surround (a cross of long sigma 1.0,
+    aspect 2: a round blob with a ripple), the seeds dispute it and the centre-surround names
+    it, as a tie would. A peer further away (a first derivative, cosine 0) has no say, and a
+    peer's own polarity does not matter (|cosine|)."""
+    k = 5
+    cross, short, longer, first = (centre_and_normalise(member(family, params, k)[None])[0][0]
+                                   for family, params in (
+        (CROSS, {"sigma": k / 4, "aspect": 3.0, "angle_deg": 0.0}),
+        (CROSS, {"sigma": 1.0, "aspect": 2.0, "angle_deg": 0.0}),
+        (CROSS, {"sigma": 1.35, "aspect": 3.0, "angle_deg": 0.0}),
+        (FIRST, {"sigma": 1.0, "angle_deg": 0.0})))
+    assert cross @ short > 0.98 and [f.family for f in fit_families(np.stack(
+        [cross, short]), k)] == [CROSS, CENTRE_SURROUND]  # the two on their own fits
+
+    def name(peers: list[np.ndarray]) -> FamilyFit:
+        return fit_families(cross[None], k, peers=np.stack(peers))[0]
+
+    assert name([cross, longer, -longer, first]).family == CROSS
+    disputed = name([cross, longer, -short, first])
+    assert (disputed.family, disputed.polarity) == (CENTRE_SURROUND, "on")
+    assert disputed.label.startswith("on-centre")
+    # the seeds' own set names each of its templates against all of them
+    both = np.stack([cross, short])
+    assert [f.family for f in fit_families(both, k, peers=both)] == [CENTRE_SURROUND] * 2
 
 
 def test_the_tie_rule_by_hand():
