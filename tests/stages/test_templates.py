@@ -20,7 +20,7 @@ from dwscan.method.autoencoder import (
     untrained_members,
 )
 from dwscan.method.autoencoder_config import autoencoder_path, training_record_path
-from dwscan.method.families import CENTRE_SURROUND, CROSS, FIRST, SECOND
+from dwscan.method.families import CENTRE_SURROUND, CROSS, FIRST, SECOND, member
 from dwscan.method.preprocess import centre_and_normalise
 from dwscan.stages.templates import (
     ConsensusSet,
@@ -35,6 +35,7 @@ from dwscan.stages.templates import (
     member_templates,
     merge_near_duplicates,
     refine_to_member_means,
+    seed_template_table,
     select_templates,
     template_table,
     templates_of_size,
@@ -245,6 +246,27 @@ def _member(seed: int, templates: np.ndarray, kernels: np.ndarray) -> MemberTemp
     found = TemplateSet(templates, np.full(len(templates), np.nan, np.float32),
                         *([np.zeros(len(templates))] * 4))
     return MemberTemplates(seed, found, templates)
+
+
+def test_the_tables_name_a_pattern_as_its_seeds_agree():
+    """Two seeds found a long-armed 5x5 cross, a third a shorter-armed one at cosine 0.989
+    that its fits call a centre-surround: the seeds dispute the cross, so the seed table names
+    all three, and the consensus table the consensus there, centre-surround; the first two
+    seeds alone keep the cross."""
+    k = 5
+    cross, short = (centre_and_normalise(member(CROSS, {"sigma": long, "aspect": aspect,
+                                                        "angle_deg": 0.0}, k)[None])[0]
+                    for long, aspect in ((k / 4, 3.0), (1.0, 2.0)))
+    members = [_member(0, cross, cross), _member(1, cross, cross), _member(2, short, short)]
+    consensus = ConsensusSet(cross, np.full(1, np.nan, np.float32), *([np.ones(1)] * 4),
+                             support=np.array([2]))
+    assert seed_template_table(k, members).column("family").to_pylist() == [CENTRE_SURROUND] * 3
+    peers = np.concatenate([m.templates.weights for m in members])
+    assert template_table(k, consensus, 3, peers=peers).column("family").to_pylist() == [
+        CENTRE_SURROUND]
+    assert seed_template_table(k, members[:2]).column("family").to_pylist() == [CROSS] * 2
+    assert template_table(k, consensus, 2, peers=peers[:2]).column("family").to_pylist() == [
+        CROSS]
 
 
 def test_consensus_keeps_what_most_seeds_find_where_its_members_are():
