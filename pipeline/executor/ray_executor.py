@@ -478,18 +478,13 @@ def run_ray_train(worker_fn: Callable[..., dict], worker_config: dict, num_worke
     return (result.metrics or {}).get("returned", {})
 
 
-def _out_not_seen_by_a_rank(error: BaseException | None) -> OutNotSeen | None:
-    """The OutNotSeen a rank on a late node raised, if one did: Ray Train 2 keeps each rank's
-    error in `worker_failures`; a wrapping error's causes are looked through too."""
-    while error is not None:
-        if isinstance(error, OutNotSeen):
-            return error
-        failures = getattr(error, "worker_failures", None) or {}
-        found = next((f for f in failures.values() if isinstance(f, OutNotSeen)), None)
-        if found is not None:
-            return found
-        error = error.__cause__
-    return None
+def _out_not_seen_by_a_rank(error: BaseException) -> OutNotSeen | None:
+    """The OutNotSeen a rank on a late node raised, if one did: Ray Train keeps each rank's
+    error in `worker_failures`."""
+    if isinstance(error, OutNotSeen):
+        return error
+    failures = getattr(error, "worker_failures", None) or {}
+    return next((f for f in failures.values() if isinstance(f, OutNotSeen)), None)
 
 
 def _ray_train_loop(loop_config: dict) -> None:

@@ -142,15 +142,15 @@ class DictionaryIndex:
         self._blocks = members[order] * flip[order, None]  # members on their centre's side
         self._flip = flip[order].astype(np.int8)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self._cells = np.flatnonzero(counts)  # non-empty cells, in the order of their centres
         centres, radii = [], []
-        for j in np.flatnonzero(counts):
+        for j in self._cells:
             block = self._blocks[self._starts[j]:self._starts[j + 1]].astype(np.float64)
             centre = block.mean(axis=0)
             norm = np.linalg.norm(centre)
             centre = centre / norm if norm > 1e-6 else block[0]
             centres.append(centre)
             radii.append(np.arccos(np.clip((block @ centre).min(), -1.0, 1.0)))
-        self._cells = np.flatnonzero(counts)  # non-empty cells, in the order of their centres
         self._centres = np.array(centres)
         self._radii = np.array(radii) + self.ANGLE_SLACK
 
