@@ -8,6 +8,7 @@ torch; a caller may wrap the model (DDP under Ray Train) and hand it a shard of 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -82,6 +83,45 @@ class KernelAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+class FusedAdam:
+    """torch.optim.Adam(fused=True), stepped through its functional form (torch.optim.adam.adam,
+    the same kernel and state, the same bits): building any torch.optim.Optimizer imports
+    torch._dynamo, and with it sympy and triton, about 900 modules, 78 MiB and a second in every
+    training process (BENCHMARKS.md, zoo), for a compiler training never uses."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        self.lr = lr
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                         for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                            for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        adam(self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs, [],
+             self.steps, foreach=False, capturable=False, differentiable=False, fused=True,
+             grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
+             beta1=self.BETAS[0], beta2=self.BETAS[1], lr=self.lr, weight_decay=0.0,
+             eps=self.EPS, maximize=False)
+
+
+def cosine_annealed(lr: float, step: int, t_max: int, eta_min: float) -> float:
+    """The learning rate after `step` of `t_max` steps, from `lr` at the step before: torch's
+    CosineAnnealingLR update (its recursive form, so the same floats step by step)."""
+    return ((1 + math.cos(math.pi * step / t_max)) / (1 + math.cos(math.pi * (step - 1) / t_max))
+            * (lr - eta_min) + eta_min)
 
 
 class AutoencoderEnsemble(nn.Module):
@@ -344,12 +384,11 @@ def train_ensemble(
     model = AutoencoderEnsemble(data.shape[1], seeds, config.hidden, config.code_dim).to(device)
     trained = wrap_model(model) if wrap_model else model
     # fused Adam: one kernel for all parameters, on CUDA and on the CPU (there about 8% of a
-    # step faster than the per-parameter loop on our 2-core machine)
-    optimiser = torch.optim.Adam(trained.parameters(), lr=config.lr, fused=True)
+    # step faster than the per-parameter loop on our 2-core machine); the rate cosine-annealed
+    optimiser = FusedAdam(trained.parameters(), lr=config.lr)
     per_epoch = steps_per_epoch(len(data), config, world_size)
     budget = step_budget(len(data), config, world_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimiser, T_max=max(1, budget), eta_min=config.lr / 20)
+    t_max = max(1, budget)  # the cosine annealing's length, set before any stop
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device)
     rngs = [np.random.default_rng(seed) for seed in seeds]  # the CPU's epoch orders
     # CUDA draws them on the GPU: a host permutation of millions of rows would stall each epoch;
@@ -386,15 +425,14 @@ def train_ensemble(
                 break
             batch = tensor[shards[:, i * config.batch_size:(i + 1) * config.batch_size]]
             losses = cosine_loss(batch, trained(batch))
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()
             losses.sum().backward()  # members share no weight: each gets its own loss's gradient
             optimiser.step()
             if log.converged_step is None:
-                schedule.step()
+                optimiser.lr = cosine_annealed(optimiser.lr, step + 1, t_max, config.lr / 20)
             else:  # cool-down: linear from the rate at convergence to lr/20 at the new budget
                 done = (step + 1 - log.converged_step) / (budget - log.converged_step)
-                for group in optimiser.param_groups:
-                    group["lr"] = cooldown_from + done * (config.lr / 20 - cooldown_from)
+                optimiser.lr = cooldown_from + done * (config.lr / 20 - cooldown_from)
             window_loss += losses.detach()
             window_steps += 1
             step += 1
@@ -427,7 +465,7 @@ def train_ensemble(
                                    else STOP_PLATEAU)
                 log.converged_step = step
                 budget = min(budget, step + max(config.check_every, int(config.cooldown * step)))
-                cooldown_from = optimiser.param_groups[0]["lr"]
+                cooldown_from = optimiser.lr
     log.steps, log.epochs = step, step / per_epoch
     log.member_stops = [s or log.stop_reason for s in stops]
     log.left_out = untrained_members(log.member_losses)

@@ -8,8 +8,10 @@ from dwscan.method.autoencoder import (
     STOP_PLATEAU,
     AutoencoderConfig,
     ConvergenceRule,
+    FusedAdam,
     KernelAutoencoder,
     batch_size_for,
+    cosine_annealed,
     cosine_loss,
     decode_sweep,
     load_autoencoder,
@@ -133,6 +135,50 @@ def test_the_cpu_path_is_unchanged_by_the_gpu_work():
                                                                 "gpu_batch_size": 64}))
     for x, y in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def test_fused_adam_and_its_cosine_rate_step_as_torch_optim_does():
+    """The same bits as torch.optim.Adam(fused=True) under CosineAnnealingLR, step by step,
+    then under a rate set by hand (the cool-down)."""
+    torch.manual_seed(0)
+    ours, theirs = KernelAutoencoder(9, (16, 8)), KernelAutoencoder(9, (16, 8))
+    theirs.load_state_dict(ours.state_dict())
+    optimiser = FusedAdam(ours.parameters(), lr=3e-3)
+    reference = torch.optim.Adam(theirs.parameters(), lr=3e-3, fused=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=30, eta_min=1.5e-4)
+    x = torch.randn(64, 9)
+    for step in range(40):
+        for model, opt in ((ours, optimiser), (theirs, reference)):
+            opt.zero_grad()
+            cosine_loss(x, model(x)).mean().backward()
+            opt.step()
+        if step < 30:
+            optimiser.lr = cosine_annealed(optimiser.lr, step + 1, 30, 1.5e-4)
+            schedule.step()
+        else:
+            optimiser.lr = reference.param_groups[0]["lr"] = 1e-3 - step * 1e-5
+        assert optimiser.lr == reference.param_groups[0]["lr"]
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b), step
+    assert optimiser.lr != 3e-3
+
+
+def test_training_does_not_import_torchs_compiler():
+    """torch.optim's Optimizer imports torch._dynamo (sympy, triton: 78 MiB a training process);
+    a fresh interpreter that trains must end without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from dwscan.method.autoencoder import AutoencoderConfig, train_ensemble\n"
+            "from dwscan.method.preprocess import centre_and_normalise\n"
+            "x, _ = centre_and_normalise(np.random.default_rng(0).normal(size=(500, 9)))\n"
+            "train_ensemble(x, AutoencoderConfig(seeds=2, min_steps=0, max_steps=20,"
+            " check_every=10))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'sympy'))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout[:300]
 
 
 def test_save_and_load_round_trip(tmp_path):
