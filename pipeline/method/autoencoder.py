@@ -111,10 +111,8 @@ class FusedAdam:
         from torch.optim.adam import adam
 
         adam(self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs, [],
-             self.steps, foreach=False, capturable=False, differentiable=False, fused=True,
-             grad_scale=None, found_inf=None, has_complex=False, amsgrad=False,
-             beta1=self.BETAS[0], beta2=self.BETAS[1], lr=self.lr, weight_decay=0.0,
-             eps=self.EPS, maximize=False)
+             self.steps, fused=True, amsgrad=False, beta1=self.BETAS[0], beta2=self.BETAS[1],
+             lr=self.lr, weight_decay=0.0, eps=self.EPS, maximize=False)
 
 
 def cosine_annealed(lr: float, step: int, t_max: int, eta_min: float) -> float:
