@@ -540,12 +540,9 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
     pool = np.concatenate([m.candidates for m in members])
     pool = pool[member_support(pool, member_sets, config.merge_cosine, invariant) >= need]
     covers = _covers(cover_sample(kernels, config), pool, threshold, invariant)
-    candidates = pool[_improve_by_swaps(covers, _greedy_cover(covers, config.min_share))]
-    if config.refine_steps and len(candidates):
-        candidates = refine_to_member_means(candidates, kernels, config.refine_steps,
-                                            config.refine_min_cosine, invariant)
-        candidates = candidates[merge_near_duplicates(candidates, config.merge_cosine,
-                                                      invariant)]
+    chosen = np.asarray(_improve_by_swaps(covers, _greedy_cover(covers, config.min_share)),
+                        np.int64)
+    _, candidates = _refined_and_merged(chosen, pool[chosen], kernels, config)
     candidates = candidates[keep_attracting(candidates, kernels, config.min_share, threshold,
                                             invariant)]
     support = member_support(candidates, member_sets, config.merge_cosine, invariant)

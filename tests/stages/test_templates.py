@@ -296,6 +296,27 @@ def test_consensus_keeps_what_most_seeds_find_where_its_members_are():
     assert sorted(consensus.support.tolist()) == [2, 3, 3]
 
 
+def test_consensus_without_refinement_still_obeys_the_merge_rule():
+    """refine_steps=0: nothing moves, and as for one seed's selection two templates within
+    merge_cosine are one. A and B (cosine 0.905) each cover their own cluster, A' beyond A
+    and B' beyond B (0.63 apart), so the cover takes both; the merge keeps one."""
+    rng = np.random.default_rng(1)
+    a, side = np.eye(25)[0], np.eye(25)[1]
+    angle_ab, angle_out = np.arccos(0.905), np.arccos(0.9)
+    b = np.cos(angle_ab) * a + np.sin(angle_ab) * side
+    a_far = np.cos(angle_out) * a - np.sin(angle_out) * side  # away from B
+    b_far = np.cos(angle_ab + angle_out) * a + np.sin(angle_ab + angle_out) * side
+    raw = np.concatenate([c + 0.01 * rng.normal(size=(500, 25)) for c in (a_far, b_far)])
+    kernels, _ = centre_and_normalise(raw)
+    pair, _ = centre_and_normalise(np.stack([a, b]))
+    assert (kernels[:500] @ pair[1]).max() < 0.8 and (kernels[500:] @ pair[0]).max() < 0.8
+    members = [_member(seed, pair, kernels) for seed in range(3)]
+    config = TemplateConfig(refine_steps=0, master_key_filters=None)
+    consensus = consensus_templates(members, kernels, config, THRESHOLD)
+    assert len(consensus.weights) == 1
+    assert np.abs(consensus.weights @ pair.T).max() > 0.9999  # one of the two, not moved
+
+
 @pytest.mark.slow
 def test_sign_invariant_discovery_folds_each_pair_into_one_template():
     truth, kernels, which = _synthetic(5)  # four patterns, each next to its negative
