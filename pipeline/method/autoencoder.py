@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -93,7 +93,7 @@ class FusedAdam:
 
     BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
-    def __init__(self, params, lr: float):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float):
         self.params = list(params)
         self.lr = lr
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format)
