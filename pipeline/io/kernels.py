@@ -17,9 +17,8 @@ from dwscan.method.preprocess import VALID, centre_and_normalise
 # Convergence-stopped training draws about 0.8 to 1.25M kernels per seed (3,000 to 5,000 steps
 # of 256: 1.5 to 2.5 passes over this sample), and a template's share of 2% (min_share) is
 # known to within 0.04 points (two standard errors) from 500k uniform draws, so more rows
-# change no template; they would only hold memory in the training worker and the driver,
-# twice over while the sample is put back in file order (500k 7x7 kernels are 98 MB).
-# BENCHMARKS.md, "zoo".
+# change no template; they would only hold memory in the training worker and the driver
+# (500k 7x7 kernels are 98 MB). BENCHMARKS.md, "zoo".
 MAX_KERNELS_PER_SIZE = 500_000
 
 
@@ -35,7 +34,7 @@ def load_normalised_kernels(kernel_paths: list[Path], kernel_size: int,
     them, a seeded uniform sample of `max_rows`, still in file order.
 
     The files are streamed batch by batch, so memory stays at about `max_rows` kernels plus one
-    batch (and one copy of the sample while it is put back in file order) whatever the total.
+    batch whatever the total (the sample goes back to file order in place).
     """
     width = kernel_size * kernel_size
     sample = _UniformSample(max_rows, width, seed)
@@ -102,7 +101,33 @@ class _UniformSample:
     def rows(self) -> np.ndarray:
         if self._rows is None:
             return _stack_consuming(self._blocks, self.width)
-        return self._rows[np.argsort(self._positions)]
+        order = np.argsort(self._positions)
+        _permute_rows_in_place(self._rows, order)
+        self._keys, self._positions = self._keys[order], self._positions[order]
+        return self._rows
+
+
+def _permute_rows_in_place(rows: np.ndarray, order: np.ndarray, chunk: int = 8192) -> None:
+    """rows[:] = rows[order] without a second copy of `rows` (500k 7x7 kernels are 98 MB, in
+    a training worker at its peak): each cycle of the permutation is shifted along itself, a
+    chunk of rows at a time, its first row held aside."""
+    order = order.tolist()
+    done = bytearray(len(order))
+    for start in range(len(order)):
+        if done[start] or order[start] == start:
+            continue
+        cycle, at = [], start
+        while not done[at]:  # start, order[start], order[order[start]], ... back to start
+            done[at] = 1
+            cycle.append(at)
+            at = order[at]
+        first = rows[start].copy()
+        cycle = np.asarray(cycle, np.int64)
+        # rows[cycle[i]] = rows[cycle[i + 1]]: each chunk reads rows no earlier chunk wrote
+        for low in range(0, len(cycle) - 1, chunk):
+            high = min(low + chunk, len(cycle) - 1)
+            rows[cycle[low:high]] = rows[cycle[low + 1:high + 1]]
+        rows[cycle[-1]] = first
 
 
 def _stack_consuming(blocks: list[np.ndarray], width: int) -> np.ndarray:

@@ -119,3 +119,23 @@ def test_the_sample_does_not_depend_on_the_batch_size(big_files, monkeypatch):
     default = load_normalised_kernels(files, 3, max_rows=2000, seed=3)
     monkeypatch.setattr(kernels, "iter_tables", lambda path: iter_tables(path, batch_size=300))
     np.testing.assert_array_equal(load_normalised_kernels(files, 3, max_rows=2000, seed=3), default)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8192])
+def test_the_sample_goes_back_to_file_order_in_place(chunk):
+    """rows[order] in the rows' own memory, whatever the cycles: random permutations (one long
+    cycle and many short ones), a single cycle through every row, a swap, the identity; chunks
+    of 1 and 3 rows cross each cycle's chunk boundaries."""
+    from dwscan.io.kernels import _permute_rows_in_place
+
+    rng = np.random.default_rng(5)
+    rows = rng.normal(size=(1000, 4)).astype(np.float32)
+    one_cycle = np.roll(np.arange(1000), 1)
+    swap = np.arange(1000)
+    swap[[10, 900]] = [900, 10]
+    for order in (rng.permutation(1000), rng.permutation(1000), one_cycle, swap, np.arange(1000)):
+        permuted = rows.copy()
+        buffer = permuted.__array_interface__["data"][0]
+        _permute_rows_in_place(permuted, order, chunk)
+        np.testing.assert_array_equal(permuted, rows[order])
+        assert permuted.__array_interface__["data"][0] == buffer
