@@ -94,17 +94,21 @@ def family_cosines(kernels: np.ndarray, k: int, threshold: float,
                    density: int = DICTIONARY_DENSITY, margin: float = REFINE_MARGIN
                    ) -> np.ndarray:
     """For each kernel (row: centred, unit norm, k*k), the |cosine| of the closest family member
-    found: the nearest dictionary member of each family, refined by compass search in that
-    family where the best is within `margin` below `threshold` (where a finer search can change
-    the verdict; above the threshold the verdict stands, far below no refinement reaches it)."""
+    found: the nearest dictionary member of each family, refined by compass search in each
+    family whose member is within `margin` below `threshold`, for kernels none reaches it (where
+    a finer search can change the verdict; above the threshold the verdict stands, far below no
+    refinement reaches it)."""
     if not len(kernels):
         return np.zeros(0, np.float32)
     nearest = {name: family_dictionary(name, k, density).index.nearest_with_sign(kernels)
                for name in FAMILY_ORDER}
     best = np.max([cosines for _, cosines, _ in nearest.values()], axis=0)
-    near = np.flatnonzero((best >= threshold - margin) & (best < threshold))
-    if len(near):
-        for name, (ids, cosines, signs) in nearest.items():
+    below = best < threshold
+    for name, (ids, cosines, signs) in nearest.items():
+        # refined in each family only where its own best is within the margin: from further
+        # below, as for the best of all, no refinement reaches the threshold
+        near = np.flatnonzero(below & (cosines >= threshold - margin))
+        if len(near):
             dictionary = family_dictionary(name, k, density)
             _, refined = refine_fit(FAMILIES[name], kernels[near], k,
                                     dictionary.parameters[ids[near]],

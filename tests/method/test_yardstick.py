@@ -92,3 +92,32 @@ def test_shipped_master_key_file_holds_eight_unit_filters(monkeypatch):
     assert default_master_key_filters() == str(SHIPPED_MASTER_KEY_FILTERS)
     monkeypatch.setenv("DWSCAN_MASTER_KEY_FILTERS", "/elsewhere/filters.txt")
     assert default_master_key_filters() == "/elsewhere/filters.txt"
+
+
+def test_refinement_near_the_threshold_gives_the_verdicts_of_refining_every_family():
+    """Noisy 5x5 family members, many just below 0.8 on the dictionary: refined only in the
+    families within the 0.1 band, as by refining all four, the same verdict for every kernel,
+    and refinement does change verdicts (the band matters)."""
+    from dwscan.method.families import FAMILIES, FAMILY_ORDER, refine_fit
+    from dwscan.method.yardstick import family_dictionary
+
+    rng = np.random.default_rng(11)
+    planted = np.stack([_random_member(rng, 5) for _ in range(600)])
+    # unit members; noise of 0.1 to 0.3 a weight puts them at cosine ~0.55 to 0.95
+    raw = planted + rng.normal(0, 1, planted.shape) * rng.uniform(0.1, 0.3, (600, 1))
+    kernels, _ = centre_and_normalise(raw)
+    found = family_cosines(kernels, 5, 0.8, density=1)
+    nearest = {name: family_dictionary(name, 5, 1).index.nearest_with_sign(kernels)
+               for name in FAMILY_ORDER}
+    dictionary_only = np.max([cosines for _, cosines, _ in nearest.values()], axis=0)
+    every = dictionary_only.copy()
+    band = np.flatnonzero((dictionary_only >= 0.7) & (dictionary_only < 0.8))
+    for name, (ids, cosines, signs) in nearest.items():
+        dictionary = family_dictionary(name, 5, 1)
+        _, refined = refine_fit(FAMILIES[name], kernels[band], 5, dictionary.parameters[ids[band]],
+                                cosines[band] * signs[band], dictionary.step / 2)
+        every[band] = np.maximum(every[band], np.abs(refined))
+    assert len(band) > 100
+    assert ((every >= 0.8) != (dictionary_only >= 0.8)).sum() > 10
+    np.testing.assert_array_equal(found >= 0.8, every >= 0.8)
+    assert (found <= every + 1e-6).all()
