@@ -20,6 +20,7 @@ from dwscan.io.accuracy import (
     model_metadata_table,
     read_accuracy_tables,
     remember_sources,
+    remembered_sources,
 )
 from dwscan.io.catalogue import ok_model_ids
 from dwscan.io.storage import OutputLayout, read_table_as, read_tables, write_table
@@ -82,7 +83,8 @@ _ASSIGNMENT_COLUMNS = ["model_id", "layer", "layer_index", "depth", "kernel_size
 def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
                   accuracy_csv: str | None = None, pretrain_csv: str | None = None,
                   seed: int = 0, show_models: Sequence[str] = ()) -> Reports:
-    """Every table, plot and index.html from OUT; accuracy from `accuracy` or the two sources.
+    """Every table, plot and index.html from OUT; accuracy from `accuracy` or the two sources
+    (a source left out: what OUT's last report read, else timm's, as `dwscan report` does).
 
     Plots cover the zoo, not each model: a model's layer-share plot and its own section of the
     page are drawn only for the `show_models` (`dwscan report --model ID`), which the scatter
@@ -94,7 +96,8 @@ def write_reports(layout: OutputLayout, accuracy: AccuracyTables | None = None,
               if layout.missed_patterns_path.exists() else None)
     ok = ok_model_ids(models)
     if accuracy is None:
-        accuracy = read_accuracy_tables(accuracy_csv, pretrain_csv)
+        accuracy = read_accuracy_tables(*remembered_sources(layout.accuracy_sources_path,
+                                                            accuracy_csv, pretrain_csv))
     scanned = models.filter(pc.is_in(models.column("model_id"), pa.array(ok, pa.string())))
     metadata = model_metadata_table(scanned, accuracy)
     chance = {k: chance_clustered_fraction(index, record.threshold, seed=seed)

@@ -193,9 +193,10 @@ def test_report_command_rebuilds_from_disk(reported, tmp_path):
 
 
 def test_a_later_report_joins_the_tables_the_last_one_read(reported, tmp_path, caplog):
-    """`dwscan report` without --accuracy-csv on a folder whose report was given one joins the
-    same tables again (it fell back to timm's URL, offline to the demo excerpt, and dropped
-    every top-1); a flag still wins, and a recorded file that is gone gives way with a warning."""
+    """`dwscan report` without --accuracy-csv (or `write_reports` without sources) on a folder
+    whose report was given one joins the same tables again (it fell back to timm's URL, offline
+    to the demo excerpt, and dropped every top-1); a flag still wins, and a recorded file that
+    is gone gives way with a warning."""
     root, _ = reported
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
@@ -207,6 +208,10 @@ def test_a_later_report_joins_the_tables_the_last_one_read(reported, tmp_path, c
     again = read_table(copy / "reports" / "clusterability.parquet")
     assert again.equals(read_table(root / "reports" / "clusterability.parquet"))
     assert None not in again.column("top1").to_pylist()
+    # and so does the library call without sources (it raised a TypeError on None)
+    (copy / "reports" / "clusterability.parquet").unlink()
+    write_reports(OutputLayout(copy))
+    assert read_table(copy / "reports" / "clusterability.parquet").equals(again)
 
     sources = copy / "reports" / "accuracy_sources.json"
     assert remembered_sources(sources, accuracy_csv="mine.csv")[0] == "mine.csv"
