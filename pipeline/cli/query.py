@@ -1,4 +1,5 @@
-"""`dwscan query`: SQL over the outputs, printed as a table, CSV or Parquet."""
+"""Reading finished outputs: `dwscan query` (SQL, printed as a table, CSV or Parquet) and
+`dwscan compare` (how far several runs' answers lie apart)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,35 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
                        help="write the result to this file instead of printing it")
     query.add_argument("--max-rows", type=int, default=100,
                        help="rows printed with --format table (default: 100)")
-    return {"query": command_query}
+    compare = commands.add_parser(
+        "compare", help="how far several runs' answers lie apart (another --seed, a re-scan)",
+        description="Compare finished runs: each model's clustered fraction per kernel size, its "
+                    "family x polarity shares, and the share of each run's clustered kernels "
+                    "whose template another run has (METHOD.md 4b).",
+        epilog="example: dwscan run --seed 1 --out seed1 && dwscan compare dwscan-out seed1")
+    compare.add_argument("outs", nargs="+", metavar="OUT", help="two or more output folders")
+    compare.add_argument("--match-cosine", type=float, default=None, metavar="C",
+                         help="a template is matched by another run's within this cosine "
+                              "(default: 0.95, issue 18's bar)")
+    compare.add_argument("--kinds", type=int, default=10, metavar="N",
+                         help="family x polarity rows printed, the widest spreads (default: 10)")
+    return {"query": command_query, "compare": command_compare}
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from dwscan.reports.agreement import MATCH_COSINE, compare_runs, format_agreement
+
+    if len(args.outs) < 2:
+        print("dwscan compare: error: give two or more output folders", file=sys.stderr)
+        return 2
+    try:
+        agreement = compare_runs(args.outs, args.match_cosine or MATCH_COSINE)
+    except FileNotFoundError as error:
+        print(f"dwscan compare: error: {error.filename or error}: not a finished run (run "
+              "dwscan run, or dwscan report, on it first)", file=sys.stderr)
+        return 2
+    print(format_agreement(agreement, args.kinds))
+    return 0
 
 
 def schemas_names() -> list[str]:
