@@ -32,6 +32,7 @@ class RunAgreement:
 
     runs: list[str]
     match_cosine: float
+    settings: list[str]  # where the runs' threshold or sign handling differ: what differs
     fractions: pa.Table  # model_id, kernel_size, fractions (one per run), spread_points
     pattern_shares: pa.Table  # model_id, kernel_size, family, polarity, shares, spread_points
     matched_templates: pa.Table  # kernel_size, run, other_run, matched_share
@@ -49,13 +50,16 @@ def compare_runs(roots: list[str | Location], match_cosine: float = MATCH_COSINE
     shares = [read_table_as(layout.table_path(schemas.PATTERN_SHARES), schemas.PATTERN_SHARES)
               for layout in layouts]
     templates = [read_table_as(layout.templates_path, schemas.TEMPLATES) for layout in layouts]
-    sign_invariant = any(read_template_set_record(layout.template_set_path).sign_invariant
-                         for layout in layouts)
+    records = [read_template_set_record(layout.template_set_path) for layout in layouts]
+    settings = [f"{name} differs: " + " / ".join(str(getattr(r, name)) for r in records)
+                for name in ("threshold", "sign_invariant")
+                if len({getattr(r, name) for r in records}) > 1]
     return RunAgreement(runs=[str(layout.root) for layout in layouts], match_cosine=match_cosine,
+                        settings=settings,
                         fractions=fraction_spread(fractions),
                         pattern_shares=pattern_share_spread(shares),
-                        matched_templates=matched_template_shares(templates, match_cosine,
-                                                                  sign_invariant))
+                        matched_templates=matched_template_shares(
+                            templates, match_cosine, any(r.sign_invariant for r in records)))
 
 
 def _spread_table(keys: list[str], values: dict[tuple, list[float]]) -> pa.Table:
@@ -133,8 +137,10 @@ def _templates_by_size(templates: pa.Table) -> dict[int, tuple[np.ndarray, np.nd
 def format_agreement(agreement: RunAgreement, kinds: int = 10) -> str:
     """The measures as text: every model's fractions, the `kinds` widest family x polarity
     spreads, and each size's matched shares (the smallest first)."""
-    lines = ["Runs: " + "; ".join(f"{i}: {run}" for i, run in enumerate(agreement.runs)), "",
-             "Clustered fraction (the headline) per model and kernel size:"]
+    lines = ["Runs: " + "; ".join(f"{i}: {run}" for i, run in enumerate(agreement.runs))]
+    lines += [f"WARNING: {what}: the runs do not measure the same thing"
+              for what in agreement.settings]
+    lines += ["", "Clustered fraction (the headline) per model and kernel size:"]
     for row in agreement.fractions.to_pylist():
         values = " / ".join(f"{100 * v:.1f}" for v in row["values"])
         lines.append(f"  {row['model_id']} {row['kernel_size']}x{row['kernel_size']}: "

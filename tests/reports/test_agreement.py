@@ -122,3 +122,19 @@ def test_compare_command_prints_the_measures_and_refuses_a_folder_without_a_run(
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert main(["compare", str(two_runs[0])]) == 2
+
+
+def test_runs_at_another_threshold_are_compared_with_a_warning(two_runs, tmp_path, capsys):
+    import shutil
+
+    from dwscan.io.template_set import TemplateSetRecord, write_template_set_record
+
+    other = tmp_path / "loose"
+    shutil.copytree(two_runs[1], other)
+    write_template_set_record(OutputLayout(other).template_set_path,
+                              TemplateSetRecord(threshold=0.7))
+    assert compare_runs(two_runs).settings == []
+    assert compare_runs([two_runs[0], other]).settings == ["threshold differs: 0.8 / 0.7"]
+    assert main(["compare", str(two_runs[0]), str(other)]) == 0
+    assert ("WARNING: threshold differs: 0.8 / 0.7: the runs do not measure the same thing"
+            in capsys.readouterr().out)
