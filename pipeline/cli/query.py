@@ -38,8 +38,9 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
     compare.add_argument("--match-cosine", type=float, default=None, metavar="C",
                          help="a template is matched by another run's within this cosine "
                               "(default: 0.95, issue 18's bar)")
-    compare.add_argument("--kinds", type=int, default=10, metavar="N",
-                         help="family x polarity rows printed, the widest spreads (default: 10)")
+    compare.add_argument("--rows", type=int, default=20, metavar="N",
+                         help="at most this many fraction and family x polarity rows each, the "
+                              "widest spreads (default: 20)")
     return {"query": command_query, "compare": command_compare}
 
 
@@ -55,7 +56,7 @@ def command_compare(args: argparse.Namespace) -> int:
         print(f"dwscan compare: error: {error.filename or error}: not a finished run (run "
               "dwscan run, or dwscan report, on it first)", file=sys.stderr)
         return 2
-    print(format_agreement(agreement, args.kinds))
+    print(format_agreement(agreement, args.rows))
     return 0
 
 

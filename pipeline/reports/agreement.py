@@ -134,25 +134,17 @@ def _templates_by_size(templates: pa.Table) -> dict[int, tuple[np.ndarray, np.nd
     return found
 
 
-def format_agreement(agreement: RunAgreement, kinds: int = 10) -> str:
-    """The measures as text: every model's fractions, the `kinds` widest family x polarity
-    spreads, and each size's matched shares (the smallest first)."""
+def format_agreement(agreement: RunAgreement, rows: int = 20) -> str:
+    """The measures as text: the fractions and the family x polarity shares (all of them, or
+    the `rows` widest spreads, with the spreads' median and largest), and each size's matched
+    shares (the smallest first)."""
     lines = ["Runs: " + "; ".join(f"{i}: {run}" for i, run in enumerate(agreement.runs))]
     lines += [f"WARNING: {what}: the runs do not measure the same thing"
               for what in agreement.settings]
-    lines += ["", "Clustered fraction (the headline) per model and kernel size:"]
-    for row in agreement.fractions.to_pylist():
-        values = " / ".join(f"{100 * v:.1f}" for v in row["values"])
-        lines.append(f"  {row['model_id']} {row['kernel_size']}x{row['kernel_size']}: "
-                     f"{values}%, spread {row['spread_points']:.1f} points")
-    spreads = sorted(agreement.pattern_shares.to_pylist(), key=lambda r: -r["spread_points"])
-    lines += ["", f"Family x polarity shares of the valid kernels, the {min(kinds, len(spreads))} "
-              f"widest spreads of {len(spreads)}:"]
-    for row in spreads[:kinds]:
-        kind = " ".join(part for part in (row["family"], row["polarity"]) if part)
-        values = " / ".join(f"{100 * v:.1f}" for v in row["values"])
-        lines.append(f"  {row['model_id']} {row['kernel_size']}x{row['kernel_size']} {kind}: "
-                     f"{values}%, spread {row['spread_points']:.1f} points")
+    lines += ["", *_spread_lines("Clustered fraction (the headline) per model and kernel size",
+                                 agreement.fractions.to_pylist(), rows)]
+    lines += ["", *_spread_lines("Family x polarity shares of the valid kernels",
+                                 agreement.pattern_shares.to_pylist(), rows)]
     lines += ["", "Clustered kernels whose template another run has (cosine >= "
               f"{agreement.match_cosine}), per kernel size, run -> other run:"]
     matched = agreement.matched_templates.to_pylist()
@@ -162,3 +154,22 @@ def format_agreement(agreement: RunAgreement, kinds: int = 10) -> str:
         lines.append(f"  {k}x{k}: " + ", ".join(
             f"{r['run']}->{r['other_run']} {100 * r['matched_share']:.1f}%" for r in pairs))
     return "\n".join(lines)
+
+
+def _spread_lines(title: str, rows: list[dict], limit: int) -> list[str]:
+    """A title with the spreads' median and largest, then each row (model, size, kind where
+    there is one: each run's value and the spread), the widest `limit` where there are more."""
+    spreads = [row["spread_points"] for row in rows]
+    head = f"{title}: {len(rows)} rows"
+    if rows:
+        head += f", spread median {np.median(spreads):.1f}, largest {max(spreads):.1f} points"
+    if len(rows) > limit:
+        rows = sorted(rows, key=lambda r: -r["spread_points"])[:limit]
+        head += f", the {limit} widest"
+    lines = [head + ":"]
+    for row in rows:
+        kind = " ".join(row[part] for part in ("family", "polarity") if row.get(part))
+        values = " / ".join(f"{100 * v:.1f}" for v in row["values"])
+        name = f"{row['model_id']} {row['kernel_size']}x{row['kernel_size']} {kind}".rstrip()
+        lines.append(f"  {name}: {values}%, spread {row['spread_points']:.1f} points")
+    return lines

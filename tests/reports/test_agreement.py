@@ -119,6 +119,12 @@ def test_compare_command_prints_the_measures_and_refuses_a_folder_without_a_run(
     assert "convnext_a 5x5: 69.9 / 76.0%, spread 6.1 points" in printed
     assert "convnext_b 5x5: 89.8 / 89.8%, spread 0.0 points" in printed
     assert "5x5: 0->1 50.0%, 1->0 50.0%" in printed
+    # a zoo's many rows: the widest only, after the spreads' median and largest
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--rows", "1"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    title = printed.index("Clustered fraction (the headline) per model and kernel size: 6 rows, "
+                          "spread median 0.0, largest 6.1 points, the 1 widest:")
+    assert printed[title + 1].startswith("  convnext_a 5x5:") and printed[title + 2] == ""
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert main(["compare", str(two_runs[0])]) == 2
