@@ -33,8 +33,8 @@ class RunAgreement:
     runs: list[str]
     match_cosine: float
     settings: list[str]  # where the runs' threshold or sign handling differ: what differs
-    fractions: pa.Table  # model_id, kernel_size, fractions (one per run), spread_points
-    pattern_shares: pa.Table  # model_id, kernel_size, family, polarity, shares, spread_points
+    fractions: pa.Table  # model_id, kernel_size, values (one per run), spread_points
+    pattern_shares: pa.Table  # model_id, kernel_size, family, polarity, values, spread_points
     matched_templates: pa.Table  # kernel_size, run, other_run, matched_share
 
 
