@@ -51,7 +51,8 @@ def command_compare(args: argparse.Namespace) -> int:
         print("dwscan compare: error: give two or more output folders", file=sys.stderr)
         return 2
     try:
-        agreement = compare_runs(args.outs, args.match_cosine or MATCH_COSINE)
+        agreement = compare_runs(args.outs, MATCH_COSINE if args.match_cosine is None
+                                 else args.match_cosine)
     except FileNotFoundError as error:
         print(f"dwscan compare: error: {error.filename or error}: not a finished run (run "
               "dwscan run, or dwscan report, on it first)", file=sys.stderr)
