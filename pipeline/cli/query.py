@@ -38,6 +38,8 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
     compare.add_argument("--match-cosine", type=float, default=None, metavar="C",
                          help="a template is matched by another run's within this cosine "
                               "(default: 0.95, issue 18's bar)")
+    compare.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                         help="also draw the measures to this PNG file")
     compare.add_argument("--rows", type=int, default=20, metavar="N",
                          help="at most this many fraction and family x polarity rows each, the "
                               "widest spreads (default: 20)")
@@ -58,6 +60,10 @@ def command_compare(args: argparse.Namespace) -> int:
               "dwscan run, or dwscan report, on it first)", file=sys.stderr)
         return 2
     print(format_agreement(agreement, args.rows))
+    if args.plot:
+        from dwscan.reports.plots import plot_agreement
+
+        print(f"plot: {plot_agreement(agreement, args.plot)}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Pictures of the results: template galleries, clusterability against top-1 and depth, label
-shares."""
+shares, substitution, and how far runs agree."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dwscan.reports.agreement import RunAgreement
 from dwscan.reports.patterns import OTHER as OTHER_KIND
 from dwscan.reports.patterns import kind_order, label_kinds
 from dwscan.reports.tables import UNCLUSTERED
@@ -395,5 +396,52 @@ def plot_substitution(table: pa.Table, path: Path) -> Path:
                  f"{', '.join(map(str, images)) or 'none'})", fontsize=9)
     if models:
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_agreement(agreement: RunAgreement, path: Path,
+                   bands: tuple[float, float] = (1.5, 3.0)) -> Path:
+    """`dwscan compare`'s picture: each run's clustered fractions and family x polarity shares
+    against the first run's (on the diagonal where they agree; `bands`, in points, shaded: issue
+    18's bars), and per kernel size the share of each run's clustered kernels whose template
+    each other run has."""
+    plt = _pyplot()
+    matched = agreement.matched_templates.to_pylist()
+    sizes = sorted({row["kernel_size"] for row in matched})
+    n = len(agreement.runs)
+    fig, axes = plt.subplots(1, 2 + len(sizes), figsize=(4.2 * 2 + 3.2 * len(sizes), 4.2),
+                             gridspec_kw={"width_ratios": [4.2, 4.2] + [3.2] * len(sizes)})
+    colours = plt.get_cmap("tab10")
+    for ax, table, band, what in ((axes[0], agreement.fractions, bands[0], "clustered fraction"),
+                                  (axes[1], agreement.pattern_shares, bands[1],
+                                   "family x polarity share")):
+        values = 100 * np.array(table.column("values").to_pylist(), float).reshape(-1, n)
+        top = float(values.max()) * 1.05 if values.size else 100.0
+        ax.plot([0, top], [0, top], color="0.3", lw=0.8)
+        ax.fill_between([0, top], [-band, top - band], [band, top + band], color="0.85",
+                        label=f"within {band:g} points")
+        for run in range(1, n):
+            ax.scatter(values[:, 0], values[:, run], s=14, color=colours((run - 1) % 10),
+                       label=f"run {run}")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel=f"run 0: {what} (%)",
+               ylabel=f"other runs: {what} (%)")
+        ax.set_title(f"{what}, per model and size ({len(values)})", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax, k in zip(axes[2:], sizes):
+        grid = np.full((n, n), np.nan)
+        for row in matched:
+            if row["kernel_size"] == k:
+                grid[row["run"], row["other_run"]] = 100 * row["matched_share"]
+        ax.imshow(grid, vmin=50, vmax=100, cmap="viridis")
+        for (a, b), share in np.ndenumerate(grid):
+            if not np.isnan(share):
+                ax.text(b, a, f"{share:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if share < 80 else "black")
+        ax.set_xticks(range(n), [str(i) for i in range(n)])
+        ax.set_yticks(range(n), [str(i) for i in range(n)])
+        ax.set(xlabel="other run", ylabel="run")
+        ax.set_title(f"{k}x{k}: % of the run's clustered kernels\nwhose template the other "
+                     f"run has (cos >= {agreement.match_cosine:g})", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

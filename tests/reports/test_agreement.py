@@ -125,6 +125,13 @@ def test_compare_command_prints_the_measures_and_refuses_a_folder_without_a_run(
     title = printed.index("Clustered fraction (the headline) per model and kernel size: 6 rows, "
                           "spread median 0.0, largest 6.1 points, the 1 widest:")
     assert printed[title + 1].startswith("  convnext_a 5x5:") and printed[title + 2] == ""
+    # and the picture: two scatter panels and one matched-share panel for the zoo's one size
+    plot = tmp_path / "agreement.png"
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"plot: {plot}"
+    header = plot.read_bytes()[:24]
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and 1000 < width <= 2400 and height < width / 2
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert main(["compare", str(two_runs[0])]) == 2
