@@ -59,6 +59,9 @@ def command_compare(args: argparse.Namespace) -> int:
         print(f"dwscan compare: error: {error.filename or error}: not a finished run (run "
               "dwscan run, or dwscan report, on it first)", file=sys.stderr)
         return 2
+    except ValueError as error:  # a table dwscan did not write: templates of the wrong width
+        print(f"dwscan compare: error: {error}", file=sys.stderr)
+        return 2
     print(format_agreement(agreement, args.rows))
     if args.plot:
         from dwscan.reports.plots import plot_agreement

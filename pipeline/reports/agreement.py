@@ -129,8 +129,11 @@ def _templates_by_size(templates: pa.Table) -> dict[int, tuple[np.ndarray, np.nd
     sizes = templates.column("kernel_size").to_numpy()
     for k in np.unique(sizes):
         rows = templates.filter(pa.array(sizes == k))
-        found[int(k)] = (list_column_to_matrix(rows.column("weights"), int(k) * int(k)),
-                         rows.column("share").to_numpy())
+        try:
+            weights = list_column_to_matrix(rows.column("weights"), int(k) * int(k))
+        except ValueError as error:
+            raise ValueError(f"templates of kernel size {k}: {error}") from error
+        found[int(k)] = (weights, rows.column("share").to_numpy())
     return found
 
 

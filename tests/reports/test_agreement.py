@@ -3,6 +3,8 @@ finished scans written table by table (no Ray, no training) and reported."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -135,11 +137,20 @@ def test_compare_command_prints_the_measures_and_refuses_a_folder_without_a_run(
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert main(["compare", str(two_runs[0])]) == 2
+    # templates of the wrong width (not written by dwscan): one line, no traceback
+    bad = tmp_path / "bad"
+    shutil.copytree(two_runs[1], bad)
+    layout = OutputLayout(bad)
+    rows = read_table(layout.templates_path).to_pylist()
+    rows[0]["weights"] = rows[0]["weights"][:-1]
+    write_table(pa.Table.from_pylist(rows, schema=schemas.TEMPLATES), layout.templates_path,
+                schemas.TEMPLATES)
+    capsys.readouterr()
+    assert main(["compare", str(two_runs[0]), str(bad)]) == 2
+    assert capsys.readouterr().err.startswith("dwscan compare: error: templates of kernel size 5")
 
 
 def test_runs_at_another_threshold_are_compared_with_a_warning(two_runs, tmp_path, capsys):
-    import shutil
-
     from dwscan.io.template_set import TemplateSetRecord, write_template_set_record
 
     other = tmp_path / "loose"
