@@ -49,9 +49,6 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[ar
 def command_compare(args: argparse.Namespace) -> int:
     from dwscan.reports.agreement import MATCH_COSINE, compare_runs, format_agreement
 
-    if len(args.outs) < 2:
-        print("dwscan compare: error: give two or more output folders", file=sys.stderr)
-        return 2
     try:
         agreement = compare_runs(args.outs, MATCH_COSINE if args.match_cosine is None
                                  else args.match_cosine)
@@ -59,7 +56,8 @@ def command_compare(args: argparse.Namespace) -> int:
         print(f"dwscan compare: error: {error.filename or error}: not a finished run (run "
               "dwscan run, or dwscan report, on it first)", file=sys.stderr)
         return 2
-    except ValueError as error:  # a table dwscan did not write: templates of the wrong width
+    except ValueError as error:  # one folder; a table dwscan did not write (templates of the
+        # wrong width)
         print(f"dwscan compare: error: {error}", file=sys.stderr)
         return 2
     print(format_agreement(agreement, args.rows))

@@ -43,7 +43,7 @@ def compare_runs(roots: list[str | Location], match_cosine: float = MATCH_COSINE
     """The three measures over the reports and templates of finished runs (`dwscan run`, or
     its stages up to `dwscan report`) in the folders `roots`."""
     if len(roots) < 2:
-        raise ValueError("compare needs at least two runs")
+        raise ValueError("give two or more output folders")
     layouts = [OutputLayout(root) for root in roots]
     fractions = [read_table_as(layout.clusterability_path, schemas.CLUSTERABILITY)
                  for layout in layouts]

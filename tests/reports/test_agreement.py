@@ -137,6 +137,7 @@ def test_compare_command_prints_the_measures_and_refuses_a_folder_without_a_run(
     assert main(["compare", str(two_runs[0]), str(tmp_path)]) == 2
     assert "not a finished run" in capsys.readouterr().err
     assert main(["compare", str(two_runs[0])]) == 2
+    assert "give two or more output folders" in capsys.readouterr().err
     # templates of the wrong width (not written by dwscan): one line, no traceback
     bad = tmp_path / "bad"
     shutil.copytree(two_runs[1], bad)
