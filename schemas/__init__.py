@@ -4,14 +4,15 @@ Writers cast to these schemas (an inferred schema drifts) and stamp the version 
 metadata, so a reader can tell which contract a file was written under. Each column carries its
 description in the field metadata (`description`), which Parquet keeps and `schemas/README.md`
 is generated from (`python -m dwscan.schemas`). Bump `SCHEMA_VERSION` on any change: minor for added
-columns or tables, major for renamed/removed/retyped ones.
+columns or tables or a column's changed meaning (said in its description), major for
+renamed/removed/retyped ones.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.2.0"
+SCHEMA_VERSION = "2.3.0"
 VERSION_KEY = b"dwscan.schema_version"
 TABLE_KEY = b"dwscan.table"
 PATH_KEY = b"dwscan.path"  # where the table lives under OUT/
@@ -190,10 +191,12 @@ TEMPLATES = _schema("templates", "templates.parquet", "the cluster templates, on
     _col("share", pa.float64(), "n_clustered / clustered kernels of this size", nullable=False),
     _col("share_of_valid", pa.float64(), "n_clustered / valid kernels of this size",
          nullable=False),
-    _col("support", pa.int32(), "seeds (of n_seeds) with a template within cosine 0.9 of it; "
-         "at least half, or it would not be kept (METHOD.md 4, the consensus)", nullable=False),
-    _col("n_seeds", pa.int32(), "seeds whose templates the consensus was built from",
-         nullable=False),
+    _col("support", pa.int32(), "seeds (of n_seeds) that found it: whose decoded spectrum "
+         "(sweep or templates) comes within the threshold of it; at least half, or it would "
+         "not be kept (METHOD.md 4b, the consensus; before schema 2.3.0: a template within "
+         "cosine 0.9)", nullable=False),
+    _col("n_seeds", pa.int32(), "seeds whose support the consensus counted (the trained "
+         "ones)", nullable=False),
     _col("master_key", pa.int32(), "7x7 only: nearest (signed cosine) of the eight master-key "
          "filters of Babaiee et al., NeurIPS 2025 (shipped; $DWSCAN_MASTER_KEY_FILTERS overrides), "
          "numbered 1-8 as in their file; null at other sizes"),

@@ -28,6 +28,7 @@ from dwscan.stages.templates import (
     TemplateConfig,
     TemplateSet,
     consensus_templates,
+    density_peaks,
     discover_templates,
     find_missed_patterns,
     keep_attracting,
@@ -296,25 +297,97 @@ def test_consensus_keeps_what_most_seeds_find_where_its_members_are():
     assert sorted(consensus.support.tolist()) == [2, 3, 3]
 
 
-def test_consensus_without_refinement_still_obeys_the_merge_rule():
-    """refine_steps=0: nothing moves, and as for one seed's selection two templates within
-    merge_cosine are one. A and B (cosine 0.905) each cover their own cluster, A' beyond A
-    and B' beyond B (0.63 apart), so the cover takes both; the merge keeps one."""
-    rng = np.random.default_rng(1)
-    a, side = np.eye(25)[0], np.eye(25)[1]
-    angle_ab, angle_out = np.arccos(0.905), np.arccos(0.9)
-    b = np.cos(angle_ab) * a + np.sin(angle_ab) * side
-    a_far = np.cos(angle_out) * a - np.sin(angle_out) * side  # away from B
-    b_far = np.cos(angle_ab + angle_out) * a + np.sin(angle_ab + angle_out) * side
-    raw = np.concatenate([c + 0.01 * rng.normal(size=(500, 25)) for c in (a_far, b_far)])
+def _arc_and_cluster(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kernels along an arc from P to Q (a continuum, densest at its middle) and a tight
+    cluster at R; (kernels, the arc's ends (2, 25), R)."""
+    p, q, r = np.eye(25)[0], np.eye(25)[1], np.eye(25)[2]
+    angle = rng.normal(np.pi / 4, 0.25, 1500).clip(0, np.pi / 2)
+    arc = np.cos(angle)[:, None] * p + np.sin(angle)[:, None] * q
+    raw = np.concatenate([arc + 0.03 * rng.normal(size=arc.shape),
+                          r + 0.05 * rng.normal(size=(600, 25))])
     kernels, _ = centre_and_normalise(raw)
-    pair, _ = centre_and_normalise(np.stack([a, b]))
-    assert (kernels[:500] @ pair[1]).max() < 0.8 and (kernels[500:] @ pair[0]).max() < 0.8
-    members = [_member(seed, pair, kernels) for seed in range(3)]
-    config = TemplateConfig(refine_steps=0, master_key_filters=None)
-    consensus = consensus_templates(members, kernels, config, THRESHOLD)
-    assert len(consensus.weights) == 1
-    assert np.abs(consensus.weights @ pair.T).max() > 0.9999  # one of the two, not moved
+    ends, _ = centre_and_normalise(np.stack([p, q]))
+    return kernels, ends, centre_and_normalise(r[None])[0][0]
+
+
+def test_the_consensus_does_not_move_with_where_the_seeds_place_their_templates():
+    """Known answer for issue 18: three seeds that place their arc templates at one end of a
+    continuum and three that place them at the other give the same consensus, to the bit: its
+    places are the kernels' density peaks, and the seeds only say what they reach. Without
+    refinement those places are kernels, at least merge_cosine apart."""
+    rng = np.random.default_rng(1)
+    kernels, ends, r = _arc_and_cluster(rng)
+
+    def seeds_at(angle: float) -> list[MemberTemplates]:
+        """Three seeds with a template on the arc near `angle` (radians from P) and one at R."""
+        placed = []
+        for seed in range(3):
+            guess, _ = centre_and_normalise(np.stack([
+                np.cos(angle) * ends[0] + np.sin(angle) * ends[1] + 0.02 * rng.normal(size=25),
+                r + 0.02 * rng.normal(size=25)]))
+            placed.append(_member(seed, guess, kernels))
+        return placed
+
+    one, other = seeds_at(np.radians(25)), seeds_at(np.radians(65))
+    assert (one[0].templates.weights[0] @ other[0].templates.weights[0]) < 0.95  # far apart
+    for config in (TemplateConfig(master_key_filters=None),
+                   TemplateConfig(refine_steps=0, master_key_filters=None)):
+        a = consensus_templates(one, kernels, config, THRESHOLD)
+        b = consensus_templates(other, kernels, config, THRESHOLD)
+        assert np.array_equal(a.weights, b.weights) and len(a.weights) >= 2
+        assert a.support.tolist() == b.support.tolist() == [3] * len(a.weights)
+        assert np.abs(a.weights @ r).max() > 0.99  # the cluster's template sits on it
+    gram = a.weights @ a.weights.T
+    assert gram[~np.eye(len(gram), dtype=bool)].max() < config.merge_cosine
+    assert (a.weights @ kernels.T).max(axis=1).min() > 0.99999  # kernels, not moved
+    # seeds whose spectrum never comes within the threshold of R do not keep it
+    blind = [_member(s, m.templates.weights[:1], kernels) for s, m in enumerate(one)]
+    kept = consensus_templates(blind, kernels, TemplateConfig(master_key_filters=None),
+                               THRESHOLD)
+    assert len(kept.weights) and np.abs(kept.weights @ r).max() < THRESHOLD
+
+
+@pytest.mark.parametrize("sign_invariant", [False, True])
+def test_density_peaks_equal_their_plain_definition(sign_invariant):
+    """density_peaks works a block at a time; it must give what the definition gives one
+    kernel at a time, for blocks smaller and larger than the peaks found; and each of several
+    clusters of different sizes and widths gets one peak, on it."""
+    rng = np.random.default_rng(3)
+    centres, _ = centre_and_normalise(rng.standard_normal((6, 25)))
+    kernels, _ = centre_and_normalise(np.concatenate([
+        centres[i] + rng.normal(0, 0.02 + 0.005 * i, (n, 25))
+        for i, n in enumerate([500, 400, 300, 200, 100, 60])]
+        + [rng.standard_normal((300, 25))]))
+    if sign_invariant:  # half of each cluster negated: still one pattern
+        kernels[::2] *= -1
+
+    def plain(density_cosine, radius, threshold, min_share):
+        similarity = kernels @ kernels.T
+        if sign_invariant:
+            similarity = np.abs(similarity)
+        density = np.exp((similarity - 1) / (1 - density_cosine)).sum(axis=1)
+        reach = (similarity >= threshold).sum(axis=1)
+        taken = []
+        for i in np.argsort(-density, kind="stable"):
+            if reach[i] >= min_share * reach.max() and not (
+                    taken and similarity[i, taken].max() >= radius):
+                taken.append(i)
+        return kernels[taken]
+
+    sizes = set()
+    for density_cosine, radius, min_share in ((0.95, 0.9, 0.02), (0.97, 0.95, 0.1),
+                                              (0.9, 0.99, 0.05), (0.95, 0.98, 0.3)):
+        expected = plain(density_cosine, radius, THRESHOLD, min_share)
+        for block in (7, 64, 4096):
+            found = density_peaks(kernels, density_cosine, radius, THRESHOLD, min_share,
+                                  sign_invariant, block)
+            assert np.allclose(found, expected, atol=1e-6), (density_cosine, block)
+        sizes.add(len(expected))
+    assert len(sizes) == 4  # the settings really differ
+    peaks = density_peaks(kernels, 0.95, 0.9, THRESHOLD, 0.02, sign_invariant)
+    cosines = np.abs(peaks @ centres.T) if sign_invariant else peaks @ centres.T
+    assert len(peaks) == 6 and sorted(cosines.argmax(axis=1).tolist()) == list(range(6))
+    assert cosines.max(axis=1).min() > 0.9
 
 
 @pytest.mark.slow
@@ -421,6 +494,7 @@ def test_template_config_defaults_are_documented_values():
     config = TemplateConfig()
     assert config.min_share == 0.02 and config.merge_cosine == 0.9
     assert (config.sweep_thinning, config.cover_sample) == (0.98, 50_000)
+    assert config.density_cosine == 0.95
     assert (AutoencoderConfig().seeds, AutoencoderConfig().batch_size) == (10, 256)
 
 
