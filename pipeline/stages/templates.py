@@ -586,7 +586,12 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
     4. support: a template stays where at least half the seeds reach it, a point of the seed's
        decoded sweep (or a template of its) within the threshold: the seed's own spectrum has a
        template that would count it clustered.
+    A lone seed (`--seeds 1`, the paper's single run) has nothing to agree with: its own
+    templates are the set.
     """
+    if len(members) == 1:
+        own = members[0].templates
+        return ConsensusSet(**vars(own), support=np.ones(len(own.weights), np.int64))
     invariant = config.sign_invariant
     need = -(-len(members) // 2)
     sample = cover_sample(kernels, config)

@@ -347,6 +347,20 @@ def test_the_consensus_does_not_move_with_where_the_seeds_place_their_templates(
     assert len(kept.weights) and np.abs(kept.weights @ r).max() < THRESHOLD
 
 
+def test_a_lone_seed_keeps_its_own_templates():
+    """`--seeds 1` is the paper's single run: with nothing to agree with, the seed's own
+    templates are the set (support 1), not the kernels' density peaks."""
+    rng = np.random.default_rng(2)
+    kernels, ends, r = _arc_and_cluster(rng)
+    own, _ = centre_and_normalise(np.stack([np.cos(0.4) * ends[0] + np.sin(0.4) * ends[1], r]))
+    alone = consensus_templates([_member(0, own, kernels)], kernels,
+                                TemplateConfig(master_key_filters=None), THRESHOLD)
+    assert np.array_equal(alone.weights, own) and alone.support.tolist() == [1, 1]
+    two = consensus_templates([_member(0, own, kernels), _member(1, own, kernels)], kernels,
+                              TemplateConfig(master_key_filters=None), THRESHOLD)
+    assert not np.array_equal(two.weights, own)  # two seeds: the density peaks
+
+
 @pytest.mark.parametrize("sign_invariant", [False, True])
 def test_density_peaks_equal_their_plain_definition(sign_invariant):
     """density_peaks works a block at a time; it must give what the definition gives one
