@@ -593,7 +593,7 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
         own = members[0].templates
         return ConsensusSet(**vars(own), support=np.ones(len(own.weights), np.int64))
     invariant = config.sign_invariant
-    need = -(-len(members) // 2)
+    need = max(1, -(-len(members) // 2))  # no seed: no template
     sample = cover_sample(kernels, config)
     pool = density_peaks(sample, config.density_cosine, config.merge_cosine, threshold,
                          config.min_share, invariant)

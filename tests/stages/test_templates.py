@@ -349,7 +349,7 @@ def test_the_consensus_does_not_move_with_where_the_seeds_place_their_templates(
 
 def test_a_lone_seed_keeps_its_own_templates():
     """`--seeds 1` is the paper's single run: with nothing to agree with, the seed's own
-    templates are the set (support 1), not the kernels' density peaks."""
+    templates are the set (support 1), not the kernels' density peaks; with no seed, none."""
     rng = np.random.default_rng(2)
     kernels, ends, r = _arc_and_cluster(rng)
     own, _ = centre_and_normalise(np.stack([np.cos(0.4) * ends[0] + np.sin(0.4) * ends[1], r]))
@@ -359,6 +359,8 @@ def test_a_lone_seed_keeps_its_own_templates():
     two = consensus_templates([_member(0, own, kernels), _member(1, own, kernels)], kernels,
                               TemplateConfig(master_key_filters=None), THRESHOLD)
     assert not np.array_equal(two.weights, own)  # two seeds: the density peaks
+    none = consensus_templates([], kernels, TemplateConfig(master_key_filters=None), THRESHOLD)
+    assert len(none.weights) == 0  # no seed finds anything
 
 
 @pytest.mark.parametrize("sign_invariant", [False, True])
