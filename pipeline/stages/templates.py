@@ -70,6 +70,9 @@ class TemplateConfig:
     sweep_thinning: float = 0.98
     cover_sample: int = 50_000
     density_cosine: float = 0.95
+    # at most this many density peaks, the densest: structureless kernels (an untrained network)
+    # have nearly one a kernel, and the cover holds a byte per sample kernel and candidate
+    max_candidates: int = 1024
     master_key_filters: str | None = field(default_factory=default_master_key_filters)
 
 
@@ -521,13 +524,13 @@ def member_support(templates: np.ndarray, reaches: list[np.ndarray], cosine: flo
 
 
 def density_peaks(sample: np.ndarray, density_cosine: float, radius: float, threshold: float,
-                  min_share: float, sign_invariant: bool = False, block: int = 64
-                  ) -> np.ndarray:
+                  min_share: float, sign_invariant: bool = False, limit: int | None = None,
+                  block: int = 64) -> np.ndarray:
     """Kernels of `sample` that are the densest of their neighbourhood: densest first, each not
-    within `radius` of one taken before. The density is a von Mises-Fisher kernel sum (a kernel
-    at `density_cosine` weighs e^-1); only kernels with at least min_share as many kernels
-    within `threshold` as the best-placed one take part, as no other could pass the cover's 2%
-    rule. A fixed function of the kernels: no seed moves it."""
+    within `radius` of one taken before, the first `limit` of them. The density is a von
+    Mises-Fisher kernel sum (a kernel at `density_cosine` weighs e^-1); only kernels with at
+    least min_share as many kernels within `threshold` as the best-placed one take part, as no
+    other could pass the cover's 2% rule. A fixed function of the kernels: no seed moves it."""
     kappa = np.float32(1.0 / (1.0 - density_cosine))
     density = np.empty(len(sample), np.float64)
     reach = np.empty(len(sample), np.int64)
@@ -545,7 +548,8 @@ def density_peaks(sample: np.ndarray, density_cosine: float, radius: float, thre
     suppressed = np.zeros(len(points), bool)
     taken: list[int] = []
     position = 0
-    while position < len(points):  # greedy, a block of unsuppressed points at a time
+    limit = len(points) if limit is None else limit
+    while position < len(points) and len(taken) < limit:  # greedy, a block at a time
         batch = np.flatnonzero(~suppressed[position:])[:block] + position
         if not len(batch):
             break
@@ -564,7 +568,7 @@ def density_peaks(sample: np.ndarray, density_cosine: float, radius: float, thre
             if sign_invariant:
                 similarity = np.abs(similarity)
             suppressed[start:start + 8192] |= (similarity >= radius).any(axis=1)
-    return points[np.asarray(taken, np.int64)]
+    return points[np.asarray(taken[:limit], np.int64)]
 
 
 def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
@@ -576,8 +580,8 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
     arbitrary; any rule that picks among the seeds' own points inherits that (METHOD.md 4b).
     So the places come from the kernels and the seeds only say which of them the method
     finds:
-    1. candidates: the density peaks of a fixed sample of the kernels (`density_peaks`, at
-       least merge_cosine apart);
+    1. candidates: the max_candidates densest density peaks of a fixed sample of the kernels
+       (`density_peaks`, at least merge_cosine apart);
     2. the cover: greedily the candidate that brings the most kernels not yet within the
        threshold of a chosen one, while it brings at least min_share of those covered so far;
        then single swaps while one raises the cover;
@@ -596,7 +600,7 @@ def consensus_templates(members: list[MemberTemplates], kernels: np.ndarray,
     need = max(1, -(-len(members) // 2))  # no seed: no template
     sample = cover_sample(kernels, config)
     pool = density_peaks(sample, config.density_cosine, config.merge_cosine, threshold,
-                         config.min_share, invariant)
+                         config.min_share, invariant, config.max_candidates)
     covers = _covers(sample, pool, threshold, invariant)
     chosen = np.asarray(_improve_by_swaps(covers, _greedy_cover(covers, config.min_share)),
                         np.int64)

@@ -396,10 +396,17 @@ def test_density_peaks_equal_their_plain_definition(sign_invariant):
         expected = plain(density_cosine, radius, THRESHOLD, min_share)
         for block in (7, 64, 4096):
             found = density_peaks(kernels, density_cosine, radius, THRESHOLD, min_share,
-                                  sign_invariant, block)
+                                  sign_invariant, block=block)
             assert np.allclose(found, expected, atol=1e-6), (density_cosine, block)
+            first = density_peaks(kernels, density_cosine, radius, THRESHOLD, min_share,
+                                  sign_invariant, limit=9, block=block)
+            assert np.allclose(first, expected[:9], atol=1e-6), (density_cosine, block)
         sizes.add(len(expected))
     assert len(sizes) == 4  # the settings really differ
+    # structureless kernels (an untrained network's) are nearly all peaks: the limit holds
+    noise, _ = centre_and_normalise(rng.standard_normal((3000, 25)))
+    assert len(density_peaks(noise, 0.95, 0.9, THRESHOLD, 0.02, sign_invariant)) > 2900
+    assert len(density_peaks(noise, 0.95, 0.9, THRESHOLD, 0.02, sign_invariant, 100)) == 100
     peaks = density_peaks(kernels, 0.95, 0.9, THRESHOLD, 0.02, sign_invariant)
     cosines = np.abs(peaks @ centres.T) if sign_invariant else peaks @ centres.T
     assert len(peaks) == 6 and sorted(cosines.argmax(axis=1).tolist()) == list(range(6))
@@ -510,7 +517,7 @@ def test_template_config_defaults_are_documented_values():
     config = TemplateConfig()
     assert config.min_share == 0.02 and config.merge_cosine == 0.9
     assert (config.sweep_thinning, config.cover_sample) == (0.98, 50_000)
-    assert config.density_cosine == 0.95
+    assert (config.density_cosine, config.max_candidates) == (0.95, 1024)
     assert (AutoencoderConfig().seeds, AutoencoderConfig().batch_size) == (10, 256)
 
 
