@@ -554,20 +554,15 @@ def density_peaks(sample: np.ndarray, density_cosine: float, radius: float, thre
         if not len(batch):
             break
         position = int(batch[-1]) + 1
-        within = points[batch] @ points[batch].T
-        if sign_invariant:
-            within = np.abs(within)
+        within = _covers(points[batch], points[batch], radius, sign_invariant)
         local: list[int] = []
         for j in range(len(batch)):
-            if not local or within[j, local].max() < radius:
+            if not within[j, local].any():
                 local.append(j)
         new = batch[local]
         taken.extend(new.tolist())
-        for start in range(position, len(points), 8192):
-            similarity = points[start:start + 8192] @ points[new].T
-            if sign_invariant:
-                similarity = np.abs(similarity)
-            suppressed[start:start + 8192] |= (similarity >= radius).any(axis=1)
+        suppressed[position:] |= _covers(points[position:], points[new], radius,
+                                         sign_invariant).any(axis=1)
     return points[np.asarray(taken[:limit], np.int64)]
 
 
